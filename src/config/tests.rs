@@ -1,0 +1,780 @@
+//! Layering, error key paths and validation, through figment's `Jail`
+//! (a temporary working directory and a restored environment per test,
+//! serialised by a global lock because the environment is process-wide).
+
+// figment's `Jail` closures must return `figment::Result`, whose error is large.
+#![allow(clippy::result_large_err)]
+
+use std::path::Path;
+
+use figment::Jail;
+
+use super::*;
+
+const FILE: &str = "sluice.toml";
+
+/// One valid pipeline; tests append or replace keys.
+const MINIMAL: &str = r#"
+[[pipelines]]
+name = "orders"
+topics = ["orders"]
+table = "orders"
+columns = { id = "/id" }
+"#;
+
+/// Runs `f` in a jail with no ambient `SLUICE_*` (or any other) variables.
+fn jail(f: impl FnOnce(&mut Jail) -> figment::Result<()>) {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        f(jail)
+    });
+}
+
+fn load(jail: &Jail, toml: &str) -> Result<Config, ConfigError> {
+    jail.create_file(FILE, toml).expect("write config file");
+    Config::load(Some(Path::new(FILE)))
+}
+
+fn load_err(jail: &Jail, toml: &str) -> ConfigError {
+    match load(jail, toml) {
+        Ok(config) => panic!("expected an error, loaded {config:?}"),
+        Err(err) => err,
+    }
+}
+
+fn columns(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn valid() -> Config {
+    Config {
+        kafka: KafkaConfig::default(),
+        postgres: PostgresConfig::default(),
+        shutdown_timeout: default_shutdown_timeout(),
+        pipelines: vec![PipelineConfig::new(
+            "orders",
+            vec!["orders".into()],
+            "orders",
+            columns(&[("id", "/id")]),
+        )],
+    }
+}
+
+/// The key and message of a validation failure of `config`.
+fn invalid(config: &Config) -> ConfigError {
+    config.validate().expect_err("expected a validation error")
+}
+
+#[test]
+fn defaults_fill_everything_but_pipelines() {
+    jail(|jail| {
+        let config = load(jail, MINIMAL).unwrap();
+        assert_eq!(config.kafka, KafkaConfig::default());
+        assert_eq!(config.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(config.kafka.group_id, "sluice");
+        assert_eq!(config.kafka.auto_offset_reset, OffsetReset::Earliest);
+        assert_eq!(config.kafka.session_timeout, Duration::from_secs(10));
+        assert!(config.kafka.properties.is_empty());
+        assert_eq!(config.postgres.url, "postgres://postgres@127.0.0.1:5432/postgres");
+        assert_eq!(config.postgres.pool_size, 4);
+        assert_eq!(config.postgres.connect_timeout, Duration::from_secs(10));
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
+        let p = &config.pipelines[0];
+        assert_eq!(p.batch_size, 10_000);
+        assert_eq!(p.batch_bytes, ByteSize(8 << 20));
+        assert_eq!(p.flush_interval, Duration::from_millis(200));
+        assert_eq!(p.max_buffer_records, 100_000);
+        assert_eq!(p.max_buffer_bytes, ByteSize(64 << 20));
+        assert_eq!(p.high_watermark, 0.8);
+        assert_eq!(p.low_watermark, 0.5);
+        assert_eq!(p, &valid().pipelines[0]);
+        Ok(())
+    });
+}
+
+#[test]
+fn file_overrides_defaults_and_environment_overrides_file() {
+    jail(|jail| {
+        jail.create_file(
+            FILE,
+            &format!(
+                r#"
+                shutdown_timeout = "5s"
+                [kafka]
+                brokers = "file:9092"
+                group_id = "from-file"
+                auto_offset_reset = "latest"
+                [kafka.properties]
+                "client.id" = "file-client"
+                "statistics.interval.ms" = 5000
+                [postgres]
+                url = "postgres://file@db/file"
+                pool_size = 2
+                {MINIMAL}
+                batch_bytes = "1MiB"
+                max_buffer_bytes = 16777216
+                "#
+            ),
+        )?;
+        jail.set_env("SLUICE_POSTGRES__URL", "postgres://env:pw@db/env");
+        jail.set_env("SLUICE_KAFKA__BROKERS", "env1:9092,env2:9092");
+        jail.set_env("SLUICE_KAFKA__GROUP_ID", "42");
+        jail.set_env("SLUICE_POSTGRES__POOL_SIZE", "8");
+        jail.set_env("SLUICE_KAFKA__PROPERTIES__CLIENT_ID", "env-client");
+        jail.set_env("SLUICE_KAFKA__PROPERTIES__SECURITY.PROTOCOL", "SSL");
+        jail.set_env("SLUICE_KAFKA__SESSION_TIMEOUT", "6s");
+
+        let config = Config::load(Some(Path::new(FILE))).unwrap();
+        // Environment beats file.
+        assert_eq!(config.postgres.url, "postgres://env:pw@db/env");
+        assert_eq!(config.postgres.pool_size, 8);
+        assert_eq!(config.kafka.brokers, "env1:9092,env2:9092");
+        // A numeric-looking variable is still a string key's text.
+        assert_eq!(config.kafka.group_id, "42");
+        assert_eq!(config.kafka.session_timeout, Duration::from_secs(6));
+        // File beats defaults, and values the environment does not touch stay.
+        assert_eq!(config.kafka.auto_offset_reset, OffsetReset::Latest);
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(config.postgres.connect_timeout, Duration::from_secs(10));
+        // Properties merge per property name across file and environment.
+        let props = &config.kafka.properties;
+        assert_eq!(props["client.id"], "env-client");
+        assert_eq!(props["statistics.interval.ms"], "5000");
+        assert_eq!(props["security.protocol"], "SSL");
+        assert_eq!(props.len(), 3);
+        // Nested pipeline values come from the file.
+        let p = &config.pipelines[0];
+        assert_eq!(p.name, "orders");
+        assert_eq!(p.columns, columns(&[("id", "/id")]));
+        assert_eq!(p.batch_bytes, ByteSize::mib(1));
+        assert_eq!(p.max_buffer_bytes, ByteSize::mib(16));
+        assert_eq!(p.batch_size, 10_000);
+        Ok(())
+    });
+}
+
+#[test]
+fn environment_overrides_defaults_the_file_leaves_alone() {
+    jail(|jail| {
+        jail.set_env("SLUICE_SHUTDOWN_TIMEOUT", "1m 30s");
+        jail.set_env("SLUICE_KAFKA__AUTO_OFFSET_RESET", "latest");
+        let config = load(jail, MINIMAL).unwrap();
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(90));
+        assert_eq!(config.kafka.auto_offset_reset, OffsetReset::Latest);
+        Ok(())
+    });
+}
+
+#[test]
+fn tooling_variables_are_not_config_keys() {
+    jail(|jail| {
+        jail.set_env("SLUICE_CONFIG", FILE);
+        jail.set_env("SLUICE_LOG", "sluice=debug");
+        jail.set_env("SLUICE_LOG_FORMAT", "json");
+        // Exported by scripts/services.sh and inherited by spawned processes.
+        jail.set_env("SLUICE_KAFKA_BROKERS", "127.0.0.1:9092");
+        jail.set_env("SLUICE_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1/postgres");
+        jail.set_env("SLUICE_TOOLS_DIR", "/tmp/tools");
+        jail.set_env("SLUICE_SERVICES_TIMEOUT", "30");
+        jail.set_env("SLUICE_BIN", "/tmp/target/debug/sluice");
+        jail.set_env("SLUICE_QUICKSTART_COUNT", "10000");
+        let config = load(jail, MINIMAL).unwrap();
+        assert_eq!(config.kafka, KafkaConfig::default());
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_top_level_key_is_named() {
+    jail(|jail| {
+        let err = load_err(jail, &format!("shutdown_timeuot = \"5s\"\n{MINIMAL}"));
+        assert_eq!(err.key, "shutdown_timeuot");
+        assert!(
+            err.message
+                .starts_with("unknown key; expected one of: kafka, postgres, shutdown_timeout, pipelines"),
+            "{err}"
+        );
+        assert!(err.message.contains(FILE), "names the file: {err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_nested_key_is_named() {
+    jail(|jail| {
+        let err = load_err(jail, &MINIMAL.replace("columns =", "colums ="));
+        // Missing `columns` and unknown `colums`: either is a precise key;
+        // serde reports the unknown one first as it reads the table.
+        assert_eq!(err.key, "pipelines[0].colums", "{err}");
+        assert!(
+            err.message
+                .contains("unknown key; expected one of: name, topics, table, columns"),
+            "{err}"
+        );
+
+        let err = load_err(jail, &format!("[postgres]\npool_sise = 3\n{MINIMAL}"));
+        assert_eq!(err.key, "postgres.pool_sise", "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_environment_key_names_the_variable() {
+    jail(|jail| {
+        jail.set_env("SLUICE_KAFKA__BROKERZ", "x:9092");
+        let err = load_err(jail, MINIMAL);
+        assert_eq!(err.key, "kafka.brokerz", "{err}");
+        assert!(
+            err.message.contains("environment variable SLUICE_KAFKA__BROKERZ"),
+            "{err}"
+        );
+
+        jail.clear_env();
+        jail.set_env("SLUICE_KAFAK__BROKERS", "x:9092");
+        let err = load_err(jail, MINIMAL);
+        assert_eq!(err.key, "kafak", "{err}");
+        assert!(err.message.contains("environment variable SLUICE_KAFAK"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn wrong_type_names_key_expected_and_found() {
+    jail(|jail| {
+        let err = load_err(jail, &format!("{MINIMAL}batch_size = \"ten\"\n"));
+        assert_eq!(err.key, "pipelines[0].batch_size");
+        assert!(
+            err.message
+                .starts_with(r#"expected an unsigned integer, found string "ten""#),
+            "{err}"
+        );
+        assert!(err.message.contains(FILE), "{err}");
+
+        let err = load_err(jail, &format!("{MINIMAL}flush_interval = 200\n"));
+        assert_eq!(err.key, "pipelines[0].flush_interval");
+        assert!(err.message.starts_with("expected a duration"), "{err}");
+
+        let err = load_err(jail, &format!("{MINIMAL}batch_bytes = \"8 MiBs\"\n"));
+        assert_eq!(err.key, "pipelines[0].batch_bytes");
+        assert!(err.message.contains("\"8 MiBs\""), "{err}");
+
+        let err = load_err(jail, &format!("[kafka]\nauto_offset_reset = \"smallest\"\n{MINIMAL}"));
+        assert_eq!(err.key, "kafka.auto_offset_reset");
+        assert!(
+            err.message
+                .starts_with(r#"expected one of: earliest, latest; found "smallest""#),
+            "{err}"
+        );
+
+        let err = load_err(jail, &MINIMAL.replace(r#"id = "/id""#, "id = 7"));
+        assert_eq!(err.key, "pipelines[0].columns.id");
+
+        jail.set_env("SLUICE_POSTGRES__POOL_SIZE", "many");
+        let err = load_err(jail, MINIMAL);
+        assert_eq!(err.key, "postgres.pool_size");
+        assert!(err.message.contains(r#"found string "many""#), "{err}");
+        assert!(
+            err.message.contains("environment variable SLUICE_POSTGRES__POOL_SIZE"),
+            "{err}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn missing_required_keys_are_named() {
+    jail(|jail| {
+        let err = load_err(jail, "");
+        assert_eq!(err.key, "pipelines");
+        assert_eq!(err.message, "missing; this key is required");
+
+        let err = load_err(jail, &MINIMAL.replace("table = \"orders\"\n", ""));
+        assert_eq!(err.key, "pipelines[0].table", "{err}");
+        assert!(err.message.starts_with("missing; this key is required"), "{err}");
+
+        let err = load_err(jail, "pipelines = []");
+        assert_eq!(err.key, "pipelines");
+        assert!(err.message.starts_with("at least one pipeline is required"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn explicit_missing_file_is_an_error_naming_the_path() {
+    jail(|_| {
+        let err = Config::load(Some(Path::new("nope/sluice.toml"))).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("config: cannot read config file nope/sluice.toml"),
+            "{err}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn toml_syntax_error_names_the_file() {
+    jail(|jail| {
+        let err = load_err(jail, "pipelines = [");
+        assert_eq!(err.key, "");
+        assert!(err.message.contains(FILE), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn validation_errors_say_where_the_value_came_from() {
+    jail(|jail| {
+        let err = load_err(jail, &format!("{MINIMAL}low_watermark = 0.9\n"));
+        assert_eq!(err.key, "pipelines[0].low_watermark");
+        assert!(err.message.ends_with(&format!("(from file {FILE})")), "{err}");
+
+        jail.set_env("SLUICE_KAFKA__PROPERTIES__ENABLE_AUTO_COMMIT", "true");
+        let err = load_err(jail, MINIMAL);
+        assert_eq!(err.key, r#"kafka.properties."enable.auto.commit""#);
+        assert!(
+            err.message
+                .contains("environment variable SLUICE_KAFKA__PROPERTIES__ENABLE_AUTO_COMMIT"),
+            "{err}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn watermarks_must_satisfy_zero_below_low_below_high_up_to_one() {
+    let with = |low: f64, high: f64| {
+        let mut c = valid();
+        c.pipelines[0].low_watermark = low;
+        c.pipelines[0].high_watermark = high;
+        c
+    };
+    assert!(with(0.5, 0.8).validate().is_ok());
+    assert!(with(0.01, 1.0).validate().is_ok());
+    for (low, high, key) in [
+        (0.8, 0.8, "low_watermark"),
+        (0.9, 0.8, "low_watermark"),
+        (0.5, 1.1, "high_watermark"),
+        (0.0, 0.8, "low_watermark"),
+        (-0.1, 0.8, "low_watermark"),
+        (0.5, 0.0, "high_watermark"),
+        (f64::NAN, 0.8, "low_watermark"),
+        (0.5, f64::NAN, "high_watermark"),
+    ] {
+        let err = invalid(&with(low, high));
+        assert_eq!(err.key, format!("pipelines[0].{key}"), "low {low}, high {high}: {err}");
+    }
+}
+
+#[test]
+fn a_topic_feeds_one_pipeline() {
+    let mut c = valid();
+    let mut second = PipelineConfig::new(
+        "audit",
+        vec!["audit".into(), "orders".into()],
+        "audit",
+        columns(&[("doc", "/")]),
+    );
+    c.pipelines.push(second.clone());
+    let err = invalid(&c);
+    assert_eq!(err.key, "pipelines[1].topics[1]");
+    assert!(
+        err.message
+            .contains(r#"already feeds pipeline "orders" (pipelines[0])"#),
+        "{err}"
+    );
+
+    second.topics = vec!["audit".into(), "audit".into()];
+    c.pipelines[1] = second;
+    assert_eq!(invalid(&c).key, "pipelines[1].topics[1]");
+}
+
+#[test]
+fn pipeline_names_are_unique_and_plain() {
+    let mut c = valid();
+    c.pipelines.push(PipelineConfig::new(
+        "orders",
+        vec!["b".into()],
+        "b",
+        columns(&[("doc", "/")]),
+    ));
+    let err = invalid(&c);
+    assert_eq!(err.key, "pipelines[1].name");
+    assert!(err.message.contains("already used by pipelines[0]"), "{err}");
+
+    for bad in ["", "two words", "dots.not.allowed", "ümlaut"] {
+        let mut c = valid();
+        c.pipelines[0].name = bad.into();
+        assert_eq!(invalid(&c).key, "pipelines[0].name", "{bad:?}");
+    }
+}
+
+#[test]
+fn bad_column_spec_names_the_column() {
+    jail(|jail| {
+        let err = load_err(
+            jail,
+            &MINIMAL.replace(r#"id = "/id""#, r#"id = "/id", amount = "amount""#),
+        );
+        assert_eq!(err.key, "pipelines[0].columns.amount");
+        assert!(err.message.contains("JSON pointer"), "{err}");
+
+        let err = load_err(
+            jail,
+            &MINIMAL.replace(r#"id = "/id""#, r#"id = "/id", "odd name" = "@nope""#),
+        );
+        assert_eq!(err.key, r#"pipelines[0].columns."odd name""#);
+        Ok(())
+    });
+}
+
+#[test]
+fn other_pipeline_rules() {
+    type Edit = fn(&mut PipelineConfig);
+    let cases: &[(&str, Edit)] = &[
+        ("topics", |p| p.topics.clear()),
+        ("topics[0]", |p| p.topics = vec!["^orders.*".into()]),
+        ("topics[0]", |p| p.topics = vec!["".into()]),
+        ("table", |p| p.table = "a.b.c".into()),
+        ("table", |p| p.table = ".orders".into()),
+        ("table", |p| p.table = "x".repeat(64)),
+        ("columns", |p| p.columns.clear()),
+        ("columns.\"\"", |p| {
+            p.columns.insert(String::new(), "/".into());
+        }),
+        ("batch_size", |p| p.batch_size = 0),
+        ("batch_bytes", |p| p.batch_bytes = ByteSize(1023)),
+        ("flush_interval", |p| p.flush_interval = Duration::ZERO),
+        ("max_buffer_records", |p| p.max_buffer_records = p.batch_size - 1),
+        ("max_buffer_bytes", |p| {
+            p.max_buffer_bytes = ByteSize(p.batch_bytes.bytes() - 1)
+        }),
+    ];
+    for (key, edit) in cases {
+        let mut c = valid();
+        edit(&mut c.pipelines[0]);
+        assert_eq!(invalid(&c).key, format!("pipelines[0].{key}"));
+    }
+    // Boundaries that are allowed.
+    let mut c = valid();
+    let p = &mut c.pipelines[0];
+    p.batch_bytes = ByteSize::kib(1);
+    p.max_buffer_bytes = ByteSize::kib(1);
+    p.batch_size = 1;
+    p.max_buffer_records = 1;
+    p.table = "x".repeat(63);
+    c.validate().unwrap();
+}
+
+#[test]
+fn kafka_and_postgres_rules() {
+    type Edit = fn(&mut Config);
+    let cases: &[(&str, Edit)] = &[
+        ("kafka.brokers", |c| c.kafka.brokers = "".into()),
+        ("kafka.brokers", |c| c.kafka.brokers = "a:9092,,b:9092".into()),
+        ("kafka.group_id", |c| c.kafka.group_id = " ".into()),
+        ("kafka.session_timeout", |c| c.kafka.session_timeout = Duration::ZERO),
+        ("kafka.session_timeout", |c| {
+            c.kafka.session_timeout = Duration::from_secs(3601)
+        }),
+        ("postgres.url", |c| c.postgres.url = "mysql://root@db/x".into()),
+        ("postgres.url", |c| c.postgres.url = "host=db password=secret".into()),
+        ("postgres.pool_size", |c| c.postgres.pool_size = 0),
+        ("postgres.connect_timeout", |c| {
+            c.postgres.connect_timeout = Duration::ZERO
+        }),
+    ];
+    for (key, edit) in cases {
+        let mut c = valid();
+        edit(&mut c);
+        let err = invalid(&c);
+        assert_eq!(err.key, *key);
+        assert!(!err.message.contains("secret"), "never echo a URL: {err}");
+    }
+}
+
+#[test]
+fn refused_properties_name_the_property_and_the_alternative() {
+    let cases = [
+        ("enable.auto.commit", "true", "after each Postgres transaction"),
+        ("auto.commit.enable", "true", "after each Postgres transaction"),
+        ("enable.auto.offset.store", "true", "owns offset storage"),
+        ("group.id", "g", "kafka.group_id"),
+        ("bootstrap.servers", "b:9092", "kafka.brokers"),
+        ("metadata.broker.list", "b:9092", "kafka.brokers"),
+        ("auto.offset.reset", "latest", "kafka.auto_offset_reset"),
+        ("session.timeout.ms", "6000", "kafka.session_timeout"),
+        (
+            "partition.assignment.strategy",
+            "cooperative-sticky",
+            "eager rebalance protocol",
+        ),
+        (
+            "partition.assignment.strategy",
+            "range,cooperative-sticky",
+            "eager rebalance protocol",
+        ),
+        ("group.protocol", "consumer", "eager"),
+        ("enable.partition.eof", "true", "EOF"),
+        ("queued.max.messages.kbytes", "1024", "memory budget"),
+        ("fetch.max.bytes", "1048576", "memory budget"),
+        ("max.partition.fetch.bytes", "1048576", "memory budget"),
+        ("queued.min.messages", "10", "memory budget"),
+    ];
+    for (name, value, reason) in cases {
+        let mut c = valid();
+        c.kafka.properties.insert(name.into(), value.into());
+        let err = invalid(&c);
+        assert_eq!(err.key, format!("kafka.properties.\"{name}\""));
+        assert!(err.message.starts_with("refused: "), "{err}");
+        assert!(err.message.contains(reason), "{name}: {err}");
+    }
+    let allowed = [
+        ("auto.commit.interval.ms", "1000"),
+        ("isolation.level", "read_uncommitted"),
+        ("partition.assignment.strategy", "roundrobin"),
+        ("group.protocol", "classic"),
+        ("security.protocol", "SASL_SSL"),
+        ("sasl.password", "hunter2"),
+        ("client.id", "me"),
+        ("statistics.interval.ms", "5000"),
+    ];
+    let mut c = valid();
+    for (name, value) in allowed {
+        c.kafka.properties.insert(name.into(), value.into());
+    }
+    c.validate().unwrap();
+}
+
+#[test]
+fn refused_property_from_file_is_named() {
+    jail(|jail| {
+        let err = load_err(
+            jail,
+            &format!("[kafka.properties]\n\"enable.auto.commit\" = true\n{MINIMAL}"),
+        );
+        assert_eq!(err.key, r#"kafka.properties."enable.auto.commit""#);
+        assert!(
+            err.to_string()
+                .starts_with(r#"config key `kafka.properties."enable.auto.commit"`: refused: "#),
+            "{err}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn dotted_property_names_may_be_written_as_nested_toml_keys() {
+    jail(|jail| {
+        let config = load(
+            jail,
+            &format!(
+                "[kafka.properties]\nsecurity.protocol = \"SSL\"\n\"client.id\" = \"c\"\n\
+                 enable.ssl.certificate.verification = false\n{MINIMAL}"
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            config.kafka.properties,
+            columns(&[
+                ("client.id", "c"),
+                ("enable.ssl.certificate.verification", "false"),
+                ("security.protocol", "SSL"),
+            ])
+        );
+
+        let err = load_err(
+            jail,
+            &format!("[kafka.properties]\nclient.id = \"a\"\n\"client.id\" = \"b\"\n{MINIMAL}"),
+        );
+        assert_eq!(err.key, r#"kafka.properties."client.id""#, "{err}");
+        assert!(err.message.contains("given twice"), "{err}");
+
+        let err = load_err(jail, &format!("[kafka.properties]\n\"client.id\" = [\"a\"]\n{MINIMAL}"));
+        assert_eq!(err.key, r#"kafka.properties."client.id""#, "{err}");
+        assert!(err.message.starts_with("expected a string, found an array"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn consumer_properties_set_what_sluice_owns() {
+    let mut c = valid();
+    c.kafka.properties.insert("client.id".into(), "me".into());
+    let props = c.consumer_properties();
+    let expect = [
+        ("auto.offset.reset", "earliest"),
+        ("bootstrap.servers", "127.0.0.1:9092"),
+        ("client.id", "me"),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("group.id", "sluice"),
+        ("partition.assignment.strategy", "range,roundrobin"),
+        ("session.timeout.ms", "10000"),
+    ];
+    assert_eq!(props, columns(&expect));
+
+    c.kafka
+        .properties
+        .insert("partition.assignment.strategy".into(), "roundrobin".into());
+    c.kafka.auto_offset_reset = OffsetReset::Latest;
+    let props = c.consumer_properties();
+    assert_eq!(props["partition.assignment.strategy"], "roundrobin");
+    assert_eq!(props["auto.offset.reset"], "latest");
+
+    // Even unvalidated, a cooperative strategy is never handed to librdkafka.
+    c.kafka
+        .properties
+        .insert("partition.assignment.strategy".into(), "cooperative-sticky".into());
+    assert_eq!(
+        c.consumer_properties()["partition.assignment.strategy"],
+        "range,roundrobin"
+    );
+}
+
+#[test]
+fn redacted_url_hides_the_password() {
+    let cases = [
+        (
+            "postgres://user:secret@host:5432/db",
+            "postgres://user:***@host:5432/db",
+        ),
+        (
+            "postgresql://user:s3cr%40t@host/db?sslmode=require",
+            "postgresql://user:***@host/db?sslmode=require",
+        ),
+        ("postgres://user:p@ss/w?rd@host/db", "postgres://user:***@host/db"),
+        ("postgres://user@host/db", "postgres://user@host/db"),
+        ("postgres://host/db", "postgres://host/db"),
+        (
+            "postgres://host/db?user=u&password=secret&sslmode=disable",
+            "postgres://host/db?user=u&password=***&sslmode=disable",
+        ),
+        // An '@' in the query hides too much rather than too little.
+        ("postgres://u:secret@host/db?x=a@b", "postgres://u:***@b"),
+        ("host=db password=secret", "***"),
+    ];
+    for (url, shown) in cases {
+        let pg = PostgresConfig {
+            url: url.into(),
+            ..PostgresConfig::default()
+        };
+        assert_eq!(pg.redacted_url(), shown, "{url}");
+        assert!(!format!("{pg:?}").contains("secret"), "{url}");
+    }
+}
+
+#[test]
+fn debug_of_config_shows_no_secrets() {
+    let mut c = valid();
+    c.postgres.url = "postgres://sluice:pg-secret-pw@db:5432/sluice".into();
+    c.kafka
+        .properties
+        .insert("sasl.password".into(), "kafka-secret-pw".into());
+    c.kafka
+        .properties
+        .insert("ssl.key.pem".into(), "-----BEGIN PRIVATE KEY-----".into());
+    c.kafka.properties.insert("sasl.username".into(), "sluice-user".into());
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("pg-secret-pw"), "{shown}");
+    assert!(!shown.contains("kafka-secret-pw"), "{shown}");
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    assert!(shown.contains("postgres://sluice:***@db:5432/sluice"), "{shown}");
+    assert!(shown.contains("sluice-user"), "non-secrets stay visible: {shown}");
+    let pretty = format!("{c:#?}");
+    assert!(!pretty.contains("pg-secret-pw") && !pretty.contains("kafka-secret-pw"));
+}
+
+#[test]
+fn byte_sizes_deserialize_from_integers_and_strings() {
+    jail(|jail| {
+        let table = [
+            ("1024", 1024),
+            ("\"2048\"", 2048),
+            ("\"64KiB\"", 64 << 10),
+            ("\"64 MiB\"", 64 << 20),
+            ("\"1GiB\"", 1 << 30),
+            ("\"10kB\"", 10_000),
+            ("\"10KB\"", 10_000),
+            ("\"2mb\"", 2_000_000),
+        ];
+        for (toml, bytes) in table {
+            let config = load(
+                jail,
+                &format!("{MINIMAL}batch_bytes = {toml}\nmax_buffer_bytes = \"4GiB\"\n"),
+            )
+            .unwrap();
+            assert_eq!(config.pipelines[0].batch_bytes.bytes(), bytes, "{toml}");
+        }
+        let err = load_err(jail, &format!("{MINIMAL}batch_bytes = -1\n"));
+        assert_eq!(err.key, "pipelines[0].batch_bytes");
+        assert!(err.message.starts_with("expected a byte size"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn table_ref_defaults_the_schema() {
+    let mut p = valid().pipelines.remove(0);
+    assert_eq!(p.table_ref(), ("public".to_owned(), "orders".to_owned()));
+    p.table = "sales.Orders".into();
+    assert_eq!(p.table_ref(), ("sales".to_owned(), "Orders".to_owned()));
+}
+
+#[test]
+fn column_sources_parse_every_spec() {
+    let mut p = valid().pipelines.remove(0);
+    p.columns = columns(&[("doc", "/"), ("id", "/id"), ("off", "@offset")]);
+    let sources = p.column_sources();
+    assert_eq!(
+        sources,
+        vec![
+            ("doc".to_owned(), ColumnSource::Pointer(String::new())),
+            ("id".to_owned(), ColumnSource::Pointer("/id".into())),
+            ("off".to_owned(), ColumnSource::Offset),
+        ]
+    );
+    assert_eq!(p.try_column_sources().unwrap(), sources);
+    p.columns.insert("bad".into(), "bad".into());
+    let err = p.try_column_sources().unwrap_err();
+    assert_eq!(err.key, "columns.bad");
+    assert!(
+        err.message
+            .starts_with("in pipeline \"orders\": expected a JSON pointer"),
+        "{err}"
+    );
+}
+
+#[test]
+fn example_config_loads_validates_and_documents_the_defaults() {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml"));
+    jail(|_| {
+        let config = Config::load(Some(path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // Every key the example sets to a default really is the default, so
+        // the documentation cannot drift from the code.
+        assert_eq!(config.kafka, KafkaConfig::default());
+        assert_eq!(config.shutdown_timeout, default_shutdown_timeout());
+        assert_eq!(
+            config.postgres,
+            PostgresConfig {
+                url: "postgres://postgres@127.0.0.1:5432/sluice_demo".into(),
+                ..PostgresConfig::default()
+            }
+        );
+        let expected = PipelineConfig::new(
+            "orders",
+            vec!["orders".into()],
+            "public.orders",
+            columns(&[
+                ("amount", "/amount"),
+                ("created_at", "/ts"),
+                ("customer", "/customer/name"),
+                ("doc", "/"),
+                ("kafka_offset", "@offset"),
+                ("order_id", "/id"),
+            ]),
+        );
+        assert_eq!(config.pipelines, vec![expected]);
+        Ok(())
+    });
+}

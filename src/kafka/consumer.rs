@@ -1,0 +1,539 @@
+//! The consumer loop: one OS thread that owns the Kafka consumer.
+//!
+//! It never stops polling. Backpressure is expressed by *pausing*
+//! partitions, so the member keeps serving rebalance callbacks and stays in
+//! the group; a loop that blocked while the database is slow would be kicked
+//! out after `max.poll.interval.ms` and trigger a rebalance storm.
+//!
+//! Rebalances use the eager protocol: every rebalance revokes all partitions
+//! and assigns afresh. On revoke the writers flush what they hold (bounded
+//! by a timeout) and the rest is forgotten; on assign each partition starts
+//! from the offset stored in Postgres, not Kafka's committed offset.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use crate::kafka::offsets::{is_new, start_position, NextOffset};
+use crate::kafka::{Topics, Tp};
+use crate::pipeline::buffer::Entry;
+use crate::pipeline::{next_epoch, pause_decision, Counters, PartState, PauseDecision, Pipeline};
+use crate::sink::encode::RecordRef;
+use crate::sink::writer::WriterCommand;
+
+/// Requests from the writers to the consumer loop, which owns the consumer.
+#[derive(Debug)]
+pub enum ConsumerCommand {
+    /// Commit `next` to Kafka (for lag tooling) if the partition is still
+    /// held under `epoch`.
+    Commit {
+        pipeline: usize,
+        tp: Tp,
+        epoch: u64,
+        next: NextOffset,
+    },
+    /// A flush was fenced: move the partition back to the stored offset
+    /// (`None`: no row, use the reset policy).
+    Seek {
+        pipeline: usize,
+        tp: Tp,
+        epoch: u64,
+        to: Option<NextOffset>,
+    },
+}
+
+/// State shared by the loop, the rebalance callback and the runtime.
+pub struct Shared {
+    pub pipelines: Vec<Arc<Pipeline>>,
+    pub topics: Arc<Topics>,
+    pub pool: PgPool,
+    pub group_id: Arc<str>,
+    pub reset_earliest: bool,
+    pub writers: Vec<mpsc::UnboundedSender<WriterCommand>>,
+    pub runtime: tokio::runtime::Handle,
+    /// How long a revoke waits for the writers to flush before forgetting.
+    pub revoke_flush_timeout: Duration,
+    /// Shutdown began: no intake, no flush on revoke.
+    pub draining: AtomicBool,
+    /// Leave the group and end the loop.
+    pub stop: AtomicBool,
+    /// Partitions currently assigned to this member.
+    pub assigned: AtomicUsize,
+    /// Set by a rebalance: librdkafka forgets pauses on (re)assignment.
+    reapply_pauses: AtomicBool,
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        pipelines: Vec<Arc<Pipeline>>,
+        topics: Arc<Topics>,
+        pool: PgPool,
+        group_id: Arc<str>,
+        reset_earliest: bool,
+        writers: Vec<mpsc::UnboundedSender<WriterCommand>>,
+        runtime: tokio::runtime::Handle,
+        revoke_flush_timeout: Duration,
+    ) -> Self {
+        Self {
+            pipelines,
+            topics,
+            pool,
+            group_id,
+            reset_earliest,
+            writers,
+            runtime,
+            revoke_flush_timeout,
+            draining: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            assigned: AtomicUsize::new(0),
+            reapply_pauses: AtomicBool::new(false),
+        }
+    }
+
+    /// Reads the stored positions of the assigned partitions, records them
+    /// as the fencing baseline and writes the start offsets into `tpl`.
+    fn on_assign(&self, tpl: &mut TopicPartitionList) {
+        let mut by_topic: HashMap<String, Vec<i32>> = HashMap::new();
+        for elem in tpl.elements() {
+            by_topic
+                .entry(elem.topic().to_owned())
+                .or_default()
+                .push(elem.partition());
+        }
+        for (topic, partitions) in by_topic {
+            let Some((topic_id, index)) = self.topics.route(&topic) else {
+                warn!(%topic, "assigned a topic no pipeline maps; ignoring it");
+                continue;
+            };
+            let stored = self.load_offsets(&topic, &partitions);
+            let pipeline = &self.pipelines[index];
+            let mut state = pipeline.lock();
+            for &partition in &partitions {
+                let stored = stored.get(&partition).copied();
+                let tp = Tp {
+                    topic: topic_id,
+                    partition,
+                };
+                state.partitions.insert(
+                    tp,
+                    PartState {
+                        epoch: next_epoch(),
+                        stored,
+                        expected: stored,
+                        awaiting_seek: false,
+                    },
+                );
+                if let Err(err) =
+                    tpl.set_partition_offset(&topic, partition, start_position(stored, self.reset_earliest))
+                {
+                    error!(%topic, partition, error = %err, "cannot set start offset");
+                }
+            }
+            info!(pipeline = %pipeline.name, %topic, ?partitions, stored = ?stored_list(&stored), "partitions assigned");
+        }
+        self.assigned.store(tpl.count(), Ordering::Relaxed);
+        self.reapply_pauses.store(true, Ordering::Relaxed);
+    }
+
+    /// Reading offsets must succeed before the partitions start: starting
+    /// anywhere else would only get fenced. Retry while the database is away.
+    fn load_offsets(&self, topic: &str, partitions: &[i32]) -> HashMap<i32, NextOffset> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let result = self.runtime.block_on(crate::sink::offset_store::load(
+                &self.pool,
+                &self.group_id,
+                topic,
+                partitions,
+            ));
+            match result {
+                Ok(map) => return map,
+                Err(err) => {
+                    warn!(%topic, error = %err, retry_in = ?delay, "reading stored offsets failed");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Flushes what the writers hold (unless shutting down, when that was
+    /// already done), then forgets the revoked partitions' records: they
+    /// were not committed, so the next owner reads them again.
+    fn on_revoke(&self, tpl: &TopicPartitionList) {
+        if !self.draining.load(Ordering::Relaxed) {
+            let acks: Vec<oneshot::Receiver<()>> = self
+                .writers
+                .iter()
+                .filter_map(|w| {
+                    let (ack, rx) = oneshot::channel();
+                    w.send(WriterCommand::FlushAll { ack }).ok().map(|_| rx)
+                })
+                .collect();
+            let timeout = self.revoke_flush_timeout;
+            let flushed = self.runtime.block_on(async move {
+                tokio::time::timeout(timeout, async {
+                    for rx in acks {
+                        let _ = rx.await;
+                    }
+                })
+                .await
+                .is_ok()
+            });
+            if !flushed {
+                warn!(timeout = ?timeout, "revoke: writers did not flush in time; unflushed records will be re-read by the next owner");
+            }
+        }
+        let mut forgotten = 0;
+        for elem in tpl.elements() {
+            let Some((topic, index)) = self.topics.route(elem.topic()) else {
+                continue;
+            };
+            let tp = Tp {
+                topic,
+                partition: elem.partition(),
+            };
+            let mut state = self.pipelines[index].lock();
+            state.partitions.remove(&tp);
+            forgotten += state.buffer.purge(tp);
+        }
+        self.assigned.store(0, Ordering::Relaxed);
+        info!(partitions = tpl.count(), forgotten, "partitions revoked");
+    }
+}
+
+fn stored_list(stored: &HashMap<i32, NextOffset>) -> Vec<(i32, i64)> {
+    let mut v: Vec<(i32, i64)> = stored.iter().map(|(p, o)| (*p, o.0)).collect();
+    v.sort();
+    v
+}
+
+/// The librdkafka context: the rebalance callback forwards to [`Shared`]
+/// and applies its answer; it decides nothing itself.
+pub struct Context {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.shared.on_assign(tpl);
+                if let Err(err) = consumer.assign(tpl) {
+                    error!(error = %err, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.shared.on_revoke(tpl);
+                if let Err(err) = consumer.unassign() {
+                    error!(error = %err, "unassign failed");
+                }
+            }
+            other => {
+                error!(error = ?other, "rebalance failed; dropping the assignment");
+                self.shared.on_revoke(tpl);
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// Builds the consumer with sluice's context and subscribes it.
+pub fn create(
+    properties: &std::collections::BTreeMap<String, String>,
+    shared: Arc<Shared>,
+) -> KafkaResult<BaseConsumer<Context>> {
+    let mut config = rdkafka::ClientConfig::new();
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer<Context> = config.create_with_context(Context { shared: shared.clone() })?;
+    let topics: Vec<&str> = shared.topics.names().collect();
+    consumer.subscribe(&topics)?;
+    Ok(consumer)
+}
+
+/// How often paused pipelines are checked for resumption.
+const RESUME_CHECK: Duration = Duration::from_millis(20);
+
+/// Runs the loop on the calling thread until `shared.stop` is set, then
+/// commits what it can and closes the consumer (leaving the group).
+pub fn run(consumer: BaseConsumer<Context>, shared: Arc<Shared>, commands: std_mpsc::Receiver<ConsumerCommand>) {
+    let mut state = LoopState {
+        pending_commits: HashMap::new(),
+        pending_seeks: Vec::new(),
+        scratch: Vec::with_capacity(4096),
+        drained: false,
+    };
+    let mut last_resume_check = Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) {
+        state.serve_commands(&consumer, &shared, &commands);
+        if shared.draining.load(Ordering::Relaxed) && !state.drained {
+            pause_all(&consumer, &shared);
+            state.drained = true;
+        }
+        if shared.reapply_pauses.swap(false, Ordering::Relaxed) {
+            reapply_pauses(&consumer, &shared, state.drained);
+        }
+        let message = consumer.poll(Duration::from_millis(100));
+        let idle = message.is_none();
+        match message {
+            None => {}
+            Some(Ok(msg)) => state.intake(&consumer, &shared, &msg),
+            Some(Err(err)) => warn!(error = %err, "kafka consumer error"),
+        }
+        if idle || last_resume_check.elapsed() >= RESUME_CHECK {
+            last_resume_check = Instant::now();
+            check_resume(&consumer, &shared, state.drained);
+        }
+    }
+    state.serve_commands(&consumer, &shared, &commands);
+    if !state.pending_commits.is_empty() {
+        state.commit(&consumer, CommitMode::Sync);
+    }
+    info!("leaving the consumer group");
+    // Dropping the consumer closes it: the final revoke runs through the
+    // callback (which, while draining, only forgets) and the member leaves.
+    drop(consumer);
+}
+
+struct LoopState {
+    pending_commits: HashMap<(usize, Tp), i64>,
+    pending_seeks: Vec<(usize, Tp, u64, Option<NextOffset>)>,
+    scratch: Vec<u8>,
+    drained: bool,
+}
+
+impl LoopState {
+    fn serve_commands(
+        &mut self,
+        consumer: &BaseConsumer<Context>,
+        shared: &Shared,
+        commands: &std_mpsc::Receiver<ConsumerCommand>,
+    ) {
+        while let Ok(cmd) = commands.try_recv() {
+            match cmd {
+                ConsumerCommand::Commit {
+                    pipeline,
+                    tp,
+                    epoch,
+                    next,
+                } => {
+                    let held = shared.pipelines[pipeline]
+                        .lock()
+                        .partitions
+                        .get(&tp)
+                        .is_some_and(|p| p.epoch == epoch);
+                    if held {
+                        self.pending_commits.insert((pipeline, tp), next.0);
+                    }
+                }
+                ConsumerCommand::Seek {
+                    pipeline,
+                    tp,
+                    epoch,
+                    to,
+                } => self.pending_seeks.push((pipeline, tp, epoch, to)),
+            }
+        }
+        if !self.pending_commits.is_empty() {
+            self.commit(consumer, CommitMode::Async);
+        }
+        let seeks = std::mem::take(&mut self.pending_seeks);
+        for (index, tp, epoch, to) in seeks {
+            let pipeline = &shared.pipelines[index];
+            if pipeline.lock().partitions.get(&tp).is_none_or(|p| p.epoch != epoch) {
+                continue;
+            }
+            let topic = shared.topics.name(tp.topic);
+            let offset = start_position(to, shared.reset_earliest);
+            // librdkafka's seek discards what was fetched before it, so from
+            // here on everything polled for the partition starts at `to`.
+            match consumer.seek(topic, tp.partition, offset, Duration::from_secs(5)) {
+                Ok(()) => {
+                    if let Some(p) = pipeline.lock().partitions.get_mut(&tp) {
+                        if p.epoch == epoch {
+                            p.awaiting_seek = false;
+                        }
+                    }
+                    debug!(%topic, partition = tp.partition, ?offset, "seeked after fence");
+                }
+                Err(err) => {
+                    warn!(%topic, partition = tp.partition, error = %err, "seek failed; retrying");
+                    self.pending_seeks.push((index, tp, epoch, to));
+                }
+            }
+        }
+    }
+
+    fn commit(&mut self, consumer: &BaseConsumer<Context>, mode: CommitMode) {
+        let mut tpl = TopicPartitionList::new();
+        for ((index, tp), next) in self.pending_commits.drain() {
+            let _ = index;
+            let topic = consumer.context().shared.topics.name(tp.topic);
+            let _ = tpl.add_partition_offset(topic, tp.partition, Offset::Offset(next));
+        }
+        if let Err(err) = consumer.commit(&tpl, mode) {
+            debug!(error = %err, "kafka offset commit failed (lag reporting only)");
+        }
+    }
+
+    /// Decodes a record and hands it to its pipeline's buffer.
+    fn intake(&mut self, consumer: &BaseConsumer<Context>, shared: &Shared, msg: &BorrowedMessage<'_>) {
+        if self.drained {
+            // Shutting down: not buffered, not committed, re-read by the next owner.
+            return;
+        }
+        let Some((topic, index)) = shared.topics.route(msg.topic()) else {
+            return;
+        };
+        let pipeline = &shared.pipelines[index];
+        let tp = Tp {
+            topic,
+            partition: msg.partition(),
+        };
+        let offset = msg.offset();
+        let record = RecordRef {
+            topic: msg.topic(),
+            partition: msg.partition(),
+            offset,
+            timestamp_ms: msg.timestamp().to_millis(),
+            key: msg.key(),
+            value: msg.payload(),
+        };
+        self.scratch.clear();
+        let row = match pipeline.encoder.encode(&record, &mut self.scratch) {
+            Ok(()) => Some(Box::<[u8]>::from(self.scratch.as_slice())),
+            Err(err) => {
+                // Until dead letters exist, a record that can't become a row
+                // is logged and counted, and its offset advances in order.
+                warn!(pipeline = %pipeline.name, topic = %record.topic, partition = record.partition, offset,
+                    error = %err, "record skipped: cannot decode");
+                Counters::add(&pipeline.counters.skipped, 1);
+                None
+            }
+        };
+        let (wake, pause) = {
+            let mut state = pipeline.lock();
+            let state = &mut *state;
+            let Some(part) = state.partitions.get_mut(&tp) else {
+                return;
+            };
+            if part.awaiting_seek || !is_new(part.expected, offset) {
+                return;
+            }
+            part.expected = Some(NextOffset(offset + 1));
+            let entry = Entry {
+                tp,
+                epoch: part.epoch,
+                offset,
+                row,
+            };
+            state.buffer.push(entry, Instant::now());
+            let s = &pipeline.settings;
+            let queued = state.buffer.queued_records();
+            let wake = queued == 1 || queued >= s.batch_size || state.buffer.queued_bytes() >= s.batch_bytes;
+            let decision = pause_decision(
+                state.paused,
+                state.buffer.utilization(),
+                s.high_watermark,
+                s.low_watermark,
+            );
+            let pause = decision == PauseDecision::Pause;
+            if pause {
+                state.paused = true;
+            }
+            (wake, pause.then(|| partition_list(shared, state.partitions.keys())))
+        };
+        Counters::add(&pipeline.counters.consumed, 1);
+        if wake {
+            pipeline.wake_writer.notify_one();
+        }
+        if let Some(tpl) = pause {
+            match consumer.pause(&tpl) {
+                Ok(()) => {
+                    info!(pipeline = %pipeline.name, partitions = tpl.count(), "buffer above high watermark: partitions paused")
+                }
+                Err(err) => warn!(pipeline = %pipeline.name, error = %err, "pause failed"),
+            }
+        }
+    }
+}
+
+fn partition_list<'a>(shared: &Shared, tps: impl Iterator<Item = &'a Tp>) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for tp in tps {
+        tpl.add_partition(shared.topics.name(tp.topic), tp.partition);
+    }
+    tpl
+}
+
+fn check_resume(consumer: &BaseConsumer<Context>, shared: &Shared, drained: bool) {
+    if drained {
+        return;
+    }
+    for pipeline in &shared.pipelines {
+        let tpl = {
+            let mut state = pipeline.lock();
+            let s = &pipeline.settings;
+            if pause_decision(
+                state.paused,
+                state.buffer.utilization(),
+                s.high_watermark,
+                s.low_watermark,
+            ) != PauseDecision::Resume
+            {
+                continue;
+            }
+            state.paused = false;
+            partition_list(shared, state.partitions.keys())
+        };
+        match consumer.resume(&tpl) {
+            Ok(()) => {
+                info!(pipeline = %pipeline.name, partitions = tpl.count(), "buffer at low watermark: partitions resumed")
+            }
+            Err(err) => warn!(pipeline = %pipeline.name, error = %err, "resume failed"),
+        }
+    }
+}
+
+fn reapply_pauses(consumer: &BaseConsumer<Context>, shared: &Shared, drained: bool) {
+    for pipeline in &shared.pipelines {
+        let tpl = {
+            let state = pipeline.lock();
+            if !(state.paused || drained) || state.partitions.is_empty() {
+                continue;
+            }
+            partition_list(shared, state.partitions.keys())
+        };
+        if let Err(err) = consumer.pause(&tpl) {
+            warn!(pipeline = %pipeline.name, error = %err, "re-applying pause failed");
+        }
+    }
+}
+
+fn pause_all(consumer: &BaseConsumer<Context>, shared: &Shared) {
+    if let Ok(assignment) = consumer.assignment() {
+        if assignment.count() > 0 {
+            let _ = consumer.pause(&assignment);
+        }
+    }
+    info!(
+        partitions = shared.assigned.load(Ordering::Relaxed),
+        "draining: intake stopped"
+    );
+}

@@ -1,0 +1,29 @@
+//! sluice: a Kafka → PostgreSQL connector that pauses partitions instead of
+//! growing memory and writes every record into Postgres exactly once.
+//!
+//! # Layout
+//!
+//! - [`config`]: typed settings, figment layering (defaults → TOML → `SLUICE_*` env), validation.
+//! - [`mapping`]: the mapping language: column sources and the Postgres types sluice writes.
+//! - [`kafka`]: the consumer loop, rebalance handling, offset arithmetic.
+//! - [`pipeline`]: per-mapping bounded buffer and the pause/resume decision.
+//! - [`sink`]: record → row encoding, the batch writer (COPY + fenced offsets), schema checks, error classes.
+//! - [`service`]: wiring for `run`, `check` and `migrate`.
+//!
+//! # Delivery semantics
+//!
+//! Exactly-once into Postgres. Each flush writes its rows and advances the
+//! source offsets they cover (`sluice.offsets`) in one transaction. The
+//! offset update is conditional on the stored position still being the one
+//! the batch started from, so a revoked instance that is still writing (a
+//! zombie) rolls back instead of duplicating. On assignment a partition
+//! starts from the offset stored in Postgres; Kafka's committed offsets are
+//! written after each flush for lag tooling only. A record that cannot be
+//! decoded is skipped, logged and counted, and its offset advances in order.
+
+pub mod config;
+pub mod kafka;
+pub mod mapping;
+pub mod pipeline;
+pub mod service;
+pub mod sink;

@@ -1,0 +1,309 @@
+//! Wiring: builds the pipelines, writers and consumer loop from the config,
+//! runs them until shutdown, and implements `check` and `migrate`.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use crate::config::{Config, OffsetReset, PipelineConfig, PostgresConfig};
+use crate::kafka::consumer::{self, Shared};
+use crate::kafka::Topics;
+use crate::pipeline::buffer::Limits;
+use crate::pipeline::{Pipeline, Settings};
+use crate::sink::encode::RowEncoder;
+use crate::sink::schema::{live_columns, plan_columns, MappingError, TableRef};
+use crate::sink::writer::{Writer, WriterCommand};
+
+/// sluice's own migrations (`sluice.offsets`, …), embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connects to Postgres with the configured pool settings.
+pub async fn connect(config: &PostgresConfig) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(config.pool_size)
+        .acquire_timeout(config.connect_timeout)
+        .connect(&config.url)
+        .await
+}
+
+/// Applies sluice's migrations; safe to run concurrently (sqlx takes an
+/// advisory lock) and repeatedly.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+fn settings(p: &PipelineConfig) -> Settings {
+    Settings {
+        batch_size: p.batch_size,
+        batch_bytes: p.batch_bytes.bytes() as usize,
+        flush_interval: p.flush_interval,
+        limits: Limits {
+            max_records: p.max_buffer_records,
+            max_bytes: p.max_buffer_bytes.bytes() as usize,
+        },
+        high_watermark: p.high_watermark,
+        low_watermark: p.low_watermark,
+    }
+}
+
+fn table_ref(p: &PipelineConfig) -> TableRef {
+    let (schema, name) = p.table_ref();
+    TableRef { schema, name }
+}
+
+/// Checks every pipeline's mapping against its live table and builds the
+/// encoders. Returns every problem found, not just the first.
+pub async fn plan_pipelines(
+    config: &Config,
+    pool: &PgPool,
+) -> anyhow::Result<Result<Vec<Pipeline>, Vec<MappingError>>> {
+    let mut pipelines = Vec::new();
+    let mut problems = Vec::new();
+    for p in &config.pipelines {
+        let table = table_ref(p);
+        let live = live_columns(pool, &table)
+            .await
+            .with_context(|| format!("reading the columns of {table}"))?;
+        match plan_columns(&p.name, &table, &p.column_sources(), live.as_deref()) {
+            Ok(columns) => pipelines.push(Pipeline::new(
+                p.name.clone(),
+                table,
+                RowEncoder::new(columns),
+                settings(p),
+            )),
+            Err(errors) => problems.extend(errors),
+        }
+    }
+    Ok(if problems.is_empty() {
+        Ok(pipelines)
+    } else {
+        Err(problems)
+    })
+}
+
+/// `sluice check`: the config is valid (it loaded), both systems answer,
+/// and every mapping fits its live table. Prints a line per finding and
+/// returns how many problems there were.
+pub async fn check(config: &Config) -> usize {
+    let mut problems = 0;
+    let properties = config.consumer_properties();
+    match kafka_metadata(&properties, Duration::from_secs(10)) {
+        Ok(topics) => {
+            println!(
+                "ok: kafka {} answers ({} topics visible)",
+                config.kafka.brokers,
+                topics.len()
+            );
+            for p in &config.pipelines {
+                for t in &p.topics {
+                    if !topics.contains(t) {
+                        println!(
+                            "warning: pipeline `{}`: topic `{t}` does not exist yet (it is read once created)",
+                            p.name
+                        );
+                    }
+                }
+            }
+        }
+        Err(err) => {
+            problems += 1;
+            println!("error: kafka {}: {err}", config.kafka.brokers);
+        }
+    }
+    let pool = match connect(&config.postgres).await {
+        Ok(pool) => {
+            println!("ok: postgres {} answers", config.postgres.redacted_url());
+            pool
+        }
+        Err(err) => {
+            println!("error: postgres {}: {err}", config.postgres.redacted_url());
+            return problems + 1;
+        }
+    };
+    match MIGRATOR.version_checksum_ok(&pool).await {
+        Ok(true) => println!("ok: sluice schema is migrated"),
+        Ok(false) => {
+            problems += 1;
+            println!("error: sluice schema is not migrated: run `sluice migrate`");
+        }
+        Err(err) => {
+            problems += 1;
+            println!("error: reading sluice migrations: {err}");
+        }
+    }
+    match plan_pipelines(config, &pool).await {
+        Ok(Ok(pipelines)) => {
+            for p in pipelines {
+                println!(
+                    "ok: pipeline `{}` → {} ({} columns)",
+                    p.name,
+                    p.table,
+                    p.encoder.columns().len()
+                );
+            }
+        }
+        Ok(Err(errors)) => {
+            for e in errors {
+                problems += 1;
+                println!("error: {e}");
+            }
+        }
+        Err(err) => {
+            problems += 1;
+            println!("error: {err:#}");
+        }
+    }
+    problems
+}
+
+trait MigratorExt {
+    async fn version_checksum_ok(&self, pool: &PgPool) -> Result<bool, sqlx::Error>;
+}
+
+impl MigratorExt for sqlx::migrate::Migrator {
+    /// Whether every embedded migration is applied.
+    async fn version_checksum_ok(&self, pool: &PgPool) -> Result<bool, sqlx::Error> {
+        let applied: Vec<i64> = match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+        {
+            Ok(v) => v,
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => return Ok(false),
+            Err(err) => return Err(err),
+        };
+        Ok(self.iter().all(|m| applied.contains(&m.version)))
+    }
+}
+
+fn kafka_metadata(
+    properties: &std::collections::BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<Vec<String>, rdkafka::error::KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let mut config = rdkafka::ClientConfig::new();
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create()?;
+    let metadata = consumer.fetch_metadata(None, timeout)?;
+    Ok(metadata.topics().iter().map(|t| t.name().to_owned()).collect())
+}
+
+/// Runs sluice until `shutdown` resolves, then drains within
+/// `config.shutdown_timeout` and leaves the group.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let pool = connect(&config.postgres)
+        .await
+        .with_context(|| format!("connecting to postgres {}", config.postgres.redacted_url()))?;
+    migrate(&pool).await.context("applying sluice migrations")?;
+    let pipelines = match plan_pipelines(&config, &pool).await? {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in &errors {
+                error!(error = %e, "mapping does not fit the table");
+            }
+            bail!("{} mapping problem(s); see `sluice check`", errors.len());
+        }
+    };
+    let pipelines: Vec<Arc<Pipeline>> = pipelines.into_iter().map(Arc::new).collect();
+    let mut topics = Topics::default();
+    for (index, p) in config.pipelines.iter().enumerate() {
+        for t in &p.topics {
+            topics.insert(t, index);
+        }
+    }
+    let topics = Arc::new(topics);
+    let group_id: Arc<str> = Arc::from(config.kafka.group_id.as_str());
+
+    let (cmd_tx, cmd_rx) = std_mpsc::channel();
+    let mut writer_txs = Vec::new();
+    let mut writer_tasks = Vec::new();
+    for (index, pipeline) in pipelines.iter().enumerate() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        writer_txs.push(tx);
+        let writer = Writer {
+            index,
+            pipeline: pipeline.clone(),
+            pool: pool.clone(),
+            group_id: group_id.clone(),
+            topics: topics.clone(),
+            commands: rx,
+            consumer: cmd_tx.clone(),
+        };
+        writer_tasks.push(tokio::spawn(writer.run()));
+    }
+    let shared = Arc::new(Shared::new(
+        pipelines.clone(),
+        topics.clone(),
+        pool.clone(),
+        group_id,
+        config.kafka.auto_offset_reset == OffsetReset::Earliest,
+        writer_txs.clone(),
+        tokio::runtime::Handle::current(),
+        config.shutdown_timeout,
+    ));
+    let kafka =
+        consumer::create(&config.consumer_properties(), shared.clone()).context("creating the kafka consumer")?;
+    let (done_tx, mut done_rx) = oneshot::channel::<()>();
+    let loop_shared = shared.clone();
+    let consumer_thread = std::thread::Builder::new()
+        .name("sluice-consumer".into())
+        .spawn(move || {
+            consumer::run(kafka, loop_shared, cmd_rx);
+            let _ = done_tx.send(());
+        })
+        .context("spawning the consumer thread")?;
+    info!(pipelines = pipelines.len(), group = %config.kafka.group_id, brokers = %config.kafka.brokers, "sluice running");
+
+    tokio::select! {
+        _ = shutdown => info!(timeout = ?config.shutdown_timeout, "shutdown requested: draining"),
+        _ = &mut done_rx => bail!("the consumer loop ended unexpectedly"),
+    }
+
+    // DRAINING: stop intake, flush what is buffered, commit, leave the group.
+    // Whatever is not flushed by the deadline is simply not committed.
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+    let close_reserve = (config.shutdown_timeout / 4).min(Duration::from_secs(3));
+    shared.draining.store(true, Ordering::SeqCst);
+    let acks: Vec<oneshot::Receiver<()>> = writer_txs
+        .iter()
+        .filter_map(|w| {
+            let (ack, rx) = oneshot::channel();
+            w.send(WriterCommand::FlushAll { ack }).ok().map(|_| rx)
+        })
+        .collect();
+    let flushed = tokio::time::timeout_at(deadline - close_reserve, async {
+        for rx in acks {
+            let _ = rx.await;
+        }
+    })
+    .await
+    .is_ok();
+    if flushed {
+        info!("drained: everything buffered is committed");
+    } else {
+        warn!("shutdown deadline reached before the buffers drained; the rest is re-read by the next owner");
+    }
+    shared.stop.store(true, Ordering::SeqCst);
+    if tokio::time::timeout_at(deadline, done_rx).await.is_err() {
+        warn!("the consumer did not leave the group before the deadline");
+    } else {
+        let _ = consumer_thread.join();
+    }
+    for task in writer_tasks {
+        task.abort();
+    }
+    let written: u64 = pipelines
+        .iter()
+        .map(|p| p.counters.written.load(Ordering::Relaxed))
+        .sum();
+    info!(written, "sluice stopped");
+    Ok(())
+}

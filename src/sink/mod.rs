@@ -1,0 +1,8 @@
+//! Postgres side: record → row encoding, the batch writer with its COPY and
+//! fenced offset commit, the live-schema check and error classification.
+
+pub mod encode;
+pub mod error;
+pub mod offset_store;
+pub mod schema;
+pub mod writer;

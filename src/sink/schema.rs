@@ -1,0 +1,234 @@
+//! The live table schema, and checking a mapping against it.
+
+use std::fmt;
+
+use sqlx::PgPool;
+
+use crate::mapping::{ColumnSource, PgType};
+use crate::sink::encode::ColumnPlan;
+
+/// A table, schema-qualified. Names are used exactly as written and always
+/// quoted, so they are case-sensitive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRef {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableRef {
+    /// `"schema"."name"`, safe to splice into SQL.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl fmt::Display for TableRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// Quotes an identifier for SQL: `a"b` → `"a""b"`.
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// A column as the database has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveColumn {
+    pub name: String,
+    /// The type name (`pg_type.typname`), domains resolved to their base type.
+    pub type_name: String,
+    pub not_null: bool,
+}
+
+/// Reads the table's columns; `None` when the table does not exist.
+pub async fn live_columns(pool: &PgPool, table: &TableRef) -> Result<Option<Vec<LiveColumn>>, sqlx::Error> {
+    let exists: Option<i64> = sqlx::query_scalar(
+        "SELECT 1::int8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+    )
+    .bind(&table.schema)
+    .bind(&table.name)
+    .fetch_optional(pool)
+    .await?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let rows: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT a.attname::text, \
+                (CASE WHEN t.typtype = 'd' THEN bt.typname ELSE t.typname END)::text, \
+                a.attnotnull \
+         FROM pg_attribute a \
+         JOIN pg_class c ON c.oid = a.attrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_type t ON t.oid = a.atttypid \
+         LEFT JOIN pg_type bt ON bt.oid = t.typbasetype \
+         WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
+         ORDER BY a.attnum",
+    )
+    .bind(&table.schema)
+    .bind(&table.name)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(
+        rows.into_iter()
+            .map(|(name, type_name, not_null)| LiveColumn {
+                name,
+                type_name,
+                not_null,
+            })
+            .collect(),
+    ))
+}
+
+/// Why a mapping does not fit the live table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    #[error("pipeline `{pipeline}`: table {table} does not exist")]
+    MissingTable { pipeline: String, table: String },
+    #[error("pipeline `{pipeline}`: column `{column}` does not exist in table {table}")]
+    MissingColumn {
+        pipeline: String,
+        table: String,
+        column: String,
+    },
+    #[error("pipeline `{pipeline}`: column `{column}` has type {type_name}, which sluice cannot write")]
+    UnsupportedType {
+        pipeline: String,
+        column: String,
+        type_name: String,
+    },
+    #[error("pipeline `{pipeline}`: column `{column}` ({type_name}): {reason}")]
+    Incompatible {
+        pipeline: String,
+        column: String,
+        type_name: String,
+        reason: String,
+    },
+}
+
+/// Matches the mapped columns to the live ones; reports every problem, not
+/// only the first, so one `sluice check` run shows them all.
+pub fn plan_columns(
+    pipeline: &str,
+    table: &TableRef,
+    mapping: &[(String, ColumnSource)],
+    live: Option<&[LiveColumn]>,
+) -> Result<Vec<ColumnPlan>, Vec<MappingError>> {
+    let Some(live) = live else {
+        return Err(vec![MappingError::MissingTable {
+            pipeline: pipeline.into(),
+            table: table.to_string(),
+        }]);
+    };
+    let mut plan = Vec::with_capacity(mapping.len());
+    let mut errors = Vec::new();
+    for (column, source) in mapping {
+        let Some(col) = live.iter().find(|c| &c.name == column) else {
+            errors.push(MappingError::MissingColumn {
+                pipeline: pipeline.into(),
+                table: table.to_string(),
+                column: column.clone(),
+            });
+            continue;
+        };
+        let Some(ty) = PgType::from_udt_name(&col.type_name) else {
+            errors.push(MappingError::UnsupportedType {
+                pipeline: pipeline.into(),
+                column: column.clone(),
+                type_name: col.type_name.clone(),
+            });
+            continue;
+        };
+        if let Err(reason) = ty.accepts(source) {
+            errors.push(MappingError::Incompatible {
+                pipeline: pipeline.into(),
+                column: column.clone(),
+                type_name: col.type_name.clone(),
+                reason,
+            });
+            continue;
+        }
+        plan.push(ColumnPlan {
+            name: column.clone(),
+            source: source.clone(),
+            ty,
+        });
+    }
+    if errors.is_empty() {
+        Ok(plan)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live() -> Vec<LiveColumn> {
+        vec![
+            LiveColumn {
+                name: "id".into(),
+                type_name: "int8".into(),
+                not_null: true,
+            },
+            LiveColumn {
+                name: "doc".into(),
+                type_name: "jsonb".into(),
+                not_null: false,
+            },
+            LiveColumn {
+                name: "where".into(),
+                type_name: "point".into(),
+                not_null: false,
+            },
+            LiveColumn {
+                name: "flag".into(),
+                type_name: "bool".into(),
+                not_null: false,
+            },
+        ]
+    }
+
+    #[test]
+    fn reports_every_problem_by_name() {
+        let table = TableRef {
+            schema: "public".into(),
+            name: "t".into(),
+        };
+        let mapping = vec![
+            ("id".to_string(), ColumnSource::Pointer("/id".into())),
+            ("missing".to_string(), ColumnSource::Pointer("/m".into())),
+            ("where".to_string(), ColumnSource::Pointer("/w".into())),
+            ("flag".to_string(), ColumnSource::Offset),
+        ];
+        let errors = plan_columns("orders", &table, &mapping, Some(&live())).unwrap_err();
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 3, "{text:?}");
+        assert!(text[0].contains("column `missing` does not exist in table public.t"));
+        assert!(text[1].contains("column `where` has type point"));
+        assert!(text[2].contains("column `flag` (bool)"));
+    }
+
+    #[test]
+    fn missing_table() {
+        let table = TableRef {
+            schema: "public".into(),
+            name: "nope".into(),
+        };
+        let errors = plan_columns("p", &table, &[], None).unwrap_err();
+        assert_eq!(errors[0].to_string(), "pipeline `p`: table public.nope does not exist");
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        let t = TableRef {
+            schema: "Public".into(),
+            name: "My Table".into(),
+        };
+        assert_eq!(t.quoted(), "\"Public\".\"My Table\"");
+    }
+}

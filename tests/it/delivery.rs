@@ -1,0 +1,239 @@
+//! Exactly-once delivery end to end: a clean run, crashes, a second group
+//! member, and graceful shutdown.
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use crate::harness::*;
+
+const EVENTS: u64 = 100_000;
+
+/// 3 partitions, 100,000 JSON events → exactly 100,000 rows, every
+/// (partition, offset) once, every value as produced.
+#[tokio::test(flavor = "multi_thread")]
+async fn hundred_thousand_events_land_exactly_once_with_their_values() {
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let (topic, group, table) = (unique("e2e"), unique("g"), unique("orders"));
+    create_topic(&services.brokers, &topic, 3).await;
+    create_orders_table(&pool, &table).await;
+    let brokers = services.brokers.clone();
+    let t = topic.clone();
+    tokio::task::spawn_blocking(move || produce(&brokers, &t, 3, 0..EVENTS, 0, order_payload))
+        .await
+        .unwrap();
+
+    let sluice = Sluice::start(&config(&services, &group, &topic, &table, ORDER_COLUMNS, ""));
+    let landed = eventually(Duration::from_secs(120), || async {
+        count(&pool, &table).await >= EVENTS as i64
+    })
+    .await;
+    assert!(
+        landed,
+        "only {} rows; log:\n{}",
+        count(&pool, &table).await,
+        sluice.log_text()
+    );
+    // Give a straggling duplicate the chance to show up before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_exactly_once(&pool, &table, 3, EVENTS).await;
+
+    let rows: Vec<(i64, String, String, i64, serde_json::Value, i32, i64)> = sqlx::query_as(&format!(
+        "SELECT id, customer, amount::text, (extract(epoch from ts) * 1000)::int8, doc, kafka_partition, kafka_offset \
+         FROM {table}"
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len() as u64, EVENTS);
+    for (id, customer, amount, ts_ms, doc, partition, offset) in rows {
+        let i = id as u64;
+        let expected: serde_json::Value = serde_json::from_str(&order_payload(i)).unwrap();
+        assert_eq!(customer, format!("customer-{}", i % 97));
+        assert_eq!(amount, format!("{}.{:02}", i % 1000, i % 100));
+        assert_eq!(ts_ms as u64, 1_700_000_000_000 + i);
+        assert_eq!(doc, expected);
+        assert_eq!(partition as u64, i % 3, "record {i} went to partition i % 3");
+        assert_eq!(offset as u64, i / 3, "record {i} is the (i/3)th of its partition");
+    }
+    let stored = stored_offsets(&pool, &group, &topic).await;
+    assert_eq!(
+        stored.iter().map(|(_, o)| *o).sum::<i64>(),
+        EVENTS as i64,
+        "stored offsets cover every record"
+    );
+}
+
+/// SIGKILL at random moments during the load, restart each time: still
+/// exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_and_restart_five_times_loses_and_duplicates_nothing() {
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let (topic, group, table) = (unique("kill"), unique("g"), unique("orders"));
+    create_topic(&services.brokers, &topic, 3).await;
+    create_orders_table(&pool, &table).await;
+    let brokers = services.brokers.clone();
+    let t = topic.clone();
+    // ~20 s of load, so the kills land while records are still arriving.
+    let producer = tokio::task::spawn_blocking(move || produce(&brokers, &t, 3, 0..EVENTS, 5_000, order_payload));
+
+    let extra = "batch_size = 500";
+    let mut sluice = Sluice::start(&config(&services, &group, &topic, &table, ORDER_COLUMNS, extra));
+    let mut kills = 0;
+    let mut logs = String::new();
+    while kills < 6 {
+        let before = count(&pool, &table).await;
+        // Wait until this incarnation has written something, then kill it at a random moment.
+        let progressed = eventually(Duration::from_secs(60), || async {
+            count(&pool, &table).await > before
+        })
+        .await;
+        assert!(
+            progressed,
+            "no progress after restart {kills}; log:\n{}",
+            sluice.log_text()
+        );
+        let pause = rand::rng().random_range(50..1500);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        sluice.kill9();
+        kills += 1;
+        logs.push_str(&sluice.log_text());
+        sluice = sluice.restart(&format!("sluice-{kills}.log"));
+    }
+    producer.await.unwrap();
+    let landed = eventually(Duration::from_secs(180), || async {
+        count(&pool, &table).await >= EVENTS as i64
+    })
+    .await;
+    assert!(
+        landed,
+        "only {} rows after {kills} kills; log:\n{}",
+        count(&pool, &table).await,
+        sluice.log_text()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_exactly_once(&pool, &table, 3, EVENTS).await;
+    assert!(kills >= 5);
+}
+
+/// Two members in one group on 6 partitions; one is SIGKILLed mid-load and
+/// restarted. Partitions move between them and back; still exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_members_one_killed_midway_stays_exactly_once() {
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let (topic, group, table) = (unique("group"), unique("g"), unique("orders"));
+    create_topic(&services.brokers, &topic, 6).await;
+    create_orders_table(&pool, &table).await;
+    let brokers = services.brokers.clone();
+    let t = topic.clone();
+    let producer = tokio::task::spawn_blocking(move || produce(&brokers, &t, 6, 0..EVENTS, 5_000, order_payload));
+
+    let extra = "batch_size = 1000";
+    let a = Sluice::start(&config(&services, &group, &topic, &table, ORDER_COLUMNS, extra));
+    let mut b = a.restart("member-b.log");
+    // Both joined and writing.
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            count(&pool, &table).await > 10_000
+        })
+        .await
+    );
+    let both = a.log_text().contains("partitions assigned") && b.log_text().contains("partitions assigned");
+    assert!(
+        both,
+        "both members got partitions:\nA:\n{}\nB:\n{}",
+        a.log_text(),
+        b.log_text()
+    );
+    b.kill9();
+    let at_kill = count(&pool, &table).await;
+    // A takes over all six partitions after B's session times out.
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            count(&pool, &table).await > at_kill + 5_000
+        })
+        .await
+    );
+    let b2 = b.restart("member-b2.log");
+    producer.await.unwrap();
+    let landed = eventually(Duration::from_secs(120), || async {
+        count(&pool, &table).await >= EVENTS as i64
+    })
+    .await;
+    assert!(
+        landed,
+        "only {} rows\nA:\n{}\nB2:\n{}",
+        count(&pool, &table).await,
+        a.log_text(),
+        b2.log_text()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_exactly_once(&pool, &table, 6, EVENTS).await;
+    let rebalanced = a.log_text().matches("partitions revoked").count();
+    assert!(rebalanced >= 2, "A went through the kill and the rejoin rebalances");
+}
+
+/// SIGTERM during load: exit 0 within the deadline; what was flushed is in
+/// the table and the stored offsets match it exactly.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_commits_and_exits_zero_within_the_deadline() {
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let (topic, group, table) = (unique("term"), unique("g"), unique("orders"));
+    create_topic(&services.brokers, &topic, 3).await;
+    create_orders_table(&pool, &table).await;
+    let brokers = services.brokers.clone();
+    let t = topic.clone();
+    let producer = tokio::task::spawn_blocking(move || produce(&brokers, &t, 3, 0..EVENTS, 10_000, order_payload));
+
+    let mut sluice = Sluice::start(&config(
+        &services,
+        &group,
+        &topic,
+        &table,
+        ORDER_COLUMNS,
+        "batch_size = 2000",
+    ));
+    assert!(eventually(Duration::from_secs(60), || async { count(&pool, &table).await > 5_000 }).await);
+    let sent = Instant::now();
+    sluice.sigterm();
+    // shutdown_timeout is 10 s in the test config.
+    let status = sluice
+        .wait_timeout(Duration::from_secs(11))
+        .expect("exited within the deadline");
+    let took = sent.elapsed();
+    assert!(status.success(), "exit status {status:?}; log:\n{}", sluice.log_text());
+    let log = sluice.log_text();
+    assert!(log.contains("drained"), "drained before exit:\n{log}");
+    producer.await.unwrap();
+
+    // Rows and offsets agree per partition: offsets 0..next-1, each once.
+    let stored = stored_offsets(&pool, &group, &topic).await;
+    assert_eq!(stored.len(), 3, "every partition committed something");
+    for (partition, next) in stored {
+        let (n, distinct, max): (i64, i64, Option<i64>) = sqlx::query_as(&format!(
+            "SELECT count(*), count(DISTINCT kafka_offset), max(kafka_offset) FROM {table} WHERE kafka_partition = $1"
+        ))
+        .bind(partition)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(n, next, "partition {partition}: rows = stored next_offset");
+        assert_eq!(distinct, n, "partition {partition}: no duplicates");
+        assert_eq!(max, Some(next - 1), "partition {partition}: no gap");
+    }
+    eprintln!("sigterm → exit took {took:?}");
+
+    // A restart picks up exactly where the drain stopped.
+    let _again = sluice.restart("after-term.log");
+    let landed = eventually(Duration::from_secs(120), || async {
+        count(&pool, &table).await >= EVENTS as i64
+    })
+    .await;
+    assert!(landed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_exactly_once(&pool, &table, 3, EVENTS).await;
+}

@@ -1,0 +1,354 @@
+//! Test harness: real services from the environment set by `scripts/test.sh`.
+//!
+//! `SLUICE_KAFKA_BROKERS` and `SLUICE_TEST_DATABASE_URL` name the broker and
+//! the database. Every test makes its own topic, group and table, so tests
+//! run in parallel against one broker and one database.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+pub struct Services {
+    pub brokers: String,
+    pub database_url: String,
+}
+
+impl Services {
+    /// The services `scripts/test.sh` started. Without them the test can't
+    /// run meaningfully, so it fails with instructions instead of passing.
+    pub fn from_env() -> Services {
+        let brokers = std::env::var("SLUICE_KAFKA_BROKERS").expect(
+            "SLUICE_KAFKA_BROKERS is not set: run the tests with scripts/test.sh, which starts the broker and Postgres",
+        );
+        let database_url = std::env::var("SLUICE_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        Services { brokers, database_url }
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&self.database_url)
+            .await
+            .expect("connect to the test database")
+    }
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create_topics");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+#[derive(Default)]
+struct Deliveries {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+struct CountingContext(Arc<Deliveries>);
+impl ClientContext for CountingContext {}
+impl ProducerContext for CountingContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.0.ok.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.0.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// Produces records `range` to `topic`, record `i` to partition
+/// `i % partitions`, with the payload `payload(i)`. `per_second` = 0 means
+/// as fast as possible. Panics unless every record is acknowledged.
+pub fn produce(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    range: std::ops::Range<u64>,
+    per_second: u64,
+    payload: impl Fn(u64) -> String,
+) {
+    let deliveries = Arc::new(Deliveries::default());
+    let producer: ThreadedProducer<CountingContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("acks", "all")
+        .create_with_context(CountingContext(deliveries.clone()))
+        .expect("producer");
+    let started = Instant::now();
+    let total = range.end - range.start;
+    for (n, i) in range.enumerate() {
+        if per_second > 0 {
+            let due = started + Duration::from_secs_f64(n as f64 / per_second as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let key = i.to_string();
+        let value = payload(i);
+        let mut record = BaseRecord::to(topic)
+            .key(&key)
+            .payload(&value)
+            .partition((i % partitions as u64) as i32);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("producer flush");
+    assert_eq!(deliveries.failed.load(Ordering::Relaxed), 0, "delivery failures");
+    assert_eq!(
+        deliveries.ok.load(Ordering::Relaxed),
+        total,
+        "every record acknowledged"
+    );
+}
+
+/// A `sluice` process with its own config file and log.
+pub struct Sluice {
+    pub child: Child,
+    pub log: PathBuf,
+    pub config: PathBuf,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+/// Writes `config` into a temp dir; returns the dir and the path.
+pub fn write_config(config: &str) -> (Arc<tempfile::TempDir>, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sluice.toml");
+    fs::write(&path, config).expect("write config");
+    (Arc::new(dir), path)
+}
+
+impl Sluice {
+    pub fn start(config: &str) -> Sluice {
+        let (dir, path) = write_config(config);
+        Self::start_with(dir, path, "sluice.log")
+    }
+
+    /// Starts another process on the same config (a restart, or a second member).
+    pub fn restart(&self, log_name: &str) -> Sluice {
+        Self::start_with(self._dir.clone(), self.config.clone(), log_name)
+    }
+
+    fn start_with(dir: Arc<tempfile::TempDir>, config: PathBuf, log_name: &str) -> Sluice {
+        let log = dir.path().join(log_name);
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("SLUICE_LOG", "info,librdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("spawn sluice");
+        Sluice {
+            child,
+            log,
+            config,
+            _dir: dir,
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    pub fn sigterm(&self) {
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill -TERM");
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `timeout`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A config for one pipeline from `topic` into `table`, with test-friendly timings.
+pub fn config(services: &Services, group: &str, topic: &str, table: &str, columns: &str, extra: &str) -> String {
+    format!(
+        r#"
+shutdown_timeout = "10s"
+
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+session_timeout = "6s"
+
+[postgres]
+url = "{url}"
+
+[[pipelines]]
+name = "p"
+topics = ["{topic}"]
+table = "{table}"
+flush_interval = "100ms"
+{extra}
+
+[pipelines.columns]
+{columns}
+"#,
+        brokers = services.brokers,
+        url = services.database_url,
+    )
+}
+
+/// Polls `probe` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if probe().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn count(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+/// Asserts that `table` (with `kafka_partition`, `kafka_offset` columns)
+/// holds every (partition, offset) of `per_partition` records exactly once.
+pub async fn assert_exactly_once(pool: &PgPool, table: &str, partitions: i32, total: u64) {
+    let rows: Vec<(i32, i64, i64, i64, i64)> = sqlx::query_as(&format!(
+        "SELECT kafka_partition, count(*), count(DISTINCT kafka_offset), min(kafka_offset), max(kafka_offset) \
+         FROM {table} GROUP BY 1 ORDER BY 1"
+    ))
+    .fetch_all(pool)
+    .await
+    .expect("per-partition counts");
+    let mut sum = 0;
+    for (p, n, distinct, min, max) in &rows {
+        assert_eq!(
+            n, distinct,
+            "partition {p}: {n} rows but {distinct} distinct offsets (duplicates)"
+        );
+        assert_eq!(*min, 0, "partition {p}: first offset");
+        assert_eq!(*max, n - 1, "partition {p}: offsets 0..{n} with no gap");
+        sum += n;
+    }
+    assert_eq!(rows.len() as i32, partitions, "every partition written");
+    assert_eq!(sum as u64, total, "exactly {total} rows");
+}
+
+/// Stored next offsets for a group, by partition.
+pub async fn stored_offsets(pool: &PgPool, group: &str, topic: &str) -> Vec<(i32, i64)> {
+    sqlx::query_as("SELECT partition, next_offset FROM sluice.offsets WHERE group_id = $1 AND topic = $2 ORDER BY 1")
+        .bind(group)
+        .bind(topic)
+        .fetch_all(pool)
+        .await
+        .expect("stored offsets")
+}
+
+pub fn order_payload(i: u64) -> String {
+    format!(
+        r#"{{"id":{i},"customer":{{"name":"customer-{}"}},"amount":"{}.{:02}","ts":{},"tags":["a","b"]}}"#,
+        i % 97,
+        i % 1000,
+        i % 100,
+        1_700_000_000_000u64 + i
+    )
+}
+
+pub const ORDER_COLUMNS: &str = r#"
+id = "/id"
+customer = "/customer/name"
+amount = "/amount"
+ts = "/ts"
+doc = "/"
+kafka_partition = "@partition"
+kafka_offset = "@offset"
+"#;
+
+/// A table for [`order_payload`] rows. No unique constraint on purpose: a
+/// duplicate must show up as a duplicate, not as a stalled pipeline.
+pub async fn create_orders_table(pool: &PgPool, table: &str) {
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (id bigint, customer text, amount numeric(12,2), ts timestamptz, doc jsonb, \
+         kafka_partition int, kafka_offset bigint)"
+    ))
+    .execute(pool)
+    .await
+    .expect("create table");
+}
