@@ -50,6 +50,8 @@ fn settings(p: &PipelineConfig) -> Settings {
         },
         high_watermark: p.high_watermark,
         low_watermark: p.low_watermark,
+        strategy: p.strategy,
+        sample_rate: p.sample_rate,
     }
 }
 
@@ -272,6 +274,11 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
     let close_reserve = (config.shutdown_timeout / 4).min(Duration::from_secs(3));
     shared.draining.store(true, Ordering::SeqCst);
+    for p in &pipelines {
+        let mut state = p.lock();
+        state.draining = true;
+        p.refresh_state(&mut state);
+    }
     let acks: Vec<oneshot::Receiver<()>> = writer_txs
         .iter()
         .filter_map(|w| {

@@ -119,6 +119,10 @@ pub struct KafkaConfig {
     /// sluice sets or owns are refused; see [`Config::validate`]. Default empty.
     #[serde(deserialize_with = "lenient_properties")]
     pub properties: BTreeMap<String, String>,
+    /// Memory librdkafka may use for prefetched records. Half bounds the
+    /// local consumer queue (`queued.max.messages.kbytes`), half one fetch
+    /// response per broker (`fetch.max.bytes`); at least 4MiB. Default `"16MiB"`.
+    pub prefetch_bytes: ByteSize,
 }
 
 impl Default for KafkaConfig {
@@ -129,6 +133,7 @@ impl Default for KafkaConfig {
             auto_offset_reset: OffsetReset::Earliest,
             session_timeout: Duration::from_secs(10),
             properties: BTreeMap::new(),
+            prefetch_bytes: ByteSize::mib(16),
         }
     }
 }
@@ -171,11 +176,48 @@ impl KafkaConfig {
             ("enable.auto.offset.store", "false".to_owned()),
             ("auto.offset.reset", self.auto_offset_reset.as_str().to_owned()),
             (ASSIGNMENT_STRATEGY, strategy),
+            // Prefetch is part of the memory budget: see `Prefetch`.
+            (
+                "queued.max.messages.kbytes",
+                (self.prefetch().queue_bytes / 1024).to_string(),
+            ),
+            ("fetch.max.bytes", self.prefetch().fetch_bytes.to_string()),
+            (
+                "max.partition.fetch.bytes",
+                self.prefetch().partition_fetch_bytes.to_string(),
+            ),
         ];
         for (k, v) in owned {
             props.insert(k.to_owned(), v);
         }
         props
+    }
+}
+
+/// librdkafka's prefetch limits, derived from `kafka.prefetch_bytes`.
+///
+/// Worst case, prefetched records take `queue_bytes` in the consumer queue
+/// plus one fetch response of `fetch_bytes` per broker being fetched from
+/// (librdkafka may overshoot the queue limit by one fetch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefetch {
+    pub queue_bytes: u64,
+    pub fetch_bytes: u64,
+    pub partition_fetch_bytes: u64,
+}
+
+/// librdkafka refuses a `fetch.max.bytes` below `message.max.bytes` (1,000,000 by default).
+const MIN_FETCH_BYTES: u64 = 1_000_000;
+
+impl KafkaConfig {
+    pub fn prefetch(&self) -> Prefetch {
+        let half = self.prefetch_bytes.bytes() / 2;
+        let fetch_bytes = half.max(MIN_FETCH_BYTES);
+        Prefetch {
+            queue_bytes: half.max(1024),
+            fetch_bytes,
+            partition_fetch_bytes: fetch_bytes.min(1024 * 1024),
+        }
     }
 }
 
@@ -187,6 +229,7 @@ impl fmt::Debug for KafkaConfig {
             .field("auto_offset_reset", &self.auto_offset_reset)
             .field("session_timeout", &self.session_timeout)
             .field("properties", &self.redacted_properties())
+            .field("prefetch_bytes", &self.prefetch_bytes)
             .finish()
     }
 }
@@ -283,6 +326,42 @@ pub struct PipelineConfig {
     /// Default 0.5.
     #[serde(default = "default_low_watermark")]
     pub low_watermark: f64,
+    /// What to do when the buffer is full: `block` (pause the partitions;
+    /// lossless), `drop_oldest`, `drop_newest`, or `sample` (keep 1 in
+    /// `sample_rate` while the buffer is above the low watermark). Default `block`.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// For `strategy = "sample"`: keep one record in this many while the
+    /// buffer is not NORMAL; at least 2. Default 10.
+    #[serde(default = "default_sample_rate")]
+    pub sample_rate: u32,
+}
+
+/// A pipeline's answer to a full buffer. Only `block` is lossless; the
+/// others shed load, and every record they drop is counted by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Pause the pipeline's partitions at the high watermark; nothing is dropped.
+    #[default]
+    Block,
+    /// Evict the oldest buffered record (freshest wins).
+    DropOldest,
+    /// Discard the incoming record.
+    DropNewest,
+    /// Keep 1 in `sample_rate` while the buffer is above NORMAL.
+    Sample,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Block => "block",
+            Strategy::DropOldest => "drop_oldest",
+            Strategy::DropNewest => "drop_newest",
+            Strategy::Sample => "sample",
+        }
+    }
 }
 
 impl PipelineConfig {
@@ -305,6 +384,8 @@ impl PipelineConfig {
             max_buffer_bytes: default_max_buffer_bytes(),
             high_watermark: default_high_watermark(),
             low_watermark: default_low_watermark(),
+            strategy: Strategy::default(),
+            sample_rate: default_sample_rate(),
         }
     }
 
@@ -370,6 +451,9 @@ fn default_high_watermark() -> f64 {
 }
 fn default_low_watermark() -> f64 {
     0.5
+}
+fn default_sample_rate() -> u32 {
+    10
 }
 
 const ASSIGNMENT_STRATEGY: &str = "partition.assignment.strategy";
@@ -509,6 +593,15 @@ impl Config {
                 ),
             ));
         }
+        if kafka.prefetch_bytes < ByteSize::mib(4) {
+            return Err((
+                at("prefetch_bytes"),
+                format!(
+                    "must be at least 4MiB (librdkafka needs a 1MB fetch), found {}",
+                    kafka.prefetch_bytes
+                ),
+            ));
+        }
         for (name, value) in &kafka.properties {
             let path = vec![key("kafka"), key("properties"), key(name)];
             if name.trim().is_empty() {
@@ -607,6 +700,12 @@ impl PipelineConfig {
         if self.batch_size == 0 {
             return Err((at("batch_size"), "must be at least 1".to_owned()));
         }
+        if self.sample_rate < 2 {
+            return Err((
+                at("sample_rate"),
+                format!("must be at least 2 (keep 1 in sample_rate), found {}", self.sample_rate),
+            ));
+        }
         if self.batch_bytes < ByteSize::kib(1) {
             return Err((
                 at("batch_bytes"),
@@ -695,8 +794,8 @@ fn refused_property(name: &str, value: &str) -> Option<String> {
         // is to be sized from the pipeline buffer limits, never set apart from
         // them, so one knob cannot undo the bound.
         "queued.max.messages.kbytes" | "fetch.max.bytes" | "max.partition.fetch.bytes" | "queued.min.messages" => {
-            "sluice derives librdkafka's prefetch limits from its memory budget (the pipelines' \
-             max_buffer_bytes / max_buffer_records) so that resident memory stays bounded; it cannot be set directly"
+            "sluice derives librdkafka's prefetch limits from kafka.prefetch_bytes so that resident memory \
+             stays bounded; set kafka.prefetch_bytes instead"
         }
         _ => return None,
     };

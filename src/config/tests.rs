@@ -516,10 +516,10 @@ fn refused_properties_name_the_property_and_the_alternative() {
         ),
         ("group.protocol", "consumer", "eager"),
         ("enable.partition.eof", "true", "EOF"),
-        ("queued.max.messages.kbytes", "1024", "memory budget"),
-        ("fetch.max.bytes", "1048576", "memory budget"),
-        ("max.partition.fetch.bytes", "1048576", "memory budget"),
-        ("queued.min.messages", "10", "memory budget"),
+        ("queued.max.messages.kbytes", "1024", "kafka.prefetch_bytes"),
+        ("fetch.max.bytes", "1048576", "kafka.prefetch_bytes"),
+        ("max.partition.fetch.bytes", "1048576", "kafka.prefetch_bytes"),
+        ("queued.min.messages", "10", "kafka.prefetch_bytes"),
     ];
     for (name, value, reason) in cases {
         let mut c = valid();
@@ -608,8 +608,12 @@ fn consumer_properties_set_what_sluice_owns() {
         ("client.id", "me"),
         ("enable.auto.commit", "false"),
         ("enable.auto.offset.store", "false"),
+        // Half of the 16MiB default prefetch budget each for queue and fetch.
+        ("fetch.max.bytes", "8388608"),
         ("group.id", "sluice"),
+        ("max.partition.fetch.bytes", "1048576"),
         ("partition.assignment.strategy", "range,roundrobin"),
+        ("queued.max.messages.kbytes", "8192"),
         ("session.timeout.ms", "10000"),
     ];
     assert_eq!(props, columns(&expect));

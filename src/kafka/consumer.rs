@@ -25,10 +25,11 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
+use crate::config::Strategy;
 use crate::kafka::offsets::{is_new, start_position, NextOffset};
 use crate::kafka::{Topics, Tp};
 use crate::pipeline::buffer::Entry;
-use crate::pipeline::{next_epoch, pause_decision, Counters, PartState, PauseDecision, Pipeline};
+use crate::pipeline::{next_epoch, pause_decision, Admission, Counters, PartState, PauseDecision, Pipeline};
 use crate::sink::encode::RecordRef;
 use crate::sink::writer::WriterCommand;
 
@@ -427,7 +428,8 @@ impl LoopState {
                 None
             }
         };
-        let (wake, pause) = {
+        let s = &pipeline.settings;
+        let (wake, pause, admission) = {
             let mut state = pipeline.lock();
             let state = &mut *state;
             let Some(part) = state.partitions.get_mut(&tp) else {
@@ -436,29 +438,44 @@ impl LoopState {
             if part.awaiting_seek || !is_new(part.expected, offset) {
                 return;
             }
-            part.expected = Some(NextOffset(offset + 1));
-            let entry = Entry {
-                tp,
-                epoch: part.epoch,
-                offset,
-                row,
-            };
-            state.buffer.push(entry, Instant::now());
-            let s = &pipeline.settings;
+            let epoch = part.epoch;
+            let admission = state.admit(Entry { tp, epoch, offset, row }, s, Instant::now());
+            let part = state.partitions.get_mut(&tp).expect("checked above");
+            if admission == Admission::Refused {
+                // BLOCKED: the record is neither buffered nor covered. Have
+                // librdkafka fetch the partition again from it; until then
+                // everything still arriving for it is ignored.
+                part.awaiting_seek = true;
+                part.expected = Some(NextOffset(offset));
+                self.pending_seeks.push((index, tp, epoch, Some(NextOffset(offset))));
+            } else {
+                part.expected = Some(NextOffset(offset + 1));
+            }
+            pipeline.refresh_state(state);
             let queued = state.buffer.queued_records();
             let wake = queued == 1 || queued >= s.batch_size || state.buffer.queued_bytes() >= s.batch_bytes;
-            let decision = pause_decision(
-                state.paused,
-                state.buffer.utilization(),
-                s.high_watermark,
-                s.low_watermark,
-            );
-            let pause = decision == PauseDecision::Pause;
+            // Only `block` pauses: the shedding strategies keep consuming and drop.
+            let pause = s.strategy == Strategy::Block
+                && pause_decision(
+                    state.paused,
+                    state.buffer.utilization(),
+                    s.high_watermark,
+                    s.low_watermark,
+                ) == PauseDecision::Pause;
             if pause {
                 state.paused = true;
             }
-            (wake, pause.then(|| partition_list(shared, state.partitions.keys())))
+            (
+                wake,
+                pause.then(|| partition_list(shared, state.partitions.keys())),
+                admission,
+            )
         };
+        match admission {
+            Admission::Buffered { evicted } => Counters::add(&pipeline.counters.dropped, evicted),
+            Admission::Dropped { rows } => Counters::add(&pipeline.counters.dropped, rows),
+            Admission::Refused => return,
+        }
         Counters::add(&pipeline.counters.consumed, 1);
         if wake {
             pipeline.wake_writer.notify_one();

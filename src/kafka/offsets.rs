@@ -36,6 +36,13 @@ impl Covered {
         self.last = offset;
     }
 
+    /// Widens the range to include `offset`, wherever it falls (offsets
+    /// dropped from the head of a buffer come after the rows that follow them).
+    pub fn include(&mut self, offset: i64) {
+        self.first = self.first.min(offset);
+        self.last = self.last.max(offset);
+    }
+
     /// The position to store once this range is committed: one past the last
     /// record it covers.
     pub fn next(self) -> NextOffset {
@@ -81,6 +88,15 @@ mod tests {
         c.extend(45);
         assert_eq!(c, Covered { first: 41, last: 45 });
         assert_eq!(c.next(), NextOffset(46));
+    }
+
+    #[test]
+    fn include_widens_both_ways() {
+        let mut c = Covered::single(10);
+        c.include(7);
+        c.include(12);
+        c.include(11);
+        assert_eq!(c, Covered { first: 7, last: 12 });
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! until their transaction ends, so utilization bounds everything this
 //! pipeline holds, not only what is waiting.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use crate::kafka::Tp;
@@ -16,8 +16,10 @@ use crate::kafka::Tp;
 /// flood of tiny rows still counts against `max_buffer_bytes`.
 pub const ENTRY_OVERHEAD_BYTES: usize = 48;
 
-/// One consumed record: its encoded COPY row, or `None` when the record was
-/// skipped (it could not be decoded) but its offset must still be covered.
+/// One consumed record: its encoded COPY row, or `None` for a marker: the
+/// record was skipped (undecodable) or dropped, but its offset (and, for a
+/// marker extended by later drops, every offset of its partition up to
+/// `offset`) must still be covered.
 #[derive(Debug)]
 pub struct Entry {
     pub tp: Tp,
@@ -49,6 +51,18 @@ pub struct Buffer {
     inflight_bytes: usize,
     /// When the oldest queued entry arrived: drives the flush interval.
     oldest_since: Option<Instant>,
+    /// Per partition, the last offset evicted from the head: covered, and
+    /// before every queued entry of that partition. `(epoch, offset)`.
+    covered_ahead: HashMap<Tp, (u64, i64)>,
+}
+
+/// What [`Buffer::take_batch`] hands the writer.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub entries: Vec<Entry>,
+    /// Offsets dropped from the head, per partition `(tp, epoch, offset)`:
+    /// covered by this batch although no entry carries them.
+    pub covered: Vec<(Tp, u64, i64)>,
 }
 
 impl Buffer {
@@ -60,7 +74,68 @@ impl Buffer {
             inflight_records: 0,
             inflight_bytes: 0,
             oldest_since: None,
+            covered_ahead: HashMap::new(),
         }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Whether holding one more entry of `cost` bytes would exceed a limit.
+    pub fn would_overflow(&self, cost: usize) -> bool {
+        self.records() + 1 > self.limits.max_records || self.bytes() + cost > self.limits.max_bytes
+    }
+
+    /// Drops the oldest queued entry (never one in flight), keeping its
+    /// offset covered. `None` when nothing is queued; else whether the
+    /// entry carried a row (as opposed to a marker).
+    pub fn evict_oldest(&mut self) -> Option<bool> {
+        let e = self.queue.pop_front()?;
+        self.queued_bytes -= e.cost();
+        let slot = self.covered_ahead.entry(e.tp).or_insert((e.epoch, e.offset));
+        *slot = (e.epoch, slot.1.max(e.offset));
+        if self.queue.is_empty() {
+            self.oldest_since = None;
+        }
+        Some(e.row.is_some())
+    }
+
+    /// Covers a dropped incoming record of `tp` without buffering its row.
+    /// Extends the partition's trailing marker, or appends one when there is
+    /// room; in a full buffer it turns the partition's newest queued row into
+    /// the marker instead (that row is dropped too). Returns how many
+    /// *buffered* rows were dropped to make this work (0 or 1).
+    pub fn drop_newest(&mut self, tp: Tp, epoch: u64, offset: i64, now: Instant) -> u64 {
+        let Some(last) = self.queue.iter().rposition(|e| e.tp == tp) else {
+            // Nothing of this partition queued: "ahead of everything queued" holds.
+            let slot = self.covered_ahead.entry(tp).or_insert((epoch, offset));
+            *slot = (epoch, slot.1.max(offset));
+            return 0;
+        };
+        let tail = &self.queue[last];
+        if tail.row.is_none() && tail.epoch == epoch {
+            self.queue[last].offset = offset;
+            return 0;
+        }
+        if !self.would_overflow(ENTRY_OVERHEAD_BYTES) {
+            self.push(
+                Entry {
+                    tp,
+                    epoch,
+                    offset,
+                    row: None,
+                },
+                now,
+            );
+            return 0;
+        }
+        let tail = &mut self.queue[last];
+        let freed = tail.row.take().map_or(0, |r| r.len());
+        tail.offset = offset;
+        tail.epoch = epoch;
+        self.queued_bytes -= freed;
+        u64::from(freed > 0)
     }
 
     pub fn push(&mut self, entry: Entry, now: Instant) {
@@ -103,7 +178,7 @@ impl Buffer {
     /// Moves the oldest entries, up to `max_rows` entries or `max_bytes`
     /// (at least one entry), into a batch. They stay accounted as in flight
     /// until [`Buffer::release`].
-    pub fn take_batch(&mut self, max_rows: usize, max_bytes: usize, now: Instant) -> Vec<Entry> {
+    pub fn take_batch(&mut self, max_rows: usize, max_bytes: usize, now: Instant) -> Batch {
         let mut batch = Vec::with_capacity(max_rows.min(self.queue.len()));
         let mut bytes = 0;
         while let Some(front) = self.queue.front() {
@@ -120,7 +195,25 @@ impl Buffer {
         // The remaining entries have waited since at most now; restarting the
         // clock here keeps a steady stream flushing at batch size, not early.
         self.oldest_since = if self.queue.is_empty() { None } else { Some(now) };
-        batch
+        let covered = self
+            .covered_ahead
+            .drain()
+            .map(|(tp, (epoch, offset))| (tp, epoch, offset))
+            .collect();
+        Batch {
+            entries: batch,
+            covered,
+        }
+    }
+
+    /// The queued (not in-flight) entries, oldest first.
+    pub fn queued(&self) -> impl Iterator<Item = &Entry> {
+        self.queue.iter()
+    }
+
+    /// Whether head-evicted offsets wait to be covered by a batch.
+    pub fn has_covered_ahead(&self) -> bool {
+        !self.covered_ahead.is_empty()
     }
 
     /// Ends the accounting of in-flight entries (committed or discarded).
@@ -144,6 +237,7 @@ impl Buffer {
             keep
         });
         self.queued_bytes -= freed;
+        self.covered_ahead.remove(&tp);
         if self.queue.is_empty() {
             self.oldest_since = None;
         }
@@ -192,10 +286,10 @@ mod tests {
         for o in 0..10 {
             b.push(entry(o as i32 % 2, o, 100), now);
         }
-        let batch = b.take_batch(4, usize::MAX, now);
+        let batch = b.take_batch(4, usize::MAX, now).entries;
         assert_eq!(batch.len(), 4);
         assert_eq!(b.records(), 10, "in-flight entries still count");
-        let small = b.take_batch(100, 1, now);
+        let small = b.take_batch(100, 1, now).entries;
         assert_eq!(small.len(), 1, "a batch always takes at least one entry");
         b.release(&batch);
         b.release(&small);
@@ -241,7 +335,7 @@ mod tests {
                         held += 1;
                     }
                     _ => {
-                        let batch = b.take_batch(n, usize::MAX, now);
+                        let batch = b.take_batch(n, usize::MAX, now).entries;
                         for e in &batch {
                             let p = e.tp.partition as usize;
                             prop_assert_eq!(e.offset, taken_next[p]);

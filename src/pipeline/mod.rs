@@ -5,6 +5,7 @@
 //! from its utilization; the writer takes batches out of it. Both hold the
 //! lock only for bookkeeping, never across I/O.
 
+pub mod backpressure;
 pub mod buffer;
 
 use std::collections::HashMap;
@@ -14,11 +15,13 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::config::Strategy;
 use crate::kafka::offsets::NextOffset;
 use crate::kafka::Tp;
 use crate::sink::encode::RowEncoder;
 use crate::sink::schema::TableRef;
-use buffer::{Buffer, Limits};
+use backpressure::BpState;
+use buffer::{Buffer, Entry, Limits};
 
 /// What the writer needs to know about a partition this instance owns.
 #[derive(Debug, Clone)]
@@ -54,6 +57,21 @@ pub struct Settings {
     pub limits: Limits,
     pub high_watermark: f64,
     pub low_watermark: f64,
+    pub strategy: Strategy,
+    pub sample_rate: u32,
+}
+
+/// What became of a record offered to the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Buffered; `evicted` older rows were dropped to make room (`drop_oldest`).
+    Buffered { evicted: u64 },
+    /// Not buffered, deliberately: `rows` rows dropped in all (the incoming
+    /// one, and possibly a buffered one that became its marker). Offsets stay covered.
+    Dropped { rows: u64 },
+    /// Not buffered, not covered: the buffer is full and the strategy is
+    /// `block`. The consumer must re-read the partition from this record.
+    Refused,
 }
 
 /// Everything the consumer loop and the writer share, behind one lock.
@@ -63,6 +81,67 @@ pub struct PipelineState {
     pub partitions: HashMap<Tp, PartState>,
     /// Whether this pipeline's partitions are paused for backpressure.
     pub paused: bool,
+    /// The backpressure state; changed only through [`PipelineState::refresh`].
+    pub bp: BpState,
+    /// Shutdown began: no intake.
+    pub draining: bool,
+    /// Records seen while sampling, to keep 1 in `sample_rate`.
+    sample_seq: u64,
+}
+
+impl PipelineState {
+    /// Offers a record to the buffer under the pipeline's strategy. The
+    /// buffer never exceeds its limits: `block` refuses what would not fit,
+    /// the others drop (counted by the caller) and keep the offsets covered.
+    pub fn admit(&mut self, entry: Entry, s: &Settings, now: std::time::Instant) -> Admission {
+        let cost = entry.cost();
+        let (tp, epoch, offset) = (entry.tp, entry.epoch, entry.offset);
+        if s.strategy == Strategy::Sample && entry.row.is_some() && self.bp > BpState::Normal {
+            self.sample_seq += 1;
+            if self.sample_seq % u64::from(s.sample_rate) != 0 {
+                let rows = 1 + self.buffer.drop_newest(tp, epoch, offset, now);
+                return Admission::Dropped { rows };
+            }
+        }
+        let mut evicted = 0;
+        if s.strategy == Strategy::DropOldest {
+            while self.buffer.would_overflow(cost) {
+                match self.buffer.evict_oldest() {
+                    Some(was_row) => evicted += u64::from(was_row),
+                    // Only in-flight records are left: nothing older to evict.
+                    None => break,
+                }
+            }
+        }
+        if !self.buffer.would_overflow(cost) {
+            self.buffer.push(entry, now);
+            return Admission::Buffered { evicted };
+        }
+        match s.strategy {
+            Strategy::Block => Admission::Refused,
+            _ => {
+                let incoming = u64::from(entry.row.is_some());
+                let rows = evicted + incoming + self.buffer.drop_newest(tp, epoch, offset, now);
+                Admission::Dropped { rows }
+            }
+        }
+    }
+
+    /// Moves the backpressure state to where utilization says; returns the
+    /// transition, if any, for the caller to log.
+    pub fn refresh(&mut self, s: &Settings) -> Option<(BpState, BpState)> {
+        let next = self.bp.next(
+            self.buffer.utilization(),
+            s.high_watermark,
+            s.low_watermark,
+            self.draining,
+        );
+        if next == self.bp {
+            return None;
+        }
+        let from = std::mem::replace(&mut self.bp, next);
+        Some((from, next))
+    }
 }
 
 /// Counters, readable without the lock.
@@ -70,7 +149,10 @@ pub struct PipelineState {
 pub struct Counters {
     pub consumed: AtomicU64,
     pub written: AtomicU64,
+    /// Undecodable records (covered, not written).
     pub skipped: AtomicU64,
+    /// Records shed by the pipeline's strategy (reason = the strategy).
+    pub dropped: AtomicU64,
     pub flushes: AtomicU64,
     pub fenced: AtomicU64,
 }
@@ -122,6 +204,9 @@ impl Pipeline {
             buffer: Buffer::new(settings.limits),
             partitions: HashMap::new(),
             paused: false,
+            bp: BpState::Normal,
+            draining: false,
+            sample_seq: 0,
         };
         Self {
             name,
@@ -131,6 +216,13 @@ impl Pipeline {
             counters: Counters::default(),
             state: Mutex::new(state),
             wake_writer: Notify::new(),
+        }
+    }
+
+    /// Runs [`PipelineState::refresh`] and logs a transition.
+    pub fn refresh_state(&self, state: &mut PipelineState) {
+        if let Some((from, to)) = state.refresh(&self.settings) {
+            backpressure::log_transition(&self.name, from, to, state.buffer.utilization());
         }
     }
 
@@ -152,5 +244,236 @@ mod tests {
         assert_eq!(pause_decision(true, 0.6, 0.8, 0.5), PauseDecision::Keep);
         assert_eq!(pause_decision(true, 0.5, 0.8, 0.5), PauseDecision::Resume);
         assert_eq!(pause_decision(false, 0.1, 0.8, 0.5), PauseDecision::Keep);
+    }
+}
+
+/// Property tests of buffer + state machine + strategies together, driven
+/// the way the consumer loop and the writer drive them.
+#[cfg(test)]
+mod model_tests {
+    use std::collections::{BTreeMap, HashMap, HashSet};
+    use std::time::Instant;
+
+    use proptest::prelude::{prop_assert, prop_assert_eq, prop_oneof, proptest, Just, ProptestConfig};
+    use proptest::strategy::Strategy as Gen;
+
+    use super::*;
+    use crate::kafka::TopicId;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A record arrives for partition `p` with a row of `len` bytes.
+        Offer { p: i32, len: usize },
+        /// The writer takes a batch of up to `n` entries.
+        Take { n: usize },
+        /// The in-flight batch commits.
+        Commit,
+    }
+
+    fn ops() -> impl Gen<Value = Vec<Op>> {
+        let op = prop_oneof![
+            6 => (0i32..3, 1usize..300).prop_map(|(p, len)| Op::Offer { p, len }),
+            1 => (1usize..40).prop_map(|n| Op::Take { n }),
+            1 => Just(Op::Commit),
+        ];
+        proptest::collection::vec(op, 1..400)
+    }
+
+    fn strategies() -> impl Gen<Value = crate::config::Strategy> {
+        use crate::config::Strategy as S;
+        prop_oneof![
+            Just(S::Block),
+            Just(S::DropOldest),
+            Just(S::DropNewest),
+            Just(S::Sample)
+        ]
+    }
+
+    fn settings(strategy: crate::config::Strategy, max_records: usize, max_bytes: usize) -> Settings {
+        Settings {
+            batch_size: 10,
+            batch_bytes: 1 << 20,
+            flush_interval: Duration::from_millis(100),
+            limits: Limits { max_records, max_bytes },
+            high_watermark: 0.8,
+            low_watermark: 0.5,
+            strategy,
+            sample_rate: 3,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn buffer_state_machine_and_strategies_keep_their_invariants(
+            strategy in strategies(),
+            max_records in 5usize..60,
+            max_bytes in 2_000usize..20_000,
+            ops in ops(),
+        ) {
+            let s = settings(strategy, max_records, max_bytes);
+            let mut state = PipelineState {
+                buffer: Buffer::new(s.limits),
+                partitions: HashMap::new(),
+                paused: false,
+                bp: BpState::Normal,
+                draining: false,
+                sample_seq: 0,
+            };
+            let tp = |p: i32| Tp { topic: TopicId(0), partition: p };
+            let now = Instant::now();
+            // Model: next offset each partition delivers (a refused record is
+            // delivered again: that is the seek), what was admitted, what
+            // was written, where the stored offset is.
+            let mut next = [0i64; 3];
+            let mut admitted: HashSet<(i32, i64)> = HashSet::new();
+            let mut written: HashSet<(i32, i64)> = HashSet::new();
+            let mut stored = [0i64; 3];
+            let mut inflight: Option<batch_model::InFlight> = None;
+            let (mut consumed, mut n_written, mut dropped) = (0u64, 0u64, 0u64);
+
+            for op in ops {
+                match op {
+                    Op::Offer { p, len } => {
+                        if state.paused {
+                            // A paused partition delivers nothing new.
+                            continue;
+                        }
+                        let offset = next[p as usize];
+                        let entry = Entry { tp: tp(p), epoch: 1, offset, row: Some(vec![b'x'; len].into_boxed_slice()) };
+                        match state.admit(entry, &s, now) {
+                            Admission::Refused => {
+                                prop_assert_eq!(strategy, crate::config::Strategy::Block, "only block refuses");
+                            }
+                            Admission::Buffered { evicted } => {
+                                prop_assert!(strategy == crate::config::Strategy::DropOldest || evicted == 0);
+                                admitted.insert((p, offset));
+                                consumed += 1;
+                                dropped += evicted;
+                                next[p as usize] += 1;
+                            }
+                            Admission::Dropped { rows } => {
+                                prop_assert!(strategy != crate::config::Strategy::Block, "block never drops");
+                                admitted.insert((p, offset));
+                                consumed += 1;
+                                dropped += rows;
+                                next[p as usize] += 1;
+                            }
+                        }
+                    }
+                    Op::Take { n } => {
+                        if inflight.is_none() {
+                            let batch = state.buffer.take_batch(n, usize::MAX, now);
+                            if !batch.entries.is_empty() || !batch.covered.is_empty() {
+                                inflight = Some(batch_model::InFlight::new(batch));
+                            }
+                        }
+                    }
+                    Op::Commit => {
+                        if let Some(b) = inflight.take() {
+                            let spans = b.spans();
+                            for (p, (first, last)) in &spans {
+                                let p = *p;
+                                // Offsets advance monotonically, contiguously from the stored one.
+                                prop_assert!(*first >= stored[p as usize], "batch starts at or after the stored offset");
+                                prop_assert!(last + 1 > stored[p as usize]);
+                                for o in stored[p as usize]..=*last {
+                                    // Only past records that were admitted (written, or dropped on purpose)...
+                                    prop_assert!(admitted.contains(&(p, o)), "offset {} of partition {} covered but never admitted", o, p);
+                                    // ...and none that is still waiting in the buffer.
+                                    prop_assert!(!state.buffer.queued().any(|e| e.tp == tp(p) && e.offset == o && e.row.is_some()),
+                                        "offset {} of partition {} covered while still buffered", o, p);
+                                }
+                                stored[p as usize] = last + 1;
+                            }
+                            for e in &b.batch.entries {
+                                if e.row.is_some() {
+                                    prop_assert!(written.insert((e.tp.partition, e.offset)), "written twice");
+                                    n_written += 1;
+                                }
+                            }
+                            state.buffer.release(&b.batch.entries);
+                        }
+                    }
+                }
+                // Never over capacity.
+                prop_assert!(state.buffer.records() <= s.limits.max_records);
+                prop_assert!(state.buffer.bytes() <= s.limits.max_bytes);
+                // consumed = written + dropped + buffered, at every step.
+                let buffered = state.buffer.queued().filter(|e| e.row.is_some()).count() as u64
+                    + inflight.as_ref().map_or(0, |b| b.rows());
+                prop_assert_eq!(consumed, n_written + dropped + buffered);
+                // The state machine and the pause decision, as the loop runs them.
+                state.refresh(&s);
+                let u = state.buffer.utilization();
+                prop_assert!(state.bp >= BpState::classify(u, s.high_watermark, s.low_watermark));
+                if strategy == crate::config::Strategy::Block {
+                    match pause_decision(state.paused, u, s.high_watermark, s.low_watermark) {
+                        PauseDecision::Pause => { prop_assert!(u >= s.high_watermark); state.paused = true; }
+                        PauseDecision::Resume => { prop_assert!(u <= s.low_watermark); state.paused = false; }
+                        PauseDecision::Keep => {}
+                    }
+                }
+            }
+            if strategy == crate::config::Strategy::Block {
+                prop_assert_eq!(dropped, 0, "block is lossless");
+            }
+            // Drain (as at shutdown): afterwards every admitted offset is
+            // covered, so a restart re-reads nothing that was handled.
+            if let Some(b) = inflight.take() {
+                for (p, (_, last)) in b.spans() {
+                    stored[p as usize] = last + 1;
+                }
+                n_written += b.rows();
+                state.buffer.release(&b.batch.entries);
+            }
+            loop {
+                let b = batch_model::InFlight::new(state.buffer.take_batch(usize::MAX, usize::MAX, now));
+                if b.batch.entries.is_empty() && b.batch.covered.is_empty() {
+                    break;
+                }
+                for (p, (first, last)) in b.spans() {
+                    prop_assert!(first >= stored[p as usize]);
+                    stored[p as usize] = last + 1;
+                }
+                n_written += b.rows();
+                state.buffer.release(&b.batch.entries);
+            }
+            prop_assert_eq!(stored, next, "every admitted offset is covered after a drain");
+            prop_assert_eq!(consumed, n_written + dropped);
+        }
+    }
+
+    mod batch_model {
+        use super::*;
+        use crate::pipeline::buffer::Batch;
+
+        pub struct InFlight {
+            pub batch: Batch,
+        }
+
+        impl InFlight {
+            pub fn new(batch: Batch) -> Self {
+                Self { batch }
+            }
+
+            pub fn rows(&self) -> u64 {
+                self.batch.entries.iter().filter(|e| e.row.is_some()).count() as u64
+            }
+
+            /// Per partition, (first, last) offset covered: what the writer computes.
+            pub fn spans(&self) -> BTreeMap<i32, (i64, i64)> {
+                let mut spans: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+                let entries = self.batch.entries.iter().map(|e| (e.tp.partition, e.offset));
+                let covered = self.batch.covered.iter().map(|(tp, _, o)| (tp.partition, *o));
+                for (p, o) in entries.chain(covered) {
+                    let span = spans.entry(p).or_insert((o, o));
+                    span.0 = span.0.min(o);
+                    span.1 = span.1.max(o);
+                }
+                spans
+            }
+        }
     }
 }

@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use crate::kafka::consumer::ConsumerCommand;
 use crate::kafka::offsets::{Covered, NextOffset};
 use crate::kafka::{Topics, Tp};
-use crate::pipeline::buffer::Entry;
+use crate::pipeline::buffer::{Batch, Entry};
 use crate::pipeline::{next_epoch, Counters, Pipeline};
 use crate::sink::error::{classify, ErrorClass};
 use crate::sink::offset_store;
@@ -107,7 +107,7 @@ impl Writer {
     /// Flushes everything queued now, regardless of batch size or interval.
     pub async fn flush_pending(&self) {
         let copy_statement = self.copy_statement();
-        while self.pipeline.lock().buffer.queued_records() > 0 {
+        while self.readiness(Instant::now(), true).0 {
             self.flush_once(&copy_statement).await;
         }
     }
@@ -118,7 +118,9 @@ impl Writer {
         let state = self.pipeline.lock();
         let buffer = &state.buffer;
         if buffer.queued_records() == 0 {
-            return (false, None);
+            // Offsets evicted or dropped with nothing queued behind them still
+            // need a (row-less) transaction to advance.
+            return (buffer.has_covered_ahead(), None);
         }
         if flush_all || buffer.queued_records() >= settings.batch_size || buffer.queued_bytes() >= settings.batch_bytes
         {
@@ -144,7 +146,7 @@ impl Writer {
             let Some(spans) = self.current_spans(&mut batch) else {
                 return;
             };
-            let (data, rows) = concat_rows(&batch);
+            let (data, rows) = concat_rows(&batch.entries);
             let started = Instant::now();
             match self.write(copy_statement, &data, &spans).await {
                 Ok(Outcome::Committed) => {
@@ -185,33 +187,37 @@ impl Writer {
     /// since they were read, and returns, per remaining partition, the range
     /// the batch covers and the stored position it starts from. `None` when
     /// nothing is left to write.
-    fn current_spans(&self, batch: &mut Vec<Entry>) -> Option<BTreeMap<Tp, Span>> {
+    fn current_spans(&self, batch: &mut Batch) -> Option<BTreeMap<Tp, Span>> {
         let mut state = self.pipeline.lock();
         let state = &mut *state;
-        let live = |e: &Entry| {
+        let held = |tp: &Tp, epoch: u64| {
             state
                 .partitions
-                .get(&e.tp)
-                .is_some_and(|p| p.epoch == e.epoch && !p.awaiting_seek)
+                .get(tp)
+                .is_some_and(|p| p.epoch == epoch && !p.awaiting_seek)
         };
-        if batch.iter().any(|e| !live(e)) {
-            let (keep, stale): (Vec<Entry>, Vec<Entry>) = std::mem::take(batch).into_iter().partition(live);
+        if batch.entries.iter().any(|e| !held(&e.tp, e.epoch)) {
+            let (keep, stale): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut batch.entries)
+                .into_iter()
+                .partition(|e| held(&e.tp, e.epoch));
             state.buffer.release(&stale);
             debug!(pipeline = %self.pipeline.name, dropped = stale.len(), "dropped stale records from batch");
-            *batch = keep;
+            batch.entries = keep;
         }
-        if batch.is_empty() {
+        batch.covered.retain(|(tp, epoch, _)| held(tp, *epoch));
+        if batch.entries.is_empty() && batch.covered.is_empty() {
             return None;
         }
         let mut spans: BTreeMap<Tp, Span> = BTreeMap::new();
-        for e in batch.iter() {
+        let covered = batch.covered.iter().copied();
+        for (tp, epoch, offset) in batch.entries.iter().map(|e| (e.tp, e.epoch, e.offset)).chain(covered) {
             spans
-                .entry(e.tp)
-                .and_modify(|s| s.covered.extend(e.offset))
+                .entry(tp)
+                .and_modify(|s| s.covered.include(offset))
                 .or_insert_with(|| Span {
-                    epoch: e.epoch,
-                    covered: Covered::single(e.offset),
-                    from: state.partitions[&e.tp].stored,
+                    epoch,
+                    covered: Covered::single(offset),
+                    from: state.partitions[&tp].stored,
                 });
         }
         Some(spans)
@@ -260,7 +266,7 @@ impl Writer {
         Ok(Outcome::Committed)
     }
 
-    fn committed(&self, batch: &[Entry], spans: &BTreeMap<Tp, Span>, rows: usize, took: Duration) {
+    fn committed(&self, batch: &Batch, spans: &BTreeMap<Tp, Span>, rows: usize, took: Duration) {
         let counters = &self.pipeline.counters;
         {
             let mut state = self.pipeline.lock();
@@ -271,7 +277,8 @@ impl Writer {
                     }
                 }
             }
-            state.buffer.release(batch);
+            state.buffer.release(&batch.entries);
+            self.pipeline.refresh_state(&mut state);
         }
         Counters::add(&counters.written, rows as u64);
         Counters::add(&counters.flushes, 1);
@@ -284,7 +291,7 @@ impl Writer {
                 next: span.covered.next(),
             });
         }
-        debug!(pipeline = %self.pipeline.name, rows, records = batch.len(), partitions = spans.len(), took_ms = took.as_millis() as u64, "flushed");
+        debug!(pipeline = %self.pipeline.name, rows, records = batch.entries.len(), partitions = spans.len(), took_ms = took.as_millis() as u64, "flushed");
     }
 
     /// After a fence: read where the partition really is, forget what is

@@ -76,8 +76,9 @@ async fn sigkill_and_restart_five_times_loses_and_duplicates_nothing() {
     create_orders_table(&pool, &table).await;
     let brokers = services.brokers.clone();
     let t = topic.clone();
-    // ~20 s of load, so the kills land while records are still arriving.
-    let producer = tokio::task::spawn_blocking(move || produce(&brokers, &t, 3, 0..EVENTS, 5_000, order_payload));
+    // ~65 s of load: each restart waits out the killed member's session
+    // (6 s) and a join, so six kills need that long to land mid-load.
+    let producer = tokio::task::spawn_blocking(move || produce(&brokers, &t, 3, 0..EVENTS, 1_500, order_payload));
 
     let extra = "batch_size = 500";
     let mut sluice = Sluice::start(&config(&services, &group, &topic, &table, ORDER_COLUMNS, extra));
@@ -85,6 +86,10 @@ async fn sigkill_and_restart_five_times_loses_and_duplicates_nothing() {
     let mut logs = String::new();
     while kills < 6 {
         let before = count(&pool, &table).await;
+        assert!(
+            before < EVENTS as i64,
+            "the load ended before kill {kills}: the test would prove nothing"
+        );
         // Wait until this incarnation has written something, then kill it at a random moment.
         let progressed = eventually(Duration::from_secs(60), || async {
             count(&pool, &table).await > before

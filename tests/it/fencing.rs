@@ -77,6 +77,8 @@ async fn a_fenced_flush_rolls_back_and_nothing_is_duplicated() {
         },
         high_watermark: 0.8,
         low_watermark: 0.5,
+        strategy: sluice::config::Strategy::Block,
+        sample_rate: 10,
     };
     let target = TableRef {
         schema: "public".into(),
