@@ -55,7 +55,8 @@ fi
 
 sql() { psql "$demo_url" -XqtA -v ON_ERROR_STOP=1 -c "$1"; }
 
-sql "create table if not exists $table (
+sql "set client_min_messages = warning;
+     create table if not exists $table (
         order_id     bigint primary key,
         customer     text,
         amount       numeric(12,2),
@@ -124,9 +125,17 @@ log_tail() {
     tail -n 40 "$log" >&2 || true
 }
 
+# New ids each run: after the largest id in the table and after every id an
+# earlier (possibly failed) run produced, whose events may still be in the topic.
 max_id=$(sql "select coalesce(max(order_id), 0) from $table")
 start_id=$((max_id + 1))
+next_id_file="$log_dir/next-id"
+if [ -s "$next_id_file" ]; then
+    next_id=$(<"$next_id_file")
+    if [[ $next_id =~ ^[0-9]+$ ]] && [ "$next_id" -gt "$start_id" ]; then start_id=$next_id; fi
+fi
 end_id=$((start_id + count))
+echo "$end_id" >"$next_id_file"
 
 say "starting: sluice run --config $config (log: $log)"
 "$sluice" run --config "$config" >"$log" 2>&1 &
@@ -153,6 +162,9 @@ while :; do
     [ "$arrived" -lt "$count" ] || break
     if [ $((SECONDS - started)) -ge "$timeout" ]; then
         log_tail
+        say "if sluice never got partitions: tansu can wedge a consumer group whose member left during its"
+        say "first join (e.g. an earlier run interrupted in its first seconds); restart the broker with"
+        say "  kill -INT \$(cat $SLUICE_TOOLS_DIR/tansu.pid) && scripts/services.sh   (it forgets all topics)"
         die "only $arrived of $count events arrived in $table within ${timeout}s; see $log"
     fi
     sleep 1
