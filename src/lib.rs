@@ -8,6 +8,8 @@
 //! - [`kafka`]: the consumer loop, rebalance handling, offset arithmetic.
 //! - [`pipeline`]: per-mapping bounded buffer and the pause/resume decision.
 //! - [`sink`]: record → row encoding, the batch writer (COPY + fenced offsets), schema checks, error classes.
+//! - [`telemetry`]: OpenTelemetry metrics and traces (OTLP), the metric set, flush events, lag, readiness.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
 //! - [`service`]: wiring for `run`, `check` and `migrate`.
 //!
 //! # Delivery semantics
@@ -22,8 +24,10 @@
 //! decoded is skipped, logged and counted, and its offset advances in order.
 
 pub mod config;
+pub mod http;
 pub mod kafka;
 pub mod mapping;
 pub mod pipeline;
 pub mod service;
 pub mod sink;
+pub mod telemetry;

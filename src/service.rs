@@ -20,6 +20,7 @@ use crate::pipeline::{Pipeline, Settings};
 use crate::sink::encode::RowEncoder;
 use crate::sink::schema::{live_columns, plan_columns, MappingError, TableRef};
 use crate::sink::writer::{Writer, WriterCommand};
+use crate::telemetry::{Observed, Telemetry};
 
 /// sluice's own migrations (`sluice.offsets`, …), embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -251,6 +252,15 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         tokio::runtime::Handle::current(),
         config.shutdown_timeout,
     ));
+    let observed = Arc::new(Observed::new(
+        &config,
+        pipelines.clone(),
+        topics.clone(),
+        shared.clone(),
+    ));
+    let telemetry = Telemetry::start(&config, observed)
+        .await
+        .context("starting telemetry")?;
     let kafka =
         consumer::create(&config.consumer_properties(), shared.clone()).context("creating the kafka consumer")?;
     let (done_tx, mut done_rx) = oneshot::channel::<()>();
@@ -307,6 +317,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     for task in writer_tasks {
         task.abort();
     }
+    telemetry.shutdown().await;
     let written: u64 = pipelines
         .iter()
         .map(|p| p.counters.written.load(Ordering::Relaxed))

@@ -24,6 +24,7 @@
 mod bytesize;
 mod error;
 pub mod sources;
+pub mod telemetry;
 
 #[cfg(test)]
 mod tests;
@@ -44,6 +45,7 @@ pub use bytesize::{ByteSize, ParseByteSizeError};
 pub use error::ConfigError;
 use error::{issue_to_error, issue_with_origin, key, Issue, Seg};
 use sources::{FlattenProperties, SluiceEnv};
+pub use telemetry::{OtlpProtocol, TelemetryConfig};
 
 /// sluice's whole configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -62,6 +64,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// The topic → table mappings. Required, at least one.
     pub pipelines: Vec<PipelineConfig>,
+    /// Metrics, traces, health and status endpoints.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 /// Where sluice starts a partition that has no offset stored in Postgres
@@ -530,6 +535,7 @@ impl Config {
     fn check(&self) -> Result<(), Issue> {
         self.check_kafka()?;
         self.check_postgres()?;
+        self.telemetry.check()?;
         if self.pipelines.is_empty() {
             return Err((vec![key("pipelines")], "at least one pipeline is required".to_owned()));
         }

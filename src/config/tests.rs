@@ -57,6 +57,7 @@ fn valid() -> Config {
             "orders",
             columns(&[("id", "/id")]),
         )],
+        telemetry: TelemetryConfig::default(),
     }
 }
 
@@ -679,7 +680,12 @@ fn debug_of_config_shows_no_secrets() {
         .properties
         .insert("ssl.key.pem".into(), "-----BEGIN PRIVATE KEY-----".into());
     c.kafka.properties.insert("sasl.username".into(), "sluice-user".into());
+    c.telemetry
+        .otlp_headers
+        .insert("authorization".into(), "Bearer otlp-secret-token".into());
     let shown = format!("{c:?}");
+    assert!(!shown.contains("otlp-secret-token"), "{shown}");
+    assert!(shown.contains("authorization"), "{shown}");
     assert!(!shown.contains("pg-secret-pw"), "{shown}");
     assert!(!shown.contains("kafka-secret-pw"), "{shown}");
     assert!(!shown.contains("PRIVATE KEY"), "{shown}");
@@ -779,6 +785,129 @@ fn example_config_loads_validates_and_documents_the_defaults() {
             ]),
         );
         assert_eq!(config.pipelines, vec![expected]);
+        assert_eq!(config.telemetry, TelemetryConfig::default());
         Ok(())
     });
+}
+
+#[test]
+fn telemetry_defaults_file_and_environment() {
+    jail(|jail| {
+        let config = load(jail, MINIMAL).unwrap();
+        let t = &config.telemetry;
+        assert_eq!(t.http_addr, "127.0.0.1:9464");
+        assert_eq!(t.http_socket_addr(), Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(t.otlp_endpoint, None);
+        assert_eq!(t.otlp_protocol, None);
+        assert!(t.otlp_headers.is_empty() && t.resource_attributes.is_empty());
+        assert_eq!(t.service_name, None);
+        assert_eq!(t.export_interval, Duration::from_secs(10));
+        assert_eq!(t.lag_interval, Duration::from_secs(5));
+
+        jail.set_env("SLUICE_TELEMETRY__OTLP_HEADERS__X_API_KEY", "env-key");
+        jail.set_env("SLUICE_TELEMETRY__RESOURCE_ATTRIBUTES__SERVICE.NAMESPACE", "ingest");
+        let config = load(
+            jail,
+            &format!(
+                r#"
+                [telemetry]
+                http_addr = "off"
+                otlp_endpoint = "http://collector:4318"
+                otlp_protocol = "http/protobuf"
+                export_interval = "2s"
+                lag_interval = "1s"
+                service_name = "orders-sink"
+                [telemetry.otlp_headers]
+                authorization = "Bearer t"
+                [telemetry.resource_attributes]
+                deployment.environment = "prod"
+                "k8s.pod.name" = "sluice-0"
+                replicas = 3
+                {MINIMAL}
+                "#
+            ),
+        )
+        .unwrap();
+        let t = &config.telemetry;
+        assert_eq!(t.http_socket_addr(), None);
+        assert_eq!(t.otlp_endpoint.as_deref(), Some("http://collector:4318"));
+        assert_eq!(t.otlp_protocol, Some(OtlpProtocol::Http));
+        assert_eq!(t.export_interval, Duration::from_secs(2));
+        assert_eq!(t.lag_interval, Duration::from_secs(1));
+        assert_eq!(t.service_name.as_deref(), Some("orders-sink"));
+        assert_eq!(t.otlp_headers["authorization"], "Bearer t");
+        assert_eq!(t.otlp_headers["x_api_key"], "env-key");
+        // Dotted names, nested or quoted, in the file or the environment.
+        assert_eq!(t.resource_attributes["deployment.environment"], "prod");
+        assert_eq!(t.resource_attributes["k8s.pod.name"], "sluice-0");
+        assert_eq!(t.resource_attributes["replicas"], "3");
+        assert_eq!(t.resource_attributes["service.namespace"], "ingest");
+        Ok(())
+    });
+}
+
+#[test]
+fn telemetry_rules() {
+    let with = |f: fn(&mut TelemetryConfig)| {
+        let mut c = valid();
+        f(&mut c.telemetry);
+        c
+    };
+    assert!(with(|t| t.http_addr = String::new()).validate().is_ok());
+    assert!(with(|t| t.otlp_endpoint = Some("https://otlp.example.com:443".into()))
+        .validate()
+        .is_ok());
+    type Case = (fn(&mut TelemetryConfig), &'static str, &'static str);
+    let cases: [Case; 8] = [
+        (
+            |t| t.http_addr = "localhost:9464".into(),
+            "telemetry.http_addr",
+            "expected host:port",
+        ),
+        (
+            |t| t.http_addr = "9464".into(),
+            "telemetry.http_addr",
+            "expected host:port",
+        ),
+        (
+            |t| t.otlp_endpoint = Some("collector:4317".into()),
+            "telemetry.otlp_endpoint",
+            "expected a URL",
+        ),
+        (
+            |t| {
+                t.otlp_endpoint = Some("https://c:4318".into());
+                t.otlp_protocol = Some(OtlpProtocol::Http);
+            },
+            "telemetry.otlp_endpoint",
+            "http:// endpoints only",
+        ),
+        (
+            |t| t.export_interval = Duration::ZERO,
+            "telemetry.export_interval",
+            "greater than zero",
+        ),
+        (
+            |t| t.lag_interval = Duration::ZERO,
+            "telemetry.lag_interval",
+            "greater than zero",
+        ),
+        (
+            |t| {
+                t.otlp_headers.insert("bad name".into(), "v".into());
+            },
+            r#"telemetry.otlp_headers."bad name""#,
+            "header name",
+        ),
+        (
+            |t| t.service_name = Some(" ".into()),
+            "telemetry.service_name",
+            "must not be empty",
+        ),
+    ];
+    for (change, key, message) in cases {
+        let err = invalid(&with(change));
+        assert_eq!(err.key, key, "{err}");
+        assert!(err.message.contains(message), "{err}");
+    }
 }

@@ -439,7 +439,8 @@ impl LoopState {
                 return;
             }
             let epoch = part.epoch;
-            let admission = state.admit(Entry { tp, epoch, offset, row }, s, Instant::now());
+            let meta = crate::telemetry::RecordMeta::of(msg);
+            let admission = state.admit(Entry::new(tp, epoch, offset, row, meta), s, Instant::now());
             let part = state.partitions.get_mut(&tp).expect("checked above");
             if admission == Admission::Refused {
                 // BLOCKED: the record is neither buffered nor covered. Have

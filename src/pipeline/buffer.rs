@@ -11,10 +11,12 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use crate::kafka::Tp;
+use crate::telemetry::{RecordMeta, TraceParent};
 
 /// Bookkeeping bytes charged per entry on top of the row itself, so that a
-/// flood of tiny rows still counts against `max_buffer_bytes`.
-pub const ENTRY_OVERHEAD_BYTES: usize = 48;
+/// flood of tiny rows still counts against `max_buffer_bytes`: the entry
+/// itself (64 bytes).
+pub const ENTRY_OVERHEAD_BYTES: usize = 64;
 
 /// One consumed record: its encoded COPY row, or `None` for a marker: the
 /// record was skipped (undecodable) or dropped, but its offset (and, for a
@@ -27,11 +29,34 @@ pub struct Entry {
     pub epoch: u64,
     pub offset: i64,
     pub row: Option<Box<[u8]>>,
+    /// The record's Kafka timestamp (ms since the epoch), for end-to-end latency.
+    pub timestamp_ms: Option<i64>,
+    /// The producer's W3C trace context, only when the record carried a
+    /// `traceparent` header (so no allocation otherwise); the flush span
+    /// links to it.
+    pub trace: Option<Box<TraceParent>>,
 }
 
 impl Entry {
+    /// A consumed record's entry, with what telemetry needs of it.
+    pub fn new(tp: Tp, epoch: u64, offset: i64, row: Option<Box<[u8]>>, meta: RecordMeta) -> Entry {
+        Entry {
+            tp,
+            epoch,
+            offset,
+            row,
+            timestamp_ms: meta.timestamp_ms,
+            trace: meta.trace,
+        }
+    }
+
     pub fn cost(&self) -> usize {
-        ENTRY_OVERHEAD_BYTES + self.row.as_ref().map_or(0, |r| r.len())
+        let trace = if self.trace.is_some() {
+            std::mem::size_of::<TraceParent>()
+        } else {
+            0
+        };
+        ENTRY_OVERHEAD_BYTES + trace + self.row.as_ref().map_or(0, |r| r.len())
     }
 }
 
@@ -125,6 +150,8 @@ impl Buffer {
                     epoch,
                     offset,
                     row: None,
+                    timestamp_ms: None,
+                    trace: None,
                 },
                 now,
             );
@@ -260,7 +287,14 @@ mod tests {
             epoch: 1,
             offset,
             row: Some(vec![b'x'; len].into_boxed_slice()),
+            timestamp_ms: None,
+            trace: None,
         }
+    }
+
+    #[test]
+    fn entry_overhead_covers_the_entry() {
+        assert!(std::mem::size_of::<Entry>() <= ENTRY_OVERHEAD_BYTES);
     }
 
     #[test]

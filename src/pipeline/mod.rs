@@ -9,7 +9,7 @@ pub mod backpressure;
 pub mod buffer;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -155,6 +155,10 @@ pub struct Counters {
     pub dropped: AtomicU64,
     pub flushes: AtomicU64,
     pub fenced: AtomicU64,
+    /// Records written to the dead-letter store. Hook: nothing dead-letters
+    /// yet, so it stays 0 until the dead-letter store adds to it
+    /// (`sluice_records_dead_lettered_total`).
+    pub dead_lettered: AtomicU64,
 }
 
 impl Counters {
@@ -177,6 +181,37 @@ pub struct Pipeline {
     state: Mutex<PipelineState>,
     /// Wakes the writer when a batch is ready or something changed.
     pub wake_writer: Notify,
+    /// The database circuit breaker's state, one of [`breaker_state`].
+    /// Hook: the breaker stores its state here on every transition;
+    /// `/readyz`, `/status` and `sluice_breaker_state` read it.
+    pub breaker_state: AtomicU8,
+    /// The flush interval in force, in microseconds: the configured one
+    /// until adaptive flushing stores the interval it chose
+    /// (`sluice_flush_interval_seconds`).
+    pub flush_interval_us: AtomicU64,
+    /// Set when the pipeline has stopped for good (e.g. a data error under
+    /// `errors.tolerance = none`); `/readyz` is unready while set.
+    pub stopped: AtomicBool,
+}
+
+/// Values of [`Pipeline::breaker_state`], as `sluice_breaker_state` reports them.
+pub mod breaker_state {
+    /// Flushes go through (also the value while no breaker exists).
+    pub const CLOSED: u8 = 0;
+    /// One trial flush is let through.
+    pub const HALF_OPEN: u8 = 1;
+    /// Nothing is attempted; `/readyz` is unready.
+    pub const OPEN: u8 = 2;
+
+    /// The label value of a state.
+    pub fn name(state: u8) -> &'static str {
+        match state {
+            CLOSED => "CLOSED",
+            HALF_OPEN => "HALF_OPEN",
+            OPEN => "OPEN",
+            _ => "UNKNOWN",
+        }
+    }
 }
 
 /// Whether the consumer loop should change a pipeline's pause state.
@@ -208,6 +243,7 @@ impl Pipeline {
             draining: false,
             sample_seq: 0,
         };
+        let flush_interval_us = AtomicU64::new(settings.flush_interval.as_micros().min(u64::MAX as u128) as u64);
         Self {
             name,
             table,
@@ -216,7 +252,15 @@ impl Pipeline {
             counters: Counters::default(),
             state: Mutex::new(state),
             wake_writer: Notify::new(),
+            breaker_state: AtomicU8::new(breaker_state::CLOSED),
+            flush_interval_us,
+            stopped: AtomicBool::new(false),
         }
+    }
+
+    /// The flush interval in force (see [`Pipeline::flush_interval_us`]).
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_micros(self.flush_interval_us.load(Ordering::Relaxed))
     }
 
     /// Runs [`PipelineState::refresh`] and logs a transition.
@@ -341,7 +385,7 @@ mod model_tests {
                             continue;
                         }
                         let offset = next[p as usize];
-                        let entry = Entry { tp: tp(p), epoch: 1, offset, row: Some(vec![b'x'; len].into_boxed_slice()) };
+                        let entry = Entry { tp: tp(p), epoch: 1, offset, row: Some(vec![b'x'; len].into_boxed_slice()), timestamp_ms: None, trace: None };
                         match state.admit(entry, &s, now) {
                             Admission::Refused => {
                                 prop_assert_eq!(strategy, crate::config::Strategy::Block, "only block refuses");

@@ -163,6 +163,7 @@ impl Writer {
                 Err(err) => {
                     failures += 1;
                     let class = classify(&err);
+                    crate::telemetry::flush_failed(&self.pipeline, &batch, spans.len(), started.elapsed(), class);
                     let delay = backoff(failures);
                     match class {
                         ErrorClass::Transient => warn!(
@@ -292,6 +293,7 @@ impl Writer {
             });
         }
         debug!(pipeline = %self.pipeline.name, rows, records = batch.entries.len(), partitions = spans.len(), took_ms = took.as_millis() as u64, "flushed");
+        crate::telemetry::flush_committed(&self.pipeline, batch, spans.len(), took);
     }
 
     /// After a fence: read where the partition really is, forget what is

@@ -38,6 +38,8 @@ fn push(pipeline: &Pipeline, tp: Tp, topic: &str, offsets: std::ops::Range<i64>)
                 epoch,
                 offset,
                 row: Some(row.into_boxed_slice()),
+                timestamp_ms: None,
+                trace: None,
             },
             Instant::now(),
         );

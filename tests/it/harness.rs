@@ -165,15 +165,25 @@ pub fn write_config(config: &str) -> (Arc<tempfile::TempDir>, PathBuf) {
 impl Sluice {
     pub fn start(config: &str) -> Sluice {
         let (dir, path) = write_config(config);
-        Self::start_with(dir, path, "sluice.log")
+        Self::start_with(dir, path, "sluice.log", &[])
+    }
+
+    /// Starts sluice with extra environment variables (which override the
+    /// config file: `SLUICE_TELEMETRY__HTTP_ADDR`, `OTEL_*`, ...).
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Sluice {
+        let (dir, path) = write_config(config);
+        Self::start_with(dir, path, "sluice.log", env)
     }
 
     /// Starts another process on the same config (a restart, or a second member).
     pub fn restart(&self, log_name: &str) -> Sluice {
-        Self::start_with(self._dir.clone(), self.config.clone(), log_name)
+        Self::start_with(self._dir.clone(), self.config.clone(), log_name, &[])
     }
 
-    fn start_with(dir: Arc<tempfile::TempDir>, config: PathBuf, log_name: &str) -> Sluice {
+    /// Unless `env` says otherwise, the telemetry HTTP server listens on a
+    /// port of its own (`127.0.0.1:0`), so that processes running in
+    /// parallel never compete for the default one.
+    fn start_with(dir: Arc<tempfile::TempDir>, config: PathBuf, log_name: &str, env: &[(&str, &str)]) -> Sluice {
         let log = dir.path().join(log_name);
         let out = fs::OpenOptions::new()
             .create(true)
@@ -185,6 +195,8 @@ impl Sluice {
             .arg("--config")
             .arg(&config)
             .env("SLUICE_LOG", "info,librdkafka=warn")
+            .env("SLUICE_TELEMETRY__HTTP_ADDR", "127.0.0.1:0")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()

@@ -5,3 +5,4 @@ mod cli;
 mod delivery;
 mod fencing;
 mod harness;
+mod telemetry;

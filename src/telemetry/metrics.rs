@@ -1,0 +1,429 @@
+//! The metric set: names, units, labels, and the instruments behind them.
+//!
+//! Instrument names are the final Prometheus names (`_total` on counters,
+//! the unit in the name), so OTLP backends and `/metrics` show the same
+//! names; Prometheus' own OTLP translation keeps them as they are.
+//!
+//! Counters and gauges are observable: their callbacks read the
+//! pipelines' atomics and buffers when a reader collects (every export and
+//! every scrape), never per record. The histograms and the flush counter
+//! are recorded once per flush by [`super::FlushEvent`].
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableCounter, ObservableGauge};
+use opentelemetry::KeyValue;
+
+use super::Observed;
+use crate::config::Strategy;
+use crate::pipeline::{breaker_state, Counters};
+
+/// How a metric is exposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric of the catalogue.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricInfo {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// UCUM, as OpenTelemetry wants it: `s`, `By`, `1`, `{record}`.
+    pub unit: &'static str,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+macro_rules! metric {
+    ($id:ident, $name:literal, $kind:ident, $unit:literal, [$($label:literal),*], $help:literal) => {
+        pub const $id: MetricInfo = MetricInfo {
+            name: $name,
+            kind: Kind::$kind,
+            unit: $unit,
+            labels: &[$($label),*],
+            help: $help,
+        };
+    };
+}
+
+metric!(
+    CONSUMED,
+    "sluice_records_consumed_total",
+    Counter,
+    "{record}",
+    ["pipeline"],
+    "Records read from Kafka and accepted into the pipeline (buffered or deliberately dropped)."
+);
+metric!(
+    WRITTEN,
+    "sluice_records_written_total",
+    Counter,
+    "{record}",
+    ["pipeline", "table"],
+    "Rows committed to Postgres."
+);
+metric!(DROPPED, "sluice_records_dropped_total", Counter, "{record}", ["pipeline", "reason"],
+    "Records whose offsets advanced without a row: shed by the strategy (reason = drop_oldest, drop_newest, sample) or undecodable (reason = undecodable).");
+metric!(
+    DEAD_LETTERED,
+    "sluice_records_dead_lettered_total",
+    Counter,
+    "{record}",
+    ["pipeline"],
+    "Records written to the dead-letter store."
+);
+metric!(
+    FLUSHES,
+    "sluice_flushes_total",
+    Counter,
+    "{flush}",
+    ["pipeline", "outcome"],
+    "Flush attempts by outcome (committed, failed)."
+);
+metric!(
+    FENCED,
+    "sluice_fenced_partitions_total",
+    Counter,
+    "{partition}",
+    ["pipeline"],
+    "Partitions whose flush was fenced (another owner moved the stored offset) and re-read."
+);
+metric!(
+    BUFFER_RECORDS,
+    "sluice_buffer_records",
+    Gauge,
+    "{record}",
+    ["pipeline"],
+    "Records held by the pipeline buffer, in flight included."
+);
+metric!(
+    BUFFER_BYTES,
+    "sluice_buffer_bytes",
+    Gauge,
+    "By",
+    ["pipeline"],
+    "Bytes held by the pipeline buffer, in flight and bookkeeping included."
+);
+metric!(
+    BUFFER_UTILIZATION,
+    "sluice_buffer_utilization",
+    Gauge,
+    "1",
+    ["pipeline"],
+    "max(bytes / max_buffer_bytes, records / max_buffer_records)."
+);
+metric!(
+    BACKPRESSURE_STATE,
+    "sluice_backpressure_state",
+    Gauge,
+    "1",
+    ["pipeline", "state"],
+    "Backpressure state: 0 NORMAL, 1 ELEVATED, 2 CRITICAL, 3 BLOCKED, 4 DRAINING (the state label names it)."
+);
+metric!(
+    PAUSED_PARTITIONS,
+    "sluice_paused_partitions",
+    Gauge,
+    "{partition}",
+    ["pipeline"],
+    "Partitions of the pipeline paused for backpressure or shutdown."
+);
+metric!(
+    ASSIGNED_PARTITIONS,
+    "sluice_assigned_partitions",
+    Gauge,
+    "{partition}",
+    ["pipeline"],
+    "Partitions of the pipeline assigned to this instance."
+);
+metric!(
+    FLUSH_DURATION,
+    "sluice_flush_duration_seconds",
+    Histogram,
+    "s",
+    ["pipeline", "outcome"],
+    "Duration of one flush transaction (offsets, COPY, commit)."
+);
+metric!(
+    BATCH_ROWS,
+    "sluice_batch_rows",
+    Histogram,
+    "{row}",
+    ["pipeline"],
+    "Rows per committed flush."
+);
+metric!(
+    FLUSH_INTERVAL,
+    "sluice_flush_interval_seconds",
+    Gauge,
+    "s",
+    ["pipeline"],
+    "The flush interval in force."
+);
+metric!(
+    BREAKER_STATE,
+    "sluice_breaker_state",
+    Gauge,
+    "1",
+    ["pipeline", "state"],
+    "Database circuit breaker: 0 CLOSED, 1 HALF_OPEN, 2 OPEN (the state label names it)."
+);
+metric!(
+    CONSUMER_LAG,
+    "sluice_consumer_lag",
+    Gauge,
+    "{record}",
+    ["pipeline", "topic", "partition"],
+    "Records not yet in Postgres: high watermark minus the stored position, per assigned partition."
+);
+metric!(
+    END_TO_END,
+    "sluice_end_to_end_latency_seconds",
+    Histogram,
+    "s",
+    ["pipeline"],
+    "Per committed flush: commit time minus the oldest Kafka timestamp in the batch."
+);
+
+/// Every metric sluice exports, in `/metrics` order.
+pub const CATALOGUE: &[MetricInfo] = &[
+    CONSUMED,
+    WRITTEN,
+    DROPPED,
+    DEAD_LETTERED,
+    FLUSHES,
+    FENCED,
+    BUFFER_RECORDS,
+    BUFFER_BYTES,
+    BUFFER_UTILIZATION,
+    BACKPRESSURE_STATE,
+    PAUSED_PARTITIONS,
+    ASSIGNED_PARTITIONS,
+    FLUSH_DURATION,
+    BATCH_ROWS,
+    FLUSH_INTERVAL,
+    BREAKER_STATE,
+    CONSUMER_LAG,
+    END_TO_END,
+];
+
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+const ROWS_BUCKETS: &[f64] = &[
+    1.0, 10.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 50000.0, 100000.0,
+];
+
+pub fn flush_duration(meter: &Meter) -> Histogram<f64> {
+    meter
+        .f64_histogram(FLUSH_DURATION.name)
+        .with_description(FLUSH_DURATION.help)
+        .with_unit(FLUSH_DURATION.unit)
+        .with_boundaries(SECONDS_BUCKETS.to_vec())
+        .build()
+}
+
+pub fn batch_rows(meter: &Meter) -> Histogram<u64> {
+    meter
+        .u64_histogram(BATCH_ROWS.name)
+        .with_description(BATCH_ROWS.help)
+        .with_unit(BATCH_ROWS.unit)
+        .with_boundaries(ROWS_BUCKETS.to_vec())
+        .build()
+}
+
+pub fn end_to_end_latency(meter: &Meter) -> Histogram<f64> {
+    meter
+        .f64_histogram(END_TO_END.name)
+        .with_description(END_TO_END.help)
+        .with_unit(END_TO_END.unit)
+        .with_boundaries(LATENCY_BUCKETS.to_vec())
+        .build()
+}
+
+pub fn flushes(meter: &Meter) -> Counter<u64> {
+    meter
+        .u64_counter(FLUSHES.name)
+        .with_description(FLUSHES.help)
+        .with_unit(FLUSHES.unit)
+        .build()
+}
+
+/// The observable instruments' handles: they report while held.
+#[derive(Default)]
+pub struct Instruments {
+    _counters: Vec<ObservableCounter<u64>>,
+    _gauges_u64: Vec<ObservableGauge<u64>>,
+    _gauges_f64: Vec<ObservableGauge<f64>>,
+}
+
+/// Reports one value with its labels.
+type Observe<'a, T> = &'a mut dyn FnMut(T, &[KeyValue]);
+/// Reads a pipeline's counter.
+type ReadCounter = fn(&Counters, &Labels, Observe<'_, u64>);
+/// Reads a gauge of pipeline `index`.
+type ReadGauge<T> = fn(&Observed, usize, &Labels, Observe<'_, T>);
+
+/// Per-pipeline label sets, built once.
+struct Labels {
+    pipeline: Vec<KeyValue>,
+    written: Vec<KeyValue>,
+    strategy: Option<Vec<KeyValue>>,
+    undecodable: Vec<KeyValue>,
+}
+
+/// Registers every observable instrument of [`CATALOGUE`].
+pub fn register(meter: &Meter, observed: Arc<Observed>) -> Instruments {
+    let labels: Arc<Vec<Labels>> = Arc::new(
+        observed
+            .pipelines
+            .iter()
+            .map(|p| {
+                let name = KeyValue::new("pipeline", p.name.clone());
+                let reason = |r: &'static str| vec![name.clone(), KeyValue::new("reason", r)];
+                Labels {
+                    pipeline: vec![name.clone()],
+                    written: vec![name.clone(), KeyValue::new("table", p.table.to_string())],
+                    strategy: (p.settings.strategy != Strategy::Block).then(|| reason(p.settings.strategy.as_str())),
+                    undecodable: reason("undecodable"),
+                }
+            })
+            .collect(),
+    );
+
+    // A counter that reads one of each pipeline's `Counters`.
+    let counter = |info: MetricInfo, read: ReadCounter| {
+        let (observed, labels) = (observed.clone(), labels.clone());
+        meter
+            .u64_observable_counter(info.name)
+            .with_description(info.help)
+            .with_unit(info.unit)
+            .with_callback(move |o| {
+                for (p, l) in observed.pipelines.iter().zip(labels.iter()) {
+                    read(&p.counters, l, &mut |v, attrs| o.observe(v, attrs));
+                }
+            })
+            .build()
+    };
+    let counters = vec![
+        counter(CONSUMED, |c, l, o| o(Counters::get(&c.consumed), &l.pipeline)),
+        counter(WRITTEN, |c, l, o| o(Counters::get(&c.written), &l.written)),
+        counter(DROPPED, |c, l, o| {
+            if let Some(strategy) = &l.strategy {
+                o(Counters::get(&c.dropped), strategy);
+            }
+            o(Counters::get(&c.skipped), &l.undecodable);
+        }),
+        counter(DEAD_LETTERED, |c, l, o| o(Counters::get(&c.dead_lettered), &l.pipeline)),
+        counter(FENCED, |c, l, o| o(Counters::get(&c.fenced), &l.pipeline)),
+    ];
+
+    // Gauges read each pipeline's state under its lock, once per collection.
+    let gauge_f64 = |info: MetricInfo, read: ReadGauge<f64>| {
+        let (observed, labels) = (observed.clone(), labels.clone());
+        meter
+            .f64_observable_gauge(info.name)
+            .with_description(info.help)
+            .with_unit(info.unit)
+            .with_callback(move |o| {
+                for (i, l) in labels.iter().enumerate() {
+                    read(&observed, i, l, &mut |v, attrs| o.observe(v, attrs));
+                }
+            })
+            .build()
+    };
+    let gauge_u64 = |info: MetricInfo, read: ReadGauge<u64>| {
+        let (observed, labels) = (observed.clone(), labels.clone());
+        meter
+            .u64_observable_gauge(info.name)
+            .with_description(info.help)
+            .with_unit(info.unit)
+            .with_callback(move |o| {
+                for (i, l) in labels.iter().enumerate() {
+                    read(&observed, i, l, &mut |v, attrs| o.observe(v, attrs));
+                }
+            })
+            .build()
+    };
+    let mut gauges_u64 = vec![
+        gauge_u64(BUFFER_RECORDS, |ob, i, l, o| {
+            o(ob.pipelines[i].lock().buffer.records() as u64, &l.pipeline)
+        }),
+        gauge_u64(BUFFER_BYTES, |ob, i, l, o| {
+            o(ob.pipelines[i].lock().buffer.bytes() as u64, &l.pipeline)
+        }),
+        gauge_u64(BACKPRESSURE_STATE, |ob, i, l, o| {
+            let state = ob.pipelines[i].lock().bp;
+            let mut attrs = l.pipeline.clone();
+            attrs.push(KeyValue::new("state", state.as_str()));
+            o(state as u64, &attrs)
+        }),
+        gauge_u64(PAUSED_PARTITIONS, |ob, i, l, o| {
+            let s = ob.pipelines[i].lock();
+            let paused = if s.paused || s.draining { s.partitions.len() } else { 0 };
+            o(paused as u64, &l.pipeline)
+        }),
+        gauge_u64(ASSIGNED_PARTITIONS, |ob, i, l, o| {
+            o(ob.pipelines[i].lock().partitions.len() as u64, &l.pipeline)
+        }),
+        gauge_u64(BREAKER_STATE, |ob, i, l, o| {
+            let state = ob.pipelines[i].breaker_state.load(Ordering::Relaxed);
+            let mut attrs = l.pipeline.clone();
+            attrs.push(KeyValue::new("state", breaker_state::name(state)));
+            o(u64::from(state), &attrs)
+        }),
+    ];
+    let gauges_f64 = vec![
+        gauge_f64(BUFFER_UTILIZATION, |ob, i, l, o| {
+            o(ob.pipelines[i].lock().buffer.utilization(), &l.pipeline)
+        }),
+        gauge_f64(FLUSH_INTERVAL, |ob, i, l, o| {
+            o(ob.pipelines[i].flush_interval().as_secs_f64(), &l.pipeline)
+        }),
+    ];
+    let lag_observed = observed.clone();
+    gauges_u64.push(
+        meter
+            .u64_observable_gauge(CONSUMER_LAG.name)
+            .with_description(CONSUMER_LAG.help)
+            .with_unit(CONSUMER_LAG.unit)
+            .with_callback(move |o| {
+                for l in lag_observed.lag.snapshot() {
+                    let Some(pipeline) = lag_observed.pipelines.get(l.pipeline) else {
+                        continue;
+                    };
+                    o.observe(
+                        l.lag.max(0) as u64,
+                        &[
+                            KeyValue::new("pipeline", pipeline.name.clone()),
+                            KeyValue::new("topic", lag_observed.topics.name(l.tp.topic).to_owned()),
+                            KeyValue::new("partition", i64::from(l.tp.partition)),
+                        ],
+                    );
+                }
+            })
+            .build(),
+    );
+    Instruments {
+        _counters: counters,
+        _gauges_u64: gauges_u64,
+        _gauges_f64: gauges_f64,
+    }
+}
