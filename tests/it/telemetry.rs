@@ -64,12 +64,87 @@ async fn receive_traces(State(s): State<Shared>, headers: HeaderMap, body: Bytes
     ExportTraceServiceResponse::default().encode_to_vec()
 }
 
-/// An OTLP/HTTP receiver on a free port: `/v1/metrics`, `/v1/traces`.
+/// A unary gRPC answer: one length-prefixed message, then the
+/// `grpc-status` trailer.
+struct GrpcReply {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl http_body::Body for GrpcReply {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let frame = match (self.data.take(), self.trailers.take()) {
+            (Some(data), trailers) => {
+                self.trailers = trailers;
+                Some(Ok(http_body::Frame::data(data)))
+            }
+            (None, Some(trailers)) => Some(Ok(http_body::Frame::trailers(trailers))),
+            (None, None) => None,
+        };
+        std::task::Poll::Ready(frame)
+    }
+}
+
+fn grpc_reply(message: Vec<u8>) -> axum::response::Response {
+    let mut framed = vec![0u8];
+    framed.extend((message.len() as u32).to_be_bytes());
+    framed.extend(message);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().unwrap());
+    axum::response::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(axum::body::Body::new(GrpcReply {
+            data: Some(framed.into()),
+            trailers: Some(trailers),
+        }))
+        .unwrap()
+}
+
+/// The message of a (not compressed) gRPC request body.
+fn grpc_message(body: &Bytes) -> &[u8] {
+    assert_eq!(body[0], 0, "compressed gRPC message");
+    let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+    &body[5..5 + len]
+}
+
+async fn grpc_metrics(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+    let request = ExportMetricsServiceRequest::decode(grpc_message(&body)).expect("an OTLP metrics request");
+    let mut r = s.lock().unwrap();
+    r.authorization.extend(authorization(&headers));
+    r.metrics.push(request);
+    grpc_reply(ExportMetricsServiceResponse::default().encode_to_vec())
+}
+
+async fn grpc_traces(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+    let request = ExportTraceServiceRequest::decode(grpc_message(&body)).expect("an OTLP traces request");
+    let mut r = s.lock().unwrap();
+    r.authorization.extend(authorization(&headers));
+    r.traces.push(request);
+    grpc_reply(ExportTraceServiceResponse::default().encode_to_vec())
+}
+
+/// An OTLP receiver on a free port: OTLP/HTTP (`/v1/metrics`,
+/// `/v1/traces`) and OTLP/gRPC (the collector services' `Export`, over
+/// HTTP/2 without TLS).
 async fn start_receiver() -> (SocketAddr, Shared) {
     let shared = Shared::default();
     let app = Router::new()
         .route("/v1/metrics", post(receive_metrics))
         .route("/v1/traces", post(receive_traces))
+        .route(
+            "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+            post(grpc_metrics),
+        )
+        .route(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            post(grpc_traces),
+        )
         .with_state(shared.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -383,7 +458,9 @@ resource_attributes = {{ "deployment.environment" = "it" }}"#
             number(&r, "sluice_breaker_state", &[("pipeline", "p"), ("state", "CLOSED")]),
             Some(0.0)
         );
-        assert_eq!(number(&r, "sluice_flush_interval_seconds", &p), Some(0.1));
+        // Adaptive flushing moves the interval; it is exported, and sane.
+        let interval = number(&r, "sluice_flush_interval_seconds", &p).expect("flush interval exported");
+        assert!(interval > 0.0 && interval < 60.0, "flush interval {interval}");
         assert_eq!(number(&r, "sluice_assigned_partitions", &p), Some(2.0));
         let flushes = number(
             &r,
@@ -541,6 +618,85 @@ resource_attributes = {{ "deployment.environment" = "it" }}"#
     );
 }
 
+/// The same export over OTLP/gRPC: counters and one span per flush arrive,
+/// with the configured metadata.
+#[tokio::test(flavor = "multi_thread")]
+async fn otlp_export_over_grpc() {
+    const N: u64 = 500;
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let (topic, group, table) = (unique("grpc"), unique("g"), unique("orders"));
+    create_topic(&services.brokers, &topic, 1).await;
+    create_orders_table(&pool, &table).await;
+    let brokers = services.brokers.clone();
+    let t = topic.clone();
+    tokio::task::spawn_blocking(move || produce(&brokers, &t, 1, 0..N, 0, order_payload))
+        .await
+        .unwrap();
+
+    let (receiver, received) = start_receiver().await;
+    let cfg = telemetry_config(
+        &services,
+        &services.database_url,
+        &group,
+        &topic,
+        &table,
+        &format!(
+            r#"otlp_endpoint = "http://{receiver}"
+otlp_protocol = "grpc"
+export_interval = "1s"
+otlp_headers = {{ authorization = "Bearer grpc-it" }}"#
+        ),
+    );
+    let sluice = Sluice::start_with_env(&cfg, &[("SLUICE_TELEMETRY__HTTP_ADDR", "off")]);
+    let landed = eventually(Duration::from_secs(120), || async {
+        count(&pool, &table).await >= N as i64
+    })
+    .await;
+    assert!(
+        landed,
+        "only {} rows; log:\n{}",
+        count(&pool, &table).await,
+        sluice.log_text()
+    );
+
+    let p = [("pipeline", "p")];
+    let exported = eventually(Duration::from_secs(30), || async {
+        let r = received.lock().unwrap();
+        let flushes = number(
+            &r,
+            "sluice_flushes_total",
+            &[("pipeline", "p"), ("outcome", "committed")],
+        );
+        let spans = flush_spans(&r);
+        let span_rows: i64 = spans.iter().filter_map(|s| int_attr(&s.attributes, "rows")).sum();
+        number(&r, "sluice_records_written_total", &p) == Some(N as f64)
+            && span_rows == N as i64
+            && flushes == Some(spans.len() as f64)
+    })
+    .await;
+    let r = received.lock().unwrap();
+    assert!(
+        exported,
+        "written {:?}, flush spans {}; log:\n{}",
+        number(&r, "sluice_records_written_total", &p),
+        flush_spans(&r).len(),
+        sluice.log_text()
+    );
+    assert_eq!(number(&r, "sluice_records_consumed_total", &p), Some(N as f64));
+    assert_eq!(
+        histogram(&r, "sluice_batch_rows", &p).and_then(|h| h.sum),
+        Some(N as f64)
+    );
+    assert!(r.authorization.iter().all(|a| a == "Bearer grpc-it") && !r.authorization.is_empty());
+    let resource = &r.metrics.last().unwrap().resource_metrics[0]
+        .resource
+        .as_ref()
+        .unwrap()
+        .attributes;
+    assert_eq!(text_attr(resource, "service.name").as_deref(), Some("sluice"));
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -671,7 +827,25 @@ async fn readyz_follows_assignment_and_database_reachability() {
     tokio::task::spawn_blocking(move || produce(&brokers, &t, 1, 100..200, 0, order_payload))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Their flushes fail (and are retried): counted, and shown by /status.
+    let failing = eventually(Duration::from_secs(30), || async {
+        let failed = match http_get(&http, "/metrics").await {
+            Some((200, m)) => m
+                .lines()
+                .find_map(|l| l.strip_prefix("sluice_flushes_total{outcome=\"failed\",pipeline=\"p\"} "))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0),
+            _ => 0,
+        };
+        let last = get_json(&http, "/status")
+            .await
+            .map(|(_, s)| s["pipelines"][0]["last_flush"].clone());
+        failed > 0
+            && last
+                .is_some_and(|l| l["outcome"] == "failed" && l["error"] == "transient" && l["rows"].as_u64() > Some(0))
+    })
+    .await;
+    assert!(failing, "no failed flush reported; log:\n{}", sluice.log_text());
     assert_eq!(count(&pool, &table).await, 100, "nothing written while cut off");
 
     proxy.restore();
