@@ -16,6 +16,7 @@
 # Environment:
 #   SLUICE_KAFKA_BROKERS      use these brokers (host:port,...) instead of a local
 #                             tansu; they are only checked, nothing is started
+#                             (except for the default 127.0.0.1:9092 itself)
 #   SLUICE_TEST_DATABASE_URL  Postgres for tests (default: $DATABASE_URL, else
 #                             postgres://postgres@127.0.0.1:5432/postgres); a server
 #                             other than 127.0.0.1:5432 is only checked
@@ -224,8 +225,14 @@ _sluice_services_main() {
 }
 
 # Decide the values first so they are exported even when sourced.
+# A broker list other than tansu's own address is the user's: only checked. (The
+# default value itself, e.g. exported by an earlier `eval "$(scripts/services.sh)"`,
+# still means "local tansu", which is started again if it is gone.)
 _sluice_kafka_user_set=0
-[ -n "${SLUICE_KAFKA_BROKERS:-}" ] && _sluice_kafka_user_set=1
+case "${SLUICE_KAFKA_BROKERS:-}" in
+"" | "$_SLUICE_TANSU_HOST:$_SLUICE_TANSU_PORT") ;;
+*) _sluice_kafka_user_set=1 ;;
+esac
 export SLUICE_TOOLS_DIR="${SLUICE_TOOLS_DIR:-${HOME:-/tmp}/.cache/sluice}"
 export SLUICE_SERVICES_TIMEOUT="${SLUICE_SERVICES_TIMEOUT:-30}"
 export SLUICE_KAFKA_BROKERS="${SLUICE_KAFKA_BROKERS:-$_SLUICE_TANSU_HOST:$_SLUICE_TANSU_PORT}"

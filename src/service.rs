@@ -12,14 +12,16 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, OffsetReset, PipelineConfig, PostgresConfig};
+use crate::config::{Config, OffsetReset, PipelineConfig, PostgresConfig, SslMode};
 use crate::kafka::consumer::{self, Shared};
 use crate::kafka::Topics;
 use crate::pipeline::buffer::Limits;
 use crate::pipeline::{Pipeline, Settings};
+use crate::sink::breaker::BreakerSettings;
 use crate::sink::encode::RowEncoder;
+use crate::sink::flush_policy::FlushSettings;
 use crate::sink::schema::{live_columns, plan_columns, MappingError, TableRef};
-use crate::sink::writer::{Writer, WriterCommand};
+use crate::sink::writer::{Control, Writer, WriterCommand};
 use crate::telemetry::{Observed, Telemetry};
 
 /// sluice's own migrations (`sluice.offsets`, …), embedded in the binary.
@@ -27,10 +29,29 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connects to Postgres with the configured pool settings.
 pub async fn connect(config: &PostgresConfig) -> Result<PgPool, sqlx::Error> {
+    use sqlx::postgres::{PgConnectOptions, PgSslMode};
+    let mut options: PgConnectOptions = config.url.parse()?;
+    if let Some(mode) = config.sslmode {
+        options = options.ssl_mode(match mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Allow => PgSslMode::Allow,
+            SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require => PgSslMode::Require,
+            SslMode::VerifyCa => PgSslMode::VerifyCa,
+            SslMode::VerifyFull => PgSslMode::VerifyFull,
+        });
+    }
+    if let Some(cert) = &config.ssl_root_cert {
+        options = options.ssl_root_cert(cert);
+    }
+    // Server-side bound on every statement: a stuck COPY is cancelled (57014,
+    // transient) instead of holding the pipeline forever.
+    let statement_timeout = config.statement_timeout.as_millis().to_string();
+    options = options.options([("statement_timeout", statement_timeout.as_str())]);
     PgPoolOptions::new()
         .max_connections(config.pool_size)
         .acquire_timeout(config.connect_timeout)
-        .connect(&config.url)
+        .connect_with(options)
         .await
 }
 
@@ -53,6 +74,13 @@ fn settings(p: &PipelineConfig) -> Settings {
         low_watermark: p.low_watermark,
         strategy: p.strategy,
         sample_rate: p.sample_rate,
+        flush: FlushSettings {
+            target_latency: p.target_latency,
+            min_interval: p.min_interval,
+            max_interval: p.max_interval,
+            max_batch_rows: p.batch_size,
+            min_batch_rows: (p.batch_size / 10).max(1),
+        },
     }
 }
 
@@ -239,6 +267,15 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             topics: topics.clone(),
             commands: rx,
             consumer: cmd_tx.clone(),
+            control: Control::new(
+                pipeline,
+                BreakerSettings {
+                    failure_threshold: config.breaker.failure_threshold,
+                    open_duration: config.breaker.open_duration,
+                    max_open_duration: config.breaker.max_open_duration,
+                },
+                config.postgres.write_timeout,
+            ),
         };
         writer_tasks.push(tokio::spawn(writer.run()));
     }
@@ -318,10 +355,13 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         task.abort();
     }
     telemetry.shutdown().await;
-    let written: u64 = pipelines
-        .iter()
-        .map(|p| p.counters.written.load(Ordering::Relaxed))
-        .sum();
-    info!(written, "sluice stopped");
+    for p in &pipelines {
+        let c = &p.counters;
+        let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+        info!(pipeline = %p.name, consumed = get(&c.consumed), written = get(&c.written), dropped = get(&c.dropped),
+            drop_reason = p.settings.strategy.as_str(), skipped = get(&c.skipped), fenced = get(&c.fenced),
+            flushes = get(&c.flushes), attempts = get(&c.attempts), "pipeline totals");
+    }
+    info!("sluice stopped");
     Ok(())
 }

@@ -67,6 +67,9 @@ pub struct Config {
     /// Metrics, traces, health and status endpoints.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The circuit breaker around database writes.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
 }
 
 /// Where sluice starts a partition that has no offset stored in Postgres
@@ -255,6 +258,59 @@ pub struct PostgresConfig {
     /// the attempt counts as a transient failure. Default `"10s"`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Server-side `statement_timeout` for sluice's sessions: a statement
+    /// running longer is cancelled (a transient failure, retried). Default `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// Client-side limit on one flush transaction, for when the server
+    /// cannot even cancel (a network blackhole). Default `"60s"`.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// TLS: `disable`, `allow`, `prefer`, `require`, `verify-ca` or
+    /// `verify-full` (libpq's meanings). Overrides `sslmode` in the URL when
+    /// set. Default: unset (the URL's, else `prefer`).
+    pub sslmode: Option<SslMode>,
+    /// PEM file with the root certificate(s) to verify the server with
+    /// (`verify-ca` / `verify-full`). Default: unset (system roots).
+    pub ssl_root_cert: Option<std::path::PathBuf>,
+}
+
+/// libpq's `sslmode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// The circuit breaker around every pipeline's database writes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive transient failures (connection lost or refused, timeouts,
+    /// serialization failures, …) that open the breaker. Default 3.
+    pub failure_threshold: u32,
+    /// How long the breaker stays open the first time; doubles with each
+    /// consecutive opening, with ±20 % jitter. Default `"1s"`.
+    #[serde(with = "humantime_serde")]
+    pub open_duration: Duration,
+    /// Cap of the growing open duration. Default `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub max_open_duration: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 3,
+            open_duration: Duration::from_secs(1),
+            max_open_duration: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for PostgresConfig {
@@ -263,6 +319,10 @@ impl Default for PostgresConfig {
             url: "postgres://postgres@127.0.0.1:5432/postgres".to_owned(),
             pool_size: 4,
             connect_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(60),
+            sslmode: None,
+            ssl_root_cert: None,
         }
     }
 }
@@ -283,6 +343,10 @@ impl fmt::Debug for PostgresConfig {
             .field("url", &self.redacted_url())
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("sslmode", &self.sslmode)
+            .field("ssl_root_cert", &self.ssl_root_cert)
             .finish()
     }
 }
@@ -331,6 +395,17 @@ pub struct PipelineConfig {
     /// Default 0.5.
     #[serde(default = "default_low_watermark")]
     pub low_watermark: f64,
+    /// The flush latency adaptive flushing aims for: slower flushes make the
+    /// interval longer and batches smaller, faster ones the reverse.
+    /// `flush_interval` is where the interval starts. Default `"1s"`.
+    #[serde(default = "default_target_latency", with = "humantime_serde")]
+    pub target_latency: Duration,
+    /// Lower bound of the adaptive flush interval. Default `"20ms"`.
+    #[serde(default = "default_min_interval", with = "humantime_serde")]
+    pub min_interval: Duration,
+    /// Upper bound of the adaptive flush interval. Default `"5s"`.
+    #[serde(default = "default_max_interval", with = "humantime_serde")]
+    pub max_interval: Duration,
     /// What to do when the buffer is full: `block` (pause the partitions;
     /// lossless), `drop_oldest`, `drop_newest`, or `sample` (keep 1 in
     /// `sample_rate` while the buffer is above the low watermark). Default `block`.
@@ -389,6 +464,9 @@ impl PipelineConfig {
             max_buffer_bytes: default_max_buffer_bytes(),
             high_watermark: default_high_watermark(),
             low_watermark: default_low_watermark(),
+            target_latency: default_target_latency(),
+            min_interval: default_min_interval(),
+            max_interval: default_max_interval(),
             strategy: Strategy::default(),
             sample_rate: default_sample_rate(),
         }
@@ -456,6 +534,15 @@ fn default_high_watermark() -> f64 {
 }
 fn default_low_watermark() -> f64 {
     0.5
+}
+fn default_target_latency() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_min_interval() -> Duration {
+    Duration::from_millis(20)
+}
+fn default_max_interval() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_sample_rate() -> u32 {
     10
@@ -637,6 +724,34 @@ impl Config {
         if pg.connect_timeout.is_zero() {
             return Err((at("connect_timeout"), "must be greater than zero".to_owned()));
         }
+        if pg.statement_timeout.is_zero() {
+            return Err((at("statement_timeout"), "must be greater than zero".to_owned()));
+        }
+        if pg.write_timeout.is_zero() {
+            return Err((at("write_timeout"), "must be greater than zero".to_owned()));
+        }
+        if let Some(cert) = &pg.ssl_root_cert {
+            if !cert.is_file() {
+                return Err((
+                    at("ssl_root_cert"),
+                    format!("{} is not a readable file", cert.display()),
+                ));
+            }
+        }
+        let b = &self.breaker;
+        let at = |field: &str| vec![key("breaker"), key(field)];
+        if b.failure_threshold == 0 {
+            return Err((at("failure_threshold"), "must be at least 1".to_owned()));
+        }
+        if b.open_duration.is_zero() {
+            return Err((at("open_duration"), "must be greater than zero".to_owned()));
+        }
+        if b.max_open_duration < b.open_duration {
+            return Err((
+                at("max_open_duration"),
+                "must be at least breaker.open_duration".to_owned(),
+            ));
+        }
         Ok(())
     }
 }
@@ -720,6 +835,19 @@ impl PipelineConfig {
         }
         if self.flush_interval.is_zero() {
             return Err((at("flush_interval"), "must be greater than zero".to_owned()));
+        }
+        if self.target_latency.is_zero() {
+            return Err((at("target_latency"), "must be greater than zero".to_owned()));
+        }
+        if self.min_interval.is_zero() || self.min_interval > self.max_interval {
+            return Err((
+                at("min_interval"),
+                format!(
+                    "must be greater than zero and at most max_interval ({}), found {}",
+                    humantime::format_duration(self.max_interval),
+                    humantime::format_duration(self.min_interval)
+                ),
+            ));
         }
         // The buffer must hold a full batch, or a size-triggered flush could
         // never fire and the pipeline would pause while under its batch limit.

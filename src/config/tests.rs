@@ -58,6 +58,7 @@ fn valid() -> Config {
             columns(&[("id", "/id")]),
         )],
         telemetry: TelemetryConfig::default(),
+        breaker: BreakerConfig::default(),
     }
 }
 

@@ -449,6 +449,8 @@ impl LoopState {
                 part.awaiting_seek = true;
                 part.expected = Some(NextOffset(offset));
                 self.pending_seeks.push((index, tp, epoch, Some(NextOffset(offset))));
+                info!(pipeline = %pipeline.name, topic = %record.topic, partition = record.partition, offset,
+                    "buffer full: record refused, the partition will be re-read from it");
             } else {
                 part.expected = Some(NextOffset(offset + 1));
             }

@@ -72,7 +72,9 @@ pub struct Buffer {
     limits: Limits,
     queue: VecDeque<Entry>,
     queued_bytes: usize,
-    inflight_records: usize,
+    /// Queued entries that carry a row (markers don't count as records).
+    queued_rows: usize,
+    inflight_rows: usize,
     inflight_bytes: usize,
     /// When the oldest queued entry arrived: drives the flush interval.
     oldest_since: Option<Instant>,
@@ -96,7 +98,8 @@ impl Buffer {
             limits,
             queue: VecDeque::new(),
             queued_bytes: 0,
-            inflight_records: 0,
+            queued_rows: 0,
+            inflight_rows: 0,
             inflight_bytes: 0,
             oldest_since: None,
             covered_ahead: HashMap::new(),
@@ -108,8 +111,11 @@ impl Buffer {
     }
 
     /// Whether holding one more entry of `cost` bytes would exceed a limit.
-    pub fn would_overflow(&self, cost: usize) -> bool {
-        self.records() + 1 > self.limits.max_records || self.bytes() + cost > self.limits.max_bytes
+    /// Only entries with a row count against `max_records`; a marker costs
+    /// its bookkeeping bytes only (markers are bounded anyway: at most one
+    /// per run of rows of a partition).
+    pub fn would_overflow(&self, cost: usize, has_row: bool) -> bool {
+        (has_row && self.records() + 1 > self.limits.max_records) || self.bytes() + cost > self.limits.max_bytes
     }
 
     /// Drops the oldest queued entry (never one in flight), keeping its
@@ -118,6 +124,7 @@ impl Buffer {
     pub fn evict_oldest(&mut self) -> Option<bool> {
         let e = self.queue.pop_front()?;
         self.queued_bytes -= e.cost();
+        self.queued_rows -= usize::from(e.row.is_some());
         let slot = self.covered_ahead.entry(e.tp).or_insert((e.epoch, e.offset));
         *slot = (e.epoch, slot.1.max(e.offset));
         if self.queue.is_empty() {
@@ -143,7 +150,7 @@ impl Buffer {
             self.queue[last].offset = offset;
             return 0;
         }
-        if !self.would_overflow(ENTRY_OVERHEAD_BYTES) {
+        if !self.would_overflow(ENTRY_OVERHEAD_BYTES, false) {
             self.push(
                 Entry {
                     tp,
@@ -162,6 +169,7 @@ impl Buffer {
         tail.offset = offset;
         tail.epoch = epoch;
         self.queued_bytes -= freed;
+        self.queued_rows -= 1;
         u64::from(freed > 0)
     }
 
@@ -170,12 +178,13 @@ impl Buffer {
             self.oldest_since = Some(now);
         }
         self.queued_bytes += entry.cost();
+        self.queued_rows += usize::from(entry.row.is_some());
         self.queue.push_back(entry);
     }
 
-    /// Records held: waiting plus in flight.
+    /// Records (rows) held: waiting plus in flight.
     pub fn records(&self) -> usize {
-        self.queue.len() + self.inflight_records
+        self.queued_rows + self.inflight_rows
     }
 
     /// Bytes held: waiting plus in flight.
@@ -183,6 +192,7 @@ impl Buffer {
         self.queued_bytes + self.inflight_bytes
     }
 
+    /// Entries waiting (rows and markers): what the next batches take.
     pub fn queued_records(&self) -> usize {
         self.queue.len()
     }
@@ -208,16 +218,19 @@ impl Buffer {
     pub fn take_batch(&mut self, max_rows: usize, max_bytes: usize, now: Instant) -> Batch {
         let mut batch = Vec::with_capacity(max_rows.min(self.queue.len()));
         let mut bytes = 0;
+        let mut rows = 0;
         while let Some(front) = self.queue.front() {
             let cost = front.cost();
             if batch.len() >= max_rows || (!batch.is_empty() && bytes + cost > max_bytes) {
                 break;
             }
             bytes += cost;
+            rows += usize::from(front.row.is_some());
             batch.push(self.queue.pop_front().expect("front exists"));
         }
         self.queued_bytes -= bytes;
-        self.inflight_records += batch.len();
+        self.queued_rows -= rows;
+        self.inflight_rows += rows;
         self.inflight_bytes += bytes;
         // The remaining entries have waited since at most now; restarting the
         // clock here keeps a steady stream flushing at batch size, not early.
@@ -246,7 +259,7 @@ impl Buffer {
     /// Ends the accounting of in-flight entries (committed or discarded).
     pub fn release<'a>(&mut self, entries: impl IntoIterator<Item = &'a Entry>) {
         for e in entries {
-            self.inflight_records -= 1;
+            self.inflight_rows -= usize::from(e.row.is_some());
             self.inflight_bytes -= e.cost();
         }
     }
@@ -255,15 +268,17 @@ impl Buffer {
     /// re-read). Returns how many were dropped.
     pub fn purge(&mut self, tp: Tp) -> usize {
         let before = self.queue.len();
-        let mut freed = 0;
+        let (mut freed, mut rows) = (0, 0);
         self.queue.retain(|e| {
             let keep = e.tp != tp;
             if !keep {
                 freed += e.cost();
+                rows += usize::from(e.row.is_some());
             }
             keep
         });
         self.queued_bytes -= freed;
+        self.queued_rows -= rows;
         self.covered_ahead.remove(&tp);
         if self.queue.is_empty() {
             self.oldest_since = None;

@@ -59,6 +59,8 @@ pub struct Settings {
     pub low_watermark: f64,
     pub strategy: Strategy,
     pub sample_rate: u32,
+    /// Adaptive flushing bounds (`flush_interval` is where the interval starts).
+    pub flush: crate::sink::flush_policy::FlushSettings,
 }
 
 /// What became of a record offered to the buffer.
@@ -95,6 +97,7 @@ impl PipelineState {
     /// the others drop (counted by the caller) and keep the offsets covered.
     pub fn admit(&mut self, entry: Entry, s: &Settings, now: std::time::Instant) -> Admission {
         let cost = entry.cost();
+        let has_row = entry.row.is_some();
         let (tp, epoch, offset) = (entry.tp, entry.epoch, entry.offset);
         if s.strategy == Strategy::Sample && entry.row.is_some() && self.bp > BpState::Normal {
             self.sample_seq += 1;
@@ -105,7 +108,7 @@ impl PipelineState {
         }
         let mut evicted = 0;
         if s.strategy == Strategy::DropOldest {
-            while self.buffer.would_overflow(cost) {
+            while self.buffer.would_overflow(cost, has_row) {
                 match self.buffer.evict_oldest() {
                     Some(was_row) => evicted += u64::from(was_row),
                     // Only in-flight records are left: nothing older to evict.
@@ -113,7 +116,7 @@ impl PipelineState {
                 }
             }
         }
-        if !self.buffer.would_overflow(cost) {
+        if !self.buffer.would_overflow(cost, has_row) {
             self.buffer.push(entry, now);
             return Admission::Buffered { evicted };
         }
@@ -153,6 +156,9 @@ pub struct Counters {
     pub skipped: AtomicU64,
     /// Records shed by the pipeline's strategy (reason = the strategy).
     pub dropped: AtomicU64,
+    /// Database write attempts (transactions started), successful or not:
+    /// while the breaker is open this stays still.
+    pub attempts: AtomicU64,
     pub flushes: AtomicU64,
     pub fenced: AtomicU64,
     /// Records written to the dead-letter store. Hook: nothing dead-letters
@@ -343,6 +349,13 @@ mod model_tests {
             low_watermark: 0.5,
             strategy,
             sample_rate: 3,
+            flush: crate::sink::flush_policy::FlushSettings {
+                target_latency: Duration::from_secs(1),
+                min_interval: Duration::from_millis(20),
+                max_interval: Duration::from_secs(5),
+                max_batch_rows: 10,
+                min_batch_rows: 1,
+            },
         }
     }
 

@@ -35,8 +35,9 @@ pub fn classify_sqlstate(code: &str) -> ErrorClass {
     match code {
         "40001" | "40P01" | "25006" => ErrorClass::Transient,
         c if c.starts_with("53") || c.starts_with("57P") || c.starts_with("08") => ErrorClass::Transient,
-        // 55P03 lock_not_available and 55006 object_in_use clear by themselves.
-        "55P03" | "55006" => ErrorClass::Transient,
+        // 55P03 lock_not_available and 55006 object_in_use clear by themselves;
+        // 57014 query_canceled is statement_timeout firing on a slow database.
+        "55P03" | "55006" | "57014" => ErrorClass::Transient,
         c if c.starts_with("22") || c.starts_with("23") => ErrorClass::Data,
         _ => ErrorClass::Config,
     }

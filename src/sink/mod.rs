@@ -1,8 +1,10 @@
 //! Postgres side: record → row encoding, the batch writer with its COPY and
 //! fenced offset commit, the live-schema check and error classification.
 
+pub mod breaker;
 pub mod encode;
 pub mod error;
+pub mod flush_policy;
 pub mod offset_store;
 pub mod schema;
 pub mod writer;

@@ -3,8 +3,14 @@
 //! transaction.
 //!
 //! One flush is in flight per pipeline at a time, so a partition's batches
-//! commit in offset order. A failed flush is retried as the same batch; the
-//! fencing condition makes a retry after an ambiguous COMMIT safe.
+//! commit in offset order. A failed flush is retried as the same batch, so a
+//! retry never reorders a partition; the fencing condition makes a retry
+//! after an ambiguous COMMIT (connection lost mid-commit) safe.
+//!
+//! Every attempt passes the circuit breaker first ([`Control`]): while it is
+//! open nothing is attempted, the buffer fills and the consumer pauses the
+//! pipeline's partitions. When and how much to flush is the adaptive
+//! [`FlushPolicy`]'s call.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc as std_mpsc;
@@ -19,8 +25,10 @@ use crate::kafka::consumer::ConsumerCommand;
 use crate::kafka::offsets::{Covered, NextOffset};
 use crate::kafka::{Topics, Tp};
 use crate::pipeline::buffer::{Batch, Entry};
-use crate::pipeline::{next_epoch, Counters, Pipeline};
+use crate::pipeline::{breaker_state, next_epoch, Counters, Pipeline};
+use crate::sink::breaker::{Breaker, BreakerSettings, BreakerState, Permit};
 use crate::sink::error::{classify, ErrorClass};
+use crate::sink::flush_policy::FlushPolicy;
 use crate::sink::offset_store;
 use crate::sink::schema::quote_ident;
 
@@ -56,7 +64,36 @@ pub struct Writer {
     pub topics: Arc<Topics>,
     pub commands: mpsc::UnboundedReceiver<WriterCommand>,
     pub consumer: std_mpsc::Sender<ConsumerCommand>,
+    pub control: Control,
 }
+
+/// The writer's own decision state: the breaker, the adaptive flush policy
+/// and the client-side write timeout.
+#[derive(Debug)]
+pub struct Control {
+    pub breaker: Breaker,
+    pub policy: FlushPolicy,
+    pub write_timeout: Duration,
+}
+
+impl Control {
+    pub fn new(pipeline: &Pipeline, breaker: BreakerSettings, write_timeout: Duration) -> Self {
+        // Different seeds per pipeline and process: their jitter differs.
+        let seed = std::process::id() as u64
+            ^ (pipeline.name.len() as u64).rotate_left(32)
+            ^ Instant::now().elapsed().as_nanos() as u64;
+        Self {
+            breaker: Breaker::new(breaker, seed ^ 0x9E37_79B9_7F4A_7C15),
+            policy: FlushPolicy::new(pipeline.settings.flush, pipeline.settings.flush_interval),
+            write_timeout,
+        }
+    }
+}
+
+/// A write that did not finish within `write_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("flush did not complete within {0:?}")]
+struct WriteTimedOut(Duration);
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -84,7 +121,7 @@ impl Writer {
         loop {
             let (ready, wait) = self.readiness(Instant::now(), !pending_acks.is_empty());
             if ready {
-                self.flush_once(&copy_statement).await;
+                self.flush_once(&copy_statement, &mut pending_acks).await;
                 continue;
             }
             if !pending_acks.is_empty() {
@@ -105,10 +142,11 @@ impl Writer {
     }
 
     /// Flushes everything queued now, regardless of batch size or interval.
-    pub async fn flush_pending(&self) {
+    pub async fn flush_pending(&mut self) {
         let copy_statement = self.copy_statement();
+        let mut acks = Vec::new();
         while self.readiness(Instant::now(), true).0 {
-            self.flush_once(&copy_statement).await;
+            self.flush_once(&copy_statement, &mut acks).await;
         }
     }
 
@@ -122,11 +160,11 @@ impl Writer {
             // need a (row-less) transaction to advance.
             return (buffer.has_covered_ahead(), None);
         }
-        if flush_all || buffer.queued_records() >= settings.batch_size || buffer.queued_bytes() >= settings.batch_bytes
-        {
+        let batch_rows = self.control.policy.batch_rows();
+        if flush_all || buffer.queued_records() >= batch_rows || buffer.queued_bytes() >= settings.batch_bytes {
             return (true, None);
         }
-        let due = buffer.oldest_since().unwrap_or(now) + settings.flush_interval;
+        let due = buffer.oldest_since().unwrap_or(now) + self.control.policy.interval();
         if due <= now {
             (true, None)
         } else {
@@ -134,26 +172,48 @@ impl Writer {
         }
     }
 
-    async fn flush_once(&self, copy_statement: &str) {
-        let settings = &self.pipeline.settings;
-        let mut batch =
-            self.pipeline
-                .lock()
-                .buffer
-                .take_batch(settings.batch_size, settings.batch_bytes, Instant::now());
+    async fn flush_once(&mut self, copy_statement: &str, pending_acks: &mut Vec<oneshot::Sender<()>>) {
+        let batch_rows = self.control.policy.batch_rows();
+        let batch_bytes = self.pipeline.settings.batch_bytes;
+        let mut batch = self
+            .pipeline
+            .lock()
+            .buffer
+            .take_batch(batch_rows, batch_bytes, Instant::now());
         let mut failures = 0u32;
         loop {
             let Some(spans) = self.current_spans(&mut batch) else {
                 return;
             };
+            if let Permit::Wait(until) = self.control.breaker.permit(Instant::now(), &self.pipeline.name) {
+                self.publish_breaker();
+                self.wait_while_open(until, pending_acks).await;
+                continue;
+            }
+            self.publish_breaker();
             let (data, rows) = concat_rows(&batch.entries);
             let started = Instant::now();
-            match self.write(copy_statement, &data, &spans).await {
+            Counters::add(&self.pipeline.counters.attempts, 1);
+            let result =
+                match tokio::time::timeout(self.control.write_timeout, self.write(copy_statement, &data, &spans)).await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        WriteTimedOut(self.control.write_timeout),
+                    ))),
+                };
+            match result {
                 Ok(Outcome::Committed) => {
-                    self.committed(&batch, &spans, rows, started.elapsed());
+                    let took = started.elapsed();
+                    self.control.breaker.on_success(&self.pipeline.name);
+                    self.control.policy.observe(took);
+                    self.publish_breaker();
+                    self.committed(&batch, &spans, rows, took);
                     return;
                 }
                 Ok(Outcome::Fenced(tps)) => {
+                    self.control.breaker.on_success(&self.pipeline.name);
                     Counters::add(&self.pipeline.counters.fenced, tps.len() as u64);
                     for tp in tps {
                         self.refence(tp, spans[&tp].epoch).await;
@@ -166,10 +226,15 @@ impl Writer {
                     crate::telemetry::flush_failed(&self.pipeline, &batch, spans.len(), started.elapsed(), class);
                     let delay = backoff(failures);
                     match class {
-                        ErrorClass::Transient => warn!(
-                            pipeline = %self.pipeline.name, rows, failures, retry_in = ?delay, error = %err,
-                            "flush failed, retrying"
-                        ),
+                        ErrorClass::Transient => {
+                            self.control
+                                .breaker
+                                .on_transient_failure(Instant::now(), &self.pipeline.name);
+                            warn!(
+                                pipeline = %self.pipeline.name, rows, failures, retry_in = ?delay, error = %err,
+                                "flush failed, retrying"
+                            )
+                        }
                         // Dead letters and bisection arrive later; until then a
                         // batch the database refuses stalls here, loudly, and
                         // backpressure pauses the pipeline's partitions.
@@ -178,10 +243,49 @@ impl Writer {
                             retry_in = ?delay, error = %err, "flush refused by the database, operator action needed"
                         ),
                     }
-                    tokio::time::sleep(delay).await;
+                    self.publish_breaker();
+                    // While the breaker is open its own wait replaces the backoff.
+                    if matches!(self.control.breaker.state(), BreakerState::Closed { .. }) {
+                        tokio::time::sleep(delay).await;
+                    }
                 }
             }
         }
+    }
+
+    /// Waits out an open breaker. Requests to flush everything (a revoke, a
+    /// shutdown) are answered at once: nothing can be flushed now, and the
+    /// caller will forget or leave the records, which the next owner re-reads.
+    async fn wait_while_open(&mut self, until: Instant, pending_acks: &mut Vec<oneshot::Sender<()>>) {
+        for ack in pending_acks.drain(..) {
+            let _ = ack.send(());
+        }
+        let deadline = tokio::time::Instant::from_std(until);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return,
+                cmd = self.commands.recv() => match cmd {
+                    Some(WriterCommand::FlushAll { ack }) => { let _ = ack.send(()); }
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// Makes the breaker state and the flush interval visible to telemetry.
+    fn publish_breaker(&self) {
+        let state = match self.control.breaker.state() {
+            BreakerState::Closed { .. } => breaker_state::CLOSED,
+            BreakerState::HalfOpen => breaker_state::HALF_OPEN,
+            BreakerState::Open { .. } => breaker_state::OPEN,
+        };
+        self.pipeline
+            .breaker_state
+            .store(state, std::sync::atomic::Ordering::Relaxed);
+        let interval = self.control.policy.interval().as_micros().min(u64::MAX as u128) as u64;
+        self.pipeline
+            .flush_interval_us
+            .store(interval, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Drops the entries whose partition was revoked, re-assigned or fenced

@@ -11,9 +11,10 @@ use sluice::kafka::{Topics, Tp};
 use sluice::mapping::{ColumnSource, PgType};
 use sluice::pipeline::buffer::{Entry, Limits};
 use sluice::pipeline::{next_epoch, PartState, Pipeline, Settings};
+use sluice::sink::breaker::BreakerSettings;
 use sluice::sink::encode::{ColumnPlan, RecordRef, RowEncoder};
 use sluice::sink::schema::TableRef;
-use sluice::sink::writer::Writer;
+use sluice::sink::writer::{Control, Writer};
 
 use crate::harness::*;
 
@@ -81,6 +82,13 @@ async fn a_fenced_flush_rolls_back_and_nothing_is_duplicated() {
         low_watermark: 0.5,
         strategy: sluice::config::Strategy::Block,
         sample_rate: 10,
+        flush: sluice::sink::flush_policy::FlushSettings {
+            target_latency: Duration::from_secs(1),
+            min_interval: Duration::from_millis(20),
+            max_interval: Duration::from_secs(5),
+            max_batch_rows: 1000,
+            min_batch_rows: 100,
+        },
     };
     let target = TableRef {
         schema: "public".into(),
@@ -94,7 +102,7 @@ async fn a_fenced_flush_rolls_back_and_nothing_is_duplicated() {
     };
     let (cmd_tx, cmd_rx) = mpsc::channel();
     let (_writer_tx, writer_rx) = tokio::sync::mpsc::unbounded_channel();
-    let writer = Writer {
+    let mut writer = Writer {
         index: 0,
         pipeline: pipeline.clone(),
         pool: pool.clone(),
@@ -102,6 +110,15 @@ async fn a_fenced_flush_rolls_back_and_nothing_is_duplicated() {
         topics: Arc::new(topics),
         commands: writer_rx,
         consumer: cmd_tx,
+        control: Control::new(
+            &pipeline,
+            BreakerSettings {
+                failure_threshold: 3,
+                open_duration: Duration::from_secs(1),
+                max_open_duration: Duration::from_secs(5),
+            },
+            Duration::from_secs(30),
+        ),
     };
 
     // This instance was assigned partition 0 at stored offset 0 and read 0..10.

@@ -364,3 +364,48 @@ pub async fn create_orders_table(pool: &PgPool, table: &str) {
     .await
     .expect("create table");
 }
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The value of `field=<number>` on the first log line containing `marker`.
+pub fn log_number(log: &str, marker: &str, field: &str) -> Option<u64> {
+    let line = log.lines().find(|l| l.contains(marker))?;
+    let at = line.find(&format!("{field}="))? + field.len() + 1;
+    line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+/// Holds an EXCLUSIVE lock on `table` until dropped or released (reads still work):
+/// every write to it waits, as with a database that has stalled.
+pub struct TableLock {
+    tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+}
+
+impl TableLock {
+    pub async fn take(pool: &PgPool, table: &str) -> TableLock {
+        let mut tx = pool.begin().await.expect("begin");
+        sqlx::query(&format!("LOCK TABLE {table} IN EXCLUSIVE MODE"))
+            .execute(&mut *tx)
+            .await
+            .expect("lock");
+        TableLock { tx: Some(tx) }
+    }
+
+    pub async fn release(mut self) {
+        if let Some(tx) = self.tx.take() {
+            tx.rollback().await.expect("release lock");
+        }
+    }
+}

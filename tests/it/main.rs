@@ -1,6 +1,7 @@
 //! Integration tests against a real Kafka-protocol broker and a real
 //! Postgres (see `harness`). Run them with `scripts/test.sh`.
 
+mod backpressure;
 mod cli;
 mod delivery;
 mod fencing;

@@ -1,0 +1,250 @@
+//! The circuit breaker around a pipeline's database writes.
+//!
+//! CLOSED counts consecutive *transient* failures (the one classifier in
+//! `sink::error` decides); at `failure_threshold` it opens. OPEN attempts
+//! nothing for the open duration, which doubles with each consecutive
+//! opening up to a cap, with ±20 % jitter so a fleet of instances does not
+//! probe a recovering database in lockstep. Then HALF_OPEN lets exactly one
+//! trial flush through: success closes the breaker, failure re-opens it.
+//!
+//! Pure logic: the caller passes `Instant`s, so tests drive it without sleeping.
+
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+/// Breaker settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerSettings {
+    pub failure_threshold: u32,
+    pub open_duration: Duration,
+    pub max_open_duration: Duration,
+}
+
+/// The breaker's state (the writer publishes it as `Pipeline::breaker_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Writes flow; `failures` consecutive transient failures so far.
+    Closed { failures: u32 },
+    /// Nothing is attempted until `until`.
+    Open { until: Instant },
+    /// One trial write is allowed.
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn name(self) -> &'static str {
+        match self {
+            BreakerState::Closed { .. } => "closed",
+            BreakerState::Open { .. } => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// May a write be attempted now?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    Allowed,
+    /// Wait until this instant, then ask again.
+    Wait(Instant),
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    settings: BreakerSettings,
+    state: BreakerState,
+    /// Consecutive openings without a success: drives the growing duration.
+    openings: u32,
+    /// xorshift state for the jitter; seeded per breaker.
+    rng: u64,
+}
+
+impl Breaker {
+    pub fn new(settings: BreakerSettings, seed: u64) -> Self {
+        Self {
+            settings,
+            state: BreakerState::Closed { failures: 0 },
+            openings: 0,
+            rng: seed | 1,
+        }
+    }
+
+    pub fn state(&self) -> BreakerState {
+        self.state
+    }
+
+    /// Asks for permission to write; OPEN turns HALF_OPEN once its time is up.
+    pub fn permit(&mut self, now: Instant, pipeline: &str) -> Permit {
+        match self.state {
+            BreakerState::Closed { .. } | BreakerState::HalfOpen => Permit::Allowed,
+            BreakerState::Open { until } if now >= until => {
+                self.transition(BreakerState::HalfOpen, pipeline);
+                Permit::Allowed
+            }
+            BreakerState::Open { until } => Permit::Wait(until),
+        }
+    }
+
+    pub fn on_success(&mut self, pipeline: &str) {
+        if self.state != (BreakerState::Closed { failures: 0 }) {
+            self.openings = 0;
+            self.transition(BreakerState::Closed { failures: 0 }, pipeline);
+        }
+    }
+
+    /// Records a transient failure. Data and configuration errors are not
+    /// the database being unavailable and must not be passed here.
+    pub fn on_transient_failure(&mut self, now: Instant, pipeline: &str) {
+        match self.state {
+            BreakerState::Closed { failures } if failures + 1 < self.settings.failure_threshold => {
+                self.state = BreakerState::Closed { failures: failures + 1 };
+            }
+            BreakerState::Closed { .. } | BreakerState::HalfOpen => {
+                let duration = self.open_duration();
+                self.openings += 1;
+                self.transition(BreakerState::Open { until: now + duration }, pipeline);
+            }
+            // A failure reported while open (a write that started before it opened).
+            BreakerState::Open { .. } => {}
+        }
+    }
+
+    /// `open_duration × 2^openings`, capped, ±20 % jitter.
+    fn open_duration(&mut self) -> Duration {
+        let base = self
+            .settings
+            .open_duration
+            .saturating_mul(1u32 << self.openings.min(16));
+        let capped = base.min(self.settings.max_open_duration);
+        // xorshift64: good enough for jitter, no dependency.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let unit = (self.rng % 10_000) as f64 / 10_000.0; // [0, 1)
+        capped.mul_f64(0.8 + 0.4 * unit)
+    }
+
+    fn transition(&mut self, to: BreakerState, pipeline: &str) {
+        let from = std::mem::replace(&mut self.state, to);
+        match to {
+            BreakerState::Open { until } => warn!(
+                pipeline, from = from.name(), to = to.name(), open_for = ?until.saturating_duration_since(Instant::now()),
+                "circuit breaker opened: database writes paused"
+            ),
+            _ => info!(
+                pipeline,
+                from = from.name(),
+                to = to.name(),
+                "circuit breaker state changed"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker() -> Breaker {
+        Breaker::new(
+            BreakerSettings {
+                failure_threshold: 3,
+                open_duration: Duration::from_secs(1),
+                max_open_duration: Duration::from_secs(8),
+            },
+            42,
+        )
+    }
+
+    #[test]
+    fn opens_after_threshold_consecutive_failures() {
+        let mut b = breaker();
+        let t = Instant::now();
+        b.on_transient_failure(t, "p");
+        b.on_transient_failure(t, "p");
+        assert_eq!(b.state(), BreakerState::Closed { failures: 2 });
+        b.on_success("p");
+        b.on_transient_failure(t, "p");
+        b.on_transient_failure(t, "p");
+        assert!(
+            matches!(b.state(), BreakerState::Closed { .. }),
+            "a success resets the count"
+        );
+        b.on_transient_failure(t, "p");
+        assert!(matches!(b.state(), BreakerState::Open { .. }));
+        assert!(
+            matches!(b.permit(t, "p"), Permit::Wait(_)),
+            "nothing is attempted while open"
+        );
+    }
+
+    #[test]
+    fn half_open_lets_one_trial_and_its_outcome_decides() {
+        let mut b = breaker();
+        let t = Instant::now();
+        for _ in 0..3 {
+            b.on_transient_failure(t, "p");
+        }
+        let BreakerState::Open { until } = b.state() else {
+            panic!()
+        };
+        let first = until - t;
+        assert!(
+            first >= Duration::from_millis(800) && first <= Duration::from_millis(1200),
+            "{first:?}"
+        );
+        assert_eq!(b.permit(until, "p"), Permit::Allowed);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        // The trial fails: open again, for longer.
+        b.on_transient_failure(until, "p");
+        let BreakerState::Open { until: until2 } = b.state() else {
+            panic!()
+        };
+        let second = until2 - until;
+        assert!(
+            second >= Duration::from_millis(1600) && second <= Duration::from_millis(2400),
+            "{second:?}"
+        );
+        // The next trial succeeds: closed, and the duration starts over.
+        assert_eq!(b.permit(until2, "p"), Permit::Allowed);
+        b.on_success("p");
+        assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
+        for _ in 0..3 {
+            b.on_transient_failure(until2, "p");
+        }
+        let BreakerState::Open { until: until3 } = b.state() else {
+            panic!()
+        };
+        assert!(until3 - until2 <= Duration::from_millis(1200));
+    }
+
+    #[test]
+    fn open_duration_grows_to_the_cap_with_jitter() {
+        let mut b = breaker();
+        let mut t = Instant::now();
+        let mut durations = Vec::new();
+        for _ in 0..3 {
+            b.on_transient_failure(t, "p");
+        }
+        for _ in 0..8 {
+            let BreakerState::Open { until } = b.state() else {
+                panic!()
+            };
+            durations.push(until - t);
+            t = until;
+            assert_eq!(b.permit(t, "p"), Permit::Allowed);
+            b.on_transient_failure(t, "p");
+        }
+        assert!(
+            durations.iter().all(|d| *d <= Duration::from_millis(9600)),
+            "{durations:?}"
+        );
+        assert!(
+            durations[5..].iter().all(|d| *d >= Duration::from_millis(6400)),
+            "at the cap: {durations:?}"
+        );
+        let distinct: std::collections::HashSet<_> = durations[5..].iter().collect();
+        assert!(distinct.len() > 1, "jittered: {durations:?}");
+    }
+}
