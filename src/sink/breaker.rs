@@ -87,9 +87,10 @@ impl Breaker {
     }
 
     pub fn on_success(&mut self, pipeline: &str) {
-        if self.state != (BreakerState::Closed { failures: 0 }) {
-            self.openings = 0;
-            self.transition(BreakerState::Closed { failures: 0 }, pipeline);
+        self.openings = 0;
+        match self.state {
+            BreakerState::Closed { .. } => self.state = BreakerState::Closed { failures: 0 },
+            _ => self.transition(BreakerState::Closed { failures: 0 }, pipeline),
         }
     }
 

@@ -6,4 +6,5 @@ mod cli;
 mod delivery;
 mod fencing;
 mod harness;
+mod outage;
 mod telemetry;

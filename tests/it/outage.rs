@@ -1,0 +1,323 @@
+//! The database's worst days: restarts and a network blackhole during load.
+//! The breaker opens, partitions pause, nothing is lost or doubled, and
+//! writing resumes shortly after the database is back.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::harness::*;
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A Postgres cluster of the test's own, on its own port, so the test can
+/// restart it without disturbing the other tests' database.
+struct PrivatePostgres {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    fn start() -> PrivatePostgres {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("sluice_pg"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // initdb refuses to run as root; the cluster belongs to `postgres`.
+        let as_postgres = |args: &[&str]| {
+            let status = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("runuser");
+            assert!(status.success(), "{args:?}");
+        };
+        Command::new("chown")
+            .args(["postgres:postgres", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        let data = dir.join("data");
+        as_postgres(&[
+            &format!("{PG_BIN}/initdb"),
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+        ]);
+        let pg = PrivatePostgres { dir, port };
+        pg.ctl("start");
+        pg
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn ctl(&self, action: &str) {
+        let data = self.dir.join("data");
+        let log = self.dir.join("pg.log");
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        let status = Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &format!("{PG_BIN}/pg_ctl"),
+                action,
+                "-w",
+                "-m",
+                "fast",
+            ])
+            .args(["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-o", &opts])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("pg_ctl");
+        assert!(status.success(), "pg_ctl {action}");
+    }
+
+    /// Stops the server, keeps it down for `down`, starts it again: longer
+    /// than the connect timeout, so the writer sees failed flushes rather
+    /// than one slow connection attempt.
+    fn restart(&self, down: Duration) {
+        self.ctl("stop");
+        std::thread::sleep(down);
+        self.ctl("start");
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.ctl("stop");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Counts log lines containing `needle`.
+fn occurrences(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// Postgres restarted twice during a 200,000-event load: exactly 200,000
+/// rows; the breaker opened and closed; partitions paused while it was open.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_restarted_twice_during_load_loses_and_doubles_nothing() {
+    const EVENTS: u64 = 200_000;
+    let services = Services::from_env();
+    let pg = tokio::task::spawn_blocking(PrivatePostgres::start).await.unwrap();
+    let private = Services {
+        brokers: services.brokers.clone(),
+        database_url: pg.url(),
+    };
+    let pool = private.pool().await;
+    let (topic, group, table) = (unique("restart"), unique("g"), unique("orders"));
+    create_topic(&services.brokers, &topic, 3).await;
+    create_orders_table(&pool, &table).await;
+    // A small buffer, so the outage fills it and the partitions visibly pause.
+    let extra = "max_buffer_records = 8000\nbatch_size = 2000";
+    let cfg = config(&private, &group, &topic, &table, ORDER_COLUMNS, extra).replace(
+        "[postgres]\n",
+        "[breaker]\nopen_duration = \"500ms\"\nmax_open_duration = \"2s\"\n\n[postgres]\nconnect_timeout = \"1s\"\n",
+    );
+    let sluice = Sluice::start(&cfg);
+    let brokers = services.brokers.clone();
+    let t = topic.clone();
+    // ~20 s of load.
+    let producer = tokio::task::spawn_blocking(move || produce(&brokers, &t, 3, 0..EVENTS, 10_000, order_payload));
+
+    for restart in 0..2 {
+        let before = count(&pool, &table).await;
+        assert!(
+            eventually(Duration::from_secs(60), || async {
+                count(&pool, &table).await > before + 10_000
+            })
+            .await
+        );
+        let pg_ref = &pg;
+        tokio::task::block_in_place(|| pg_ref.restart(Duration::from_secs(5)));
+        eprintln!("restart {restart} done at {} rows", count(&pool, &table).await);
+    }
+    producer.await.unwrap();
+    let landed = eventually(Duration::from_secs(120), || async {
+        count(&pool, &table).await >= EVENTS as i64
+    })
+    .await;
+    let log = sluice.log_text();
+    assert!(landed, "only {} rows; log:\n{log}", count(&pool, &table).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_exactly_once(&pool, &table, 3, EVENTS).await;
+    assert!(
+        occurrences(&log, "circuit breaker opened") >= 2,
+        "the breaker opened at each restart:\n{log}"
+    );
+    assert!(
+        log.contains("to=\"closed\"") || log.contains("to=closed"),
+        "and closed again:\n{log}"
+    );
+    assert!(
+        occurrences(&log, "partitions paused") >= 2,
+        "partitions paused while it was open:\n{log}"
+    );
+    drop(pool);
+}
+
+/// A TCP proxy that can blackhole: connections are accepted but nothing is
+/// forwarded either way (neither refused nor reset), as when a database host
+/// drops off the network.
+struct BlackholeProxy {
+    addr: SocketAddr,
+    forwarding: Arc<AtomicBool>,
+}
+
+impl BlackholeProxy {
+    async fn start(upstream: String) -> BlackholeProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let forwarding = Arc::new(AtomicBool::new(true));
+        let on = forwarding.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let on = on.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(pump(cr, sw, on.clone()), pump(sr, cw, on));
+                });
+            }
+        });
+        BlackholeProxy { addr, forwarding }
+    }
+
+    fn set_forwarding(&self, on: bool) {
+        self.forwarding.store(on, Ordering::SeqCst);
+    }
+}
+
+/// Copies while forwarding; while blackholed, reads and discards, so the
+/// sender sees an open, silent connection.
+async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, on: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    // Once a connection has been blackholed it stays dead, as a real one would.
+    let mut dead = false;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        dead |= !on.load(Ordering::SeqCst);
+        if !dead && to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Postgres blackholed for 30 s during load: no loss, memory bounded, few
+/// attempts while the breaker is open, recovery within seconds of the
+/// network coming back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thirty_second_blackhole_is_ridden_out() {
+    const EVENTS: u64 = 60_000;
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let proxy = BlackholeProxy::start("127.0.0.1:5432".into()).await;
+    let via_proxy = Services {
+        brokers: services.brokers.clone(),
+        database_url: services.database_url.replace("127.0.0.1:5432", &proxy.addr.to_string()),
+    };
+    assert_ne!(
+        via_proxy.database_url, services.database_url,
+        "the test database is reached through the proxy"
+    );
+    let (topic, group, table) = (unique("blackhole"), unique("g"), unique("orders"));
+    create_topic(&services.brokers, &topic, 3).await;
+    create_orders_table(&pool, &table).await;
+    let extra = "max_buffer_records = 10000\nbatch_size = 1000";
+    let cfg = config(&via_proxy, &group, &topic, &table, ORDER_COLUMNS, extra).replace(
+        "[postgres]\n",
+        "[breaker]\nopen_duration = \"1s\"\nmax_open_duration = \"4s\"\n\n[postgres]\nconnect_timeout = \"2s\"\nwrite_timeout = \"3s\"\n",
+    );
+    let sluice = Sluice::start(&cfg);
+    let pid = sluice.child.id();
+    let brokers = services.brokers.clone();
+    let t = topic.clone();
+    // ~40 s of load at 1,500/s: before, during and after the blackhole.
+    let producer = tokio::task::spawn_blocking(move || produce(&brokers, &t, 3, 0..EVENTS, 1_500, order_payload));
+    assert!(eventually(Duration::from_secs(60), || async { count(&pool, &table).await > 3_000 }).await);
+
+    let failures_before = occurrences(&sluice.log_text(), "flush failed");
+    proxy.set_forwarding(false);
+    let cut_at = count(&pool, &table).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let during = count(&pool, &table).await;
+    let log = sluice.log_text();
+    let failed_attempts = occurrences(&log, "flush failed") - failures_before;
+    proxy.set_forwarding(true);
+    let restored = Instant::now();
+    let recovered = eventually(Duration::from_secs(30), || async {
+        count(&pool, &table).await > during
+    })
+    .await;
+    let recovery = restored.elapsed();
+    assert!(recovered, "writing resumed after the blackhole:\n{}", sluice.log_text());
+
+    producer.await.unwrap();
+    let landed = eventually(Duration::from_secs(120), || async {
+        count(&pool, &table).await >= EVENTS as i64
+    })
+    .await;
+    assert!(
+        landed,
+        "only {} rows:\n{}",
+        count(&pool, &table).await,
+        sluice.log_text()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_exactly_once(&pool, &table, 3, EVENTS).await;
+
+    let log = sluice.log_text();
+    let peak = peak_rss(pid);
+    eprintln!(
+        "blackhole: {} rows before, {} during (the commit in flight at the cut), {failed_attempts} failed attempts in 30 s, \
+         writing resumed {recovery:?} after the network came back, peak RSS {:.1} MiB",
+        cut_at,
+        during - cut_at,
+        peak as f64 / (1024.0 * 1024.0)
+    );
+    assert!(occurrences(&log, "circuit breaker opened") >= 1, "{log}");
+    assert!(
+        log.contains("partitions paused"),
+        "the buffer filled and the partitions paused:\n{log}"
+    );
+    // Without the breaker, 3 s timeouts back to back would be ~10 attempts;
+    // with it, the opening attempts plus one trial per open period.
+    assert!(
+        failed_attempts <= 12,
+        "{failed_attempts} attempts while the database was unreachable"
+    );
+    assert!(recovery < Duration::from_secs(10), "recovered in {recovery:?}");
+    // 64 MiB + default buffer bytes (64 MiB) + 2 × 8 MiB batches + 16 MiB prefetch.
+    assert!(peak < 160 * 1024 * 1024, "peak RSS {peak}");
+}
