@@ -14,6 +14,21 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# tansu keeps every topic in memory for as long as it runs, and one pass of
+# the suite produces a few million events. Restart the local broker (losing
+# only old test topics) once it has grown past 3 GiB, before the services check
+# starts it again.
+_tansu_pidfile="${SLUICE_TOOLS_DIR:-${HOME:-/tmp}/.cache/sluice}/tansu.pid"
+if [ -z "${SLUICE_KAFKA_BROKERS:-}" ] && [ -s "$_tansu_pidfile" ]; then
+    _tansu_pid=$(cat "$_tansu_pidfile")
+    _tansu_rss=$(ps -o rss= -p "$_tansu_pid" 2>/dev/null | tr -d ' ' || true)
+    if [ -n "$_tansu_rss" ] && [ "$_tansu_rss" -gt 3145728 ]; then
+        printf 'sluice: tansu uses %s MiB; restarting it\n' "$((_tansu_rss / 1024))" >&2
+        kill -INT "$_tansu_pid" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$_tansu_pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+fi
+
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
 

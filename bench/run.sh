@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# sluice throughput and latency against the physical limit, in one run.
+#
+#   bench/run.sh            # 1,000,000 events; SLUICE_BENCH_EVENTS to change
+#
+# 1. raw limit: psql \copy of the very rows sluice wrote, into an identical
+#    logged table (same columns, same primary key), timed;
+# 2. catch-up: N events produced first, then sluice (release build) started;
+#    throughput from the first row landing to the last, and the batch size
+#    adaptive flushing settled on (from /metrics);
+# 3. light load: 500 events/s for 30 s with sluice running; latency from the
+#    Kafka timestamp to the row's insertion (clock_timestamp() during COPY,
+#    which precedes the commit that makes it visible by the commit's own
+#    duration), p50 and p99.
+#
+# Prints a block to paste into bench/RESULTS.md. Uses scripts/services.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
+
+events=${SLUICE_BENCH_EVENTS:-1000000}
+unset SLUICE_BENCH_EVENTS
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/sluice-target}"
+cargo build --release --bin sluice --example produce >&2
+sluice="$CARGO_TARGET_DIR/release/sluice"
+produce="$CARGO_TARGET_DIR/release/examples/produce"
+admin=$SLUICE_TEST_DATABASE_URL
+db_url="${admin%/*}/sluice_bench"
+psql "$admin" -XqtAc "select 1 from pg_database where datname = 'sluice_bench'" | grep -q 1 ||
+    psql "$admin" -Xqc "create database sluice_bench"
+sql() { psql "$db_url" -XqtA -v ON_ERROR_STOP=1 -c "$1"; }
+run_id=$(date +%s)
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+table_ddl() {
+    echo "create table $1 (order_id bigint primary key, customer text, amount numeric(12,2),
+          created_at timestamptz, doc jsonb, kafka_offset bigint, kafka_ts timestamptz,
+          inserted_at timestamptz not null default clock_timestamp())"
+}
+
+config() { # topic table port
+    cat <<TOML
+shutdown_timeout = "30s"
+[kafka]
+brokers = "$SLUICE_KAFKA_BROKERS"
+group_id = "bench-$run_id-$1"
+session_timeout = "6s"
+[postgres]
+url = "$db_url"
+[telemetry]
+http_addr = "127.0.0.1:$3"
+[[pipelines]]
+name = "bench"
+topics = ["$1"]
+table = "$2"
+[pipelines.columns]
+order_id = "/id"
+customer = "/customer/name"
+amount = "/amount"
+created_at = "/ts"
+doc = "/"
+kafka_offset = "@offset"
+kafka_ts = "@timestamp"
+TOML
+}
+
+config migrate migrate 0 >"$work/migrate.toml"
+"$sluice" migrate --config "$work/migrate.toml" >/dev/null
+
+# --- 2. catch-up ---------------------------------------------------------------
+topic="bench_catchup_$run_id"
+table="catchup_$run_id"
+sql "$(table_ddl "$table")"
+"$produce" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$topic" --partitions 3 --count "$events" >&2
+config "$topic" "$table" 9471 >"$work/catchup.toml"
+"$sluice" run --config "$work/catchup.toml" 2>"$work/catchup.log" &
+pid=$!
+while [ "$(sql "select count(*) from $table")" = 0 ]; do sleep 0.05; done
+t0=$(date +%s.%N)
+while [ "$(sql "select count(*) from $table")" -lt "$events" ]; do sleep 0.2; done
+t1=$(date +%s.%N)
+peak_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+batch=$(curl -s 127.0.0.1:9471/metrics | awk '/^sluice_batch_rows_sum/ {s=$2} /^sluice_batch_rows_count/ {c=$2} END {if (c) printf "%.0f", s/c}')
+kill -TERM $pid; wait $pid || true
+catchup_rate=$(echo "$events / ($t1 - $t0)" | bc -l)
+
+# --- 1. raw COPY of the same rows into the same table shape -------------------
+sql "copy (select order_id, customer, amount, created_at, doc, kafka_offset, kafka_ts from $table) to stdout" >"$work/rows.tsv"
+raw="raw_$run_id"
+sql "$(table_ddl "$raw")"
+r0=$(date +%s.%N)
+psql "$db_url" -Xq -v ON_ERROR_STOP=1 -c "\\copy $raw (order_id, customer, amount, created_at, doc, kafka_offset, kafka_ts) from '$work/rows.tsv'"
+r1=$(date +%s.%N)
+raw_rate=$(echo "$events / ($r1 - $r0)" | bc -l)
+
+# --- 3. light load latency ----------------------------------------------------------
+ltopic="bench_light_$run_id"
+ltable="light_$run_id"
+sql "$(table_ddl "$ltable")"
+"$produce" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$ltopic" --partitions 3 --count 0 >&2
+config "$ltopic" "$ltable" 9472 >"$work/light.toml"
+"$sluice" run --config "$work/light.toml" 2>"$work/light.log" &
+lpid=$!
+sleep 8 # join the group
+"$produce" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$ltopic" --partitions 3 --count 15000 --rate 500 >&2
+sleep 3
+lat=$(sql "select round(percentile_cont(0.5) within group (order by ms)::numeric, 1) || ' ms / ' ||
+                  round(percentile_cont(0.99) within group (order by ms)::numeric, 1) || ' ms (' || count(*) || ' rows)'
+             from (select extract(epoch from inserted_at - kafka_ts) * 1000 as ms from $ltable) t")
+interval=$(curl -s 127.0.0.1:9472/metrics | awk '/^sluice_flush_interval_seconds/ {printf "%.0f ms", $2 * 1000}')
+kill -TERM $lpid; wait $lpid || true
+
+cat <<OUT
+## $(date -u +%Y-%m-%d) — $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), PostgreSQL $(sql "show server_version" | cut -d' ' -f1), broker: $SLUICE_KAFKA_BROKERS
+
+| measure | value |
+| --- | --- |
+| raw \`\\copy\` of the same $events rows into the same table shape | $(printf '%.0f' "$raw_rate") rows/s |
+| sluice catch-up, first row to last | $(printf '%.0f' "$catchup_rate") rows/s ($(echo "100 * $catchup_rate / $raw_rate" | bc -l | xargs printf '%.0f') % of raw) |
+| batch size adaptive flushing settled on (mean rows per flush) | $batch |
+| peak RSS during catch-up (default 64 MiB buffer) | $((peak_kb / 1024)) MiB |
+| light load (500 events/s, 30 s): Kafka timestamp → row inserted, p50 / p99 | $lat |
+| flush interval at light load | $interval |
+OUT
