@@ -14,10 +14,12 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, OffsetReset, PipelineConfig, PostgresConfig, SslMode};
 use crate::kafka::consumer::{self, Shared};
+use crate::kafka::refetch::Refetcher;
 use crate::kafka::Topics;
 use crate::pipeline::buffer::Limits;
 use crate::pipeline::{Pipeline, Settings};
 use crate::sink::breaker::BreakerSettings;
+use crate::sink::dlq::DlqProducer;
 use crate::sink::encode::RowEncoder;
 use crate::sink::flush_policy::FlushSettings;
 use crate::sink::schema::{live_columns, plan_columns, MappingError, TableRef};
@@ -81,6 +83,9 @@ fn settings(p: &PipelineConfig) -> Settings {
             max_batch_rows: p.batch_size,
             min_batch_rows: (p.batch_size / 10).max(1),
         },
+        max_record_bytes: p.max_record_bytes.bytes() as usize,
+        tolerance: p.errors.tolerance,
+        dlq_topic: p.errors.dlq_topic.clone(),
     }
 }
 
@@ -256,6 +261,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let (cmd_tx, cmd_rx) = std_mpsc::channel();
     let mut writer_txs = Vec::new();
     let mut writer_tasks = Vec::new();
+    let refetch = Arc::new(std::sync::Mutex::new(Refetcher::new(config.consumer_properties())));
     for (index, pipeline) in pipelines.iter().enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
         writer_txs.push(tx);
@@ -276,6 +282,14 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 },
                 config.postgres.write_timeout,
             ),
+            refetch: refetch.clone(),
+            dlq: match &pipeline.settings.dlq_topic {
+                Some(topic) => Some(
+                    DlqProducer::new(&config.consumer_properties(), topic)
+                        .with_context(|| format!("creating the producer for dead-letter topic {topic}"))?,
+                ),
+                None => None,
+            },
         };
         writer_tasks.push(tokio::spawn(writer.run()));
     }
@@ -359,7 +373,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         let c = &p.counters;
         let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
         info!(pipeline = %p.name, consumed = get(&c.consumed), written = get(&c.written), dropped = get(&c.dropped),
-            drop_reason = p.settings.strategy.as_str(), skipped = get(&c.skipped), fenced = get(&c.fenced),
+            drop_reason = p.settings.strategy.as_str(), dead_lettered = get(&c.dead_lettered), fenced = get(&c.fenced),
             flushes = get(&c.flushes), attempts = get(&c.attempts), "pipeline totals");
     }
     info!("sluice stopped");

@@ -415,6 +415,45 @@ pub struct PipelineConfig {
     /// buffer is not NORMAL; at least 2. Default 10.
     #[serde(default = "default_sample_rate")]
     pub sample_rate: u32,
+    /// A record whose value is larger than this is dead-lettered without
+    /// being decoded, and only its first `max_record_bytes` bytes are stored
+    /// (the error gives the real length), so one huge record cannot blow the
+    /// buffer. At least 1KiB, at most `max_buffer_bytes`. Default `"1MiB"`.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: ByteSize,
+    /// What a record that can never be written (undecodable, or refused by
+    /// the table's constraints) does to the pipeline.
+    #[serde(default)]
+    pub errors: ErrorsConfig,
+}
+
+/// A pipeline's handling of records that can never be written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ErrorsConfig {
+    /// `all`: dead-letter the record into `sluice.dead_letters` (same
+    /// transaction as the batch: exactly once) and carry on. `none`: stop
+    /// the pipeline before it commits past the record: nothing more is
+    /// written, its partitions pause, `/readyz` fails, an ERROR names the
+    /// record. Default `all`.
+    pub tolerance: Tolerance,
+    /// Also produce every dead letter to this Kafka topic after its batch
+    /// commits: key, value and headers as read, plus `sluice.*` error
+    /// headers. At-least-once (a crash between the commit and the produce
+    /// can lose or repeat one); `sluice.dead_letters` stays the record of
+    /// truth. Must not be a topic any pipeline reads. Default: unset.
+    pub dlq_topic: Option<String>,
+}
+
+/// `errors.tolerance`: whether a bad record is dead-lettered or stops the pipeline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tolerance {
+    /// Dead-letter and continue.
+    #[default]
+    All,
+    /// Stop the pipeline at the first bad record.
+    None,
 }
 
 /// A pipeline's answer to a full buffer. Only `block` is lossless; the
@@ -469,6 +508,8 @@ impl PipelineConfig {
             max_interval: default_max_interval(),
             strategy: Strategy::default(),
             sample_rate: default_sample_rate(),
+            max_record_bytes: default_max_record_bytes(),
+            errors: ErrorsConfig::default(),
         }
     }
 
@@ -546,6 +587,9 @@ fn default_max_interval() -> Duration {
 }
 fn default_sample_rate() -> u32 {
     10
+}
+fn default_max_record_bytes() -> ByteSize {
+    ByteSize::mib(1)
 }
 
 const ASSIGNMENT_STRATEGY: &str = "partition.assignment.strategy";
@@ -657,6 +701,20 @@ impl Config {
                         )
                     };
                     return Err((path, message));
+                }
+            }
+        }
+        // A dead-letter topic that a pipeline reads would feed its own failures back in.
+        for (i, pipeline) in self.pipelines.iter().enumerate() {
+            if let Some(dlq) = &pipeline.errors.dlq_topic {
+                if let Some(&owner) = topics.get(dlq.as_str()) {
+                    return Err((
+                        vec![key("pipelines"), Seg::Index(i), key("errors"), key("dlq_topic")],
+                        format!(
+                            "topic {dlq:?} is read by pipeline {:?}; a dead-letter topic must not be consumed",
+                            self.pipelines[owner].name
+                        ),
+                    ));
                 }
             }
         }
@@ -868,6 +926,28 @@ impl PipelineConfig {
                     self.batch_bytes, self.max_buffer_bytes
                 ),
             ));
+        }
+        if self.max_record_bytes < ByteSize::kib(1) || self.max_record_bytes > self.max_buffer_bytes {
+            return Err((
+                at("max_record_bytes"),
+                format!(
+                    "must be at least 1KiB and at most max_buffer_bytes ({}), found {}",
+                    self.max_buffer_bytes, self.max_record_bytes
+                ),
+            ));
+        }
+        if let Some(topic) = &self.errors.dlq_topic {
+            let legal = topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !legal || topic.is_empty() || topic.len() > MAX_TOPIC_CHARS || topic == "." || topic == ".." {
+                let mut path = at("errors");
+                path.push(key("dlq_topic"));
+                return Err((
+                    path,
+                    format!("expected a Kafka topic name (1-249 of letters, digits, '.', '_', '-'), found {topic:?}"),
+                ));
+            }
         }
         // TOML and the environment can spell NaN, which passes no comparison.
         let (low, high) = (self.low_watermark, self.high_watermark);

@@ -451,6 +451,11 @@ fn other_pipeline_rules() {
         ("max_buffer_bytes", |p| {
             p.max_buffer_bytes = ByteSize(p.batch_bytes.bytes() - 1)
         }),
+        ("max_record_bytes", |p| p.max_record_bytes = ByteSize(1023)),
+        ("max_record_bytes", |p| {
+            p.max_record_bytes = ByteSize(p.max_buffer_bytes.bytes() + 1)
+        }),
+        ("errors.dlq_topic", |p| p.errors.dlq_topic = Some("bad topic".into())),
     ];
     for (key, edit) in cases {
         let mut c = valid();
@@ -462,6 +467,7 @@ fn other_pipeline_rules() {
     let p = &mut c.pipelines[0];
     p.batch_bytes = ByteSize::kib(1);
     p.max_buffer_bytes = ByteSize::kib(1);
+    p.max_record_bytes = ByteSize::kib(1);
     p.batch_size = 1;
     p.max_buffer_records = 1;
     p.table = "x".repeat(63);

@@ -30,6 +30,7 @@ use crate::kafka::offsets::{is_new, start_position, NextOffset};
 use crate::kafka::{Topics, Tp};
 use crate::pipeline::buffer::Entry;
 use crate::pipeline::{next_epoch, pause_decision, Admission, Counters, PartState, PauseDecision, Pipeline};
+use crate::sink::dead_letter::DeadLetter;
 use crate::sink::encode::RecordRef;
 use crate::sink::writer::WriterCommand;
 
@@ -383,8 +384,7 @@ impl LoopState {
 
     fn commit(&mut self, consumer: &BaseConsumer<Context>, mode: CommitMode) {
         let mut tpl = TopicPartitionList::new();
-        for ((index, tp), next) in self.pending_commits.drain() {
-            let _ = index;
+        for ((_, tp), next) in self.pending_commits.drain() {
             let topic = consumer.context().shared.topics.name(tp.topic);
             let _ = tpl.add_partition_offset(topic, tp.partition, Offset::Offset(next));
         }
@@ -417,18 +417,20 @@ impl LoopState {
             value: msg.payload(),
         };
         self.scratch.clear();
-        let row = match pipeline.encoder.encode(&record, &mut self.scratch) {
-            Ok(()) => Some(Box::<[u8]>::from(self.scratch.as_slice())),
-            Err(err) => {
-                // Until dead letters exist, a record that can't become a row
-                // is logged and counted, and its offset advances in order.
-                warn!(pipeline = %pipeline.name, topic = %record.topic, partition = record.partition, offset,
-                    error = %err, "record skipped: cannot decode");
-                Counters::add(&pipeline.counters.skipped, 1);
-                None
-            }
-        };
         let s = &pipeline.settings;
+        // A record that can't become a row keeps its raw bytes as a dead
+        // letter, stored with its batch; its offset advances in order.
+        let (row, dead_letter) = match record.value.filter(|v| v.len() > s.max_record_bytes) {
+            Some(_) => (None, Some(DeadLetter::of_message(msg, None, s.max_record_bytes))),
+            None => match pipeline.encoder.encode(&record, &mut self.scratch) {
+                Ok(()) => (Some(Box::<[u8]>::from(self.scratch.as_slice())), None),
+                Err(err) => (None, Some(DeadLetter::of_message(msg, Some(&err), s.max_record_bytes))),
+            },
+        };
+        if let Some(d) = &dead_letter {
+            debug!(pipeline = %pipeline.name, topic = %record.topic, partition = record.partition, offset,
+                error = %d.error, "record cannot become a row: dead letter");
+        }
         let (wake, pause, admission) = {
             let mut state = pipeline.lock();
             let state = &mut *state;
@@ -440,7 +442,9 @@ impl LoopState {
             }
             let epoch = part.epoch;
             let meta = crate::telemetry::RecordMeta::of(msg);
-            let admission = state.admit(Entry::new(tp, epoch, offset, row, meta), s, Instant::now());
+            let mut entry = Entry::new(tp, epoch, offset, row, meta);
+            entry.dead_letter = dead_letter.map(Box::new);
+            let admission = state.admit(entry, s, Instant::now());
             let part = state.partitions.get_mut(&tp).expect("checked above");
             if admission == Admission::Refused {
                 // BLOCKED: the record is neither buffered nor covered. Have

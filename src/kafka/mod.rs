@@ -2,6 +2,7 @@
 
 pub mod consumer;
 pub mod offsets;
+pub mod refetch;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -11,17 +11,19 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use crate::kafka::Tp;
+use crate::sink::dead_letter::DeadLetter;
 use crate::telemetry::{RecordMeta, TraceParent};
 
 /// Bookkeeping bytes charged per entry on top of the row itself, so that a
 /// flood of tiny rows still counts against `max_buffer_bytes`: the entry
-/// itself (64 bytes).
-pub const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// itself (72 bytes).
+pub const ENTRY_OVERHEAD_BYTES: usize = 72;
 
-/// One consumed record: its encoded COPY row, or `None` for a marker: the
-/// record was skipped (undecodable) or dropped, but its offset (and, for a
-/// marker extended by later drops, every offset of its partition up to
-/// `offset`) must still be covered.
+/// One consumed record: its encoded COPY row, or `None` for a marker. A
+/// marker either carries a dead letter (the record cannot become a row; its
+/// raw bytes wait here until the batch that stores them commits) or stands
+/// for dropped records: its offset (and, for a drop marker extended by later
+/// drops, every offset of its partition up to `offset`) must still be covered.
 #[derive(Debug)]
 pub struct Entry {
     pub tp: Tp,
@@ -35,6 +37,9 @@ pub struct Entry {
     /// `traceparent` header (so no allocation otherwise); the flush span
     /// links to it.
     pub trace: Option<Box<TraceParent>>,
+    /// Only for a record that cannot become a row: what the dead-letter
+    /// store keeps of it. Boxed, so a good record pays one pointer.
+    pub dead_letter: Option<Box<DeadLetter>>,
 }
 
 impl Entry {
@@ -47,7 +52,22 @@ impl Entry {
             row,
             timestamp_ms: meta.timestamp_ms,
             trace: meta.trace,
+            dead_letter: None,
         }
+    }
+
+    /// A record that will not become a row: a marker carrying its dead letter.
+    pub fn dead(tp: Tp, epoch: u64, offset: i64, letter: DeadLetter, meta: RecordMeta) -> Entry {
+        Entry {
+            dead_letter: Some(Box::new(letter)),
+            ..Entry::new(tp, epoch, offset, None, meta)
+        }
+    }
+
+    /// Whether this entry is a record (a row or a dead letter), as opposed to
+    /// a marker for dropped records.
+    pub fn is_record(&self) -> bool {
+        self.row.is_some() || self.dead_letter.is_some()
     }
 
     pub fn cost(&self) -> usize {
@@ -56,7 +76,8 @@ impl Entry {
         } else {
             0
         };
-        ENTRY_OVERHEAD_BYTES + trace + self.row.as_ref().map_or(0, |r| r.len())
+        let dead_letter = self.dead_letter.as_ref().map_or(0, |d| d.bytes());
+        ENTRY_OVERHEAD_BYTES + trace + dead_letter + self.row.as_ref().map_or(0, |r| r.len())
     }
 }
 
@@ -120,7 +141,8 @@ impl Buffer {
 
     /// Drops the oldest queued entry (never one in flight), keeping its
     /// offset covered. `None` when nothing is queued; else whether the
-    /// entry carried a row (as opposed to a marker).
+    /// entry was a record (a row or a dead letter, as opposed to a drop
+    /// marker): the caller counts it as dropped.
     pub fn evict_oldest(&mut self) -> Option<bool> {
         let e = self.queue.pop_front()?;
         self.queued_bytes -= e.cost();
@@ -130,7 +152,7 @@ impl Buffer {
         if self.queue.is_empty() {
             self.oldest_since = None;
         }
-        Some(e.row.is_some())
+        Some(e.is_record())
     }
 
     /// Covers a dropped incoming record of `tp` without buffering its row.
@@ -146,7 +168,8 @@ impl Buffer {
             return 0;
         };
         let tail = &self.queue[last];
-        if tail.row.is_none() && tail.epoch == epoch {
+        // Only a drop marker may stand for more offsets; a dead letter is one record.
+        if tail.row.is_none() && tail.dead_letter.is_none() && tail.epoch == epoch {
             self.queue[last].offset = offset;
             return 0;
         }
@@ -159,18 +182,23 @@ impl Buffer {
                     row: None,
                     timestamp_ms: None,
                     trace: None,
+                    dead_letter: None,
                 },
                 now,
             );
             return 0;
         }
+        // The newest queued record of the partition (a row or a dead letter)
+        // is dropped too and becomes the drop marker.
         let tail = &mut self.queue[last];
-        let freed = tail.row.take().map_or(0, |r| r.len());
+        let (before, was_record, had_row) = (tail.cost(), tail.is_record(), tail.row.is_some());
+        tail.row = None;
+        tail.dead_letter = None;
         tail.offset = offset;
         tail.epoch = epoch;
-        self.queued_bytes -= freed;
-        self.queued_rows -= 1;
-        u64::from(freed > 0)
+        self.queued_bytes -= before - tail.cost();
+        self.queued_rows -= usize::from(had_row);
+        u64::from(was_record)
     }
 
     pub fn push(&mut self, entry: Entry, now: Instant) {
@@ -304,6 +332,7 @@ mod tests {
             row: Some(vec![b'x'; len].into_boxed_slice()),
             timestamp_ms: None,
             trace: None,
+            dead_letter: None,
         }
     }
 

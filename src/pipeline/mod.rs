@@ -61,6 +61,12 @@ pub struct Settings {
     pub sample_rate: u32,
     /// Adaptive flushing bounds (`flush_interval` is where the interval starts).
     pub flush: crate::sink::flush_policy::FlushSettings,
+    /// A record value above this many bytes is dead-lettered without decoding.
+    pub max_record_bytes: usize,
+    /// What a record that cannot be written does to the pipeline.
+    pub tolerance: crate::config::Tolerance,
+    /// Kafka topic dead letters are also produced to (at-least-once), if any.
+    pub dlq_topic: Option<String>,
 }
 
 /// What became of a record offered to the buffer.
@@ -123,7 +129,7 @@ impl PipelineState {
         match s.strategy {
             Strategy::Block => Admission::Refused,
             _ => {
-                let incoming = u64::from(entry.row.is_some());
+                let incoming = u64::from(entry.is_record());
                 let rows = evicted + incoming + self.buffer.drop_newest(tp, epoch, offset, now);
                 Admission::Dropped { rows }
             }
@@ -152,7 +158,8 @@ impl PipelineState {
 pub struct Counters {
     pub consumed: AtomicU64,
     pub written: AtomicU64,
-    /// Undecodable records (covered, not written).
+    /// Undecodable records covered without being stored anywhere. Since the
+    /// dead-letter store, none are: they are counted in `dead_lettered`.
     pub skipped: AtomicU64,
     /// Records shed by the pipeline's strategy (reason = the strategy).
     pub dropped: AtomicU64,
@@ -161,9 +168,8 @@ pub struct Counters {
     pub attempts: AtomicU64,
     pub flushes: AtomicU64,
     pub fenced: AtomicU64,
-    /// Records written to the dead-letter store. Hook: nothing dead-letters
-    /// yet, so it stays 0 until the dead-letter store adds to it
-    /// (`sluice_records_dead_lettered_total`).
+    /// Records written to the dead-letter store, counted when their
+    /// transaction commits (`sluice_records_dead_lettered_total`).
     pub dead_lettered: AtomicU64,
 }
 
@@ -356,6 +362,9 @@ mod model_tests {
                 max_batch_rows: 10,
                 min_batch_rows: 1,
             },
+            max_record_bytes: 1 << 20,
+            tolerance: crate::config::Tolerance::All,
+            dlq_topic: None,
         }
     }
 
@@ -398,7 +407,7 @@ mod model_tests {
                             continue;
                         }
                         let offset = next[p as usize];
-                        let entry = Entry { tp: tp(p), epoch: 1, offset, row: Some(vec![b'x'; len].into_boxed_slice()), timestamp_ms: None, trace: None };
+                        let entry = Entry { tp: tp(p), epoch: 1, offset, row: Some(vec![b'x'; len].into_boxed_slice()), timestamp_ms: None, trace: None, dead_letter: None };
                         match state.admit(entry, &s, now) {
                             Admission::Refused => {
                                 prop_assert_eq!(strategy, crate::config::Strategy::Block, "only block refuses");

@@ -1,7 +1,10 @@
 //! Postgres side: record → row encoding, the batch writer with its COPY and
 //! fenced offset commit, the live-schema check and error classification.
 
+pub mod bisect;
 pub mod breaker;
+pub mod dead_letter;
+pub mod dlq;
 pub mod encode;
 pub mod error;
 pub mod flush_policy;

@@ -11,22 +11,35 @@
 //! open nothing is attempted, the buffer fills and the consumer pauses the
 //! pipeline's partitions. When and how much to flush is the adaptive
 //! [`FlushPolicy`]'s call.
+//!
+//! Records that can never be written never stall the pipeline: undecodable
+//! ones arrive as dead letters, and rows the database refuses for a data
+//! reason (SQLSTATE class 22 or 23) are isolated inside the flush
+//! transaction ([`crate::sink::bisect`]). Both kinds go to
+//! `sluice.dead_letters` in that same transaction, with the rows that land
+//! and the offsets they all cover. Under `errors.tolerance = "none"` the
+//! first such record stops the pipeline instead, before anything past it
+//! commits.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
+use sqlx::{Executor as _, PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
+use crate::config::Tolerance;
 use crate::kafka::consumer::ConsumerCommand;
 use crate::kafka::offsets::{Covered, NextOffset};
+use crate::kafka::refetch::{Coordinates, Raw, Refetcher};
 use crate::kafka::{Topics, Tp};
 use crate::pipeline::buffer::{Batch, Entry};
 use crate::pipeline::{breaker_state, next_epoch, Counters, Pipeline};
+use crate::sink::bisect::{Isolator, Refusal};
 use crate::sink::breaker::{Breaker, BreakerSettings, BreakerState, Permit};
+use crate::sink::dead_letter::{self, DeadLetter, DeadLetterClass, Stored};
 use crate::sink::error::{classify, ErrorClass};
 use crate::sink::flush_policy::FlushPolicy;
 use crate::sink::offset_store;
@@ -42,10 +55,31 @@ pub enum WriterCommand {
 /// What one transaction did.
 #[derive(Debug)]
 enum Outcome {
-    Committed,
+    Committed(Written),
     /// Another owner moved these partitions' stored offsets: rolled back.
     Fenced(Vec<Tp>),
+    /// `errors.tolerance = "none"` and this entry of the batch can never be
+    /// written: nothing was committed.
+    Stopped {
+        entry: usize,
+        error: String,
+    },
 }
+
+/// What a committed flush wrote.
+#[derive(Debug, Default)]
+struct Written {
+    rows: usize,
+    /// Rows the database refused: (entry index, dead letter), in batch order.
+    refused: Vec<(usize, DeadLetter)>,
+    /// Dead letters inserted (fewer than offered when some were already stored).
+    dead_lettered: u64,
+    /// COPY statements it took (1 without refusals).
+    copies: usize,
+}
+
+/// How long a flush waits to read refused records back from Kafka.
+const REFETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One partition's share of a batch.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +99,10 @@ pub struct Writer {
     pub commands: mpsc::UnboundedReceiver<WriterCommand>,
     pub consumer: std_mpsc::Sender<ConsumerCommand>,
     pub control: Control,
+    /// Reads refused records back from Kafka for their dead letters.
+    pub refetch: Arc<std::sync::Mutex<Refetcher>>,
+    /// Produces dead letters to `errors.dlq_topic`, when set.
+    pub dlq: Option<crate::sink::dlq::DlqProducer>,
 }
 
 /// The writer's own decision state: the breaker, the adaptive flush policy
@@ -79,9 +117,10 @@ pub struct Control {
 impl Control {
     pub fn new(pipeline: &Pipeline, breaker: BreakerSettings, write_timeout: Duration) -> Self {
         // Different seeds per pipeline and process: their jitter differs.
-        let seed = std::process::id() as u64
-            ^ (pipeline.name.len() as u64).rotate_left(32)
-            ^ Instant::now().elapsed().as_nanos() as u64;
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let seed = clock ^ u64::from(std::process::id()).rotate_left(32) ^ (pipeline.name.len() as u64);
         Self {
             breaker: Breaker::new(breaker, seed ^ 0x9E37_79B9_7F4A_7C15),
             policy: FlushPolicy::new(pipeline.settings.flush, pipeline.settings.flush_interval),
@@ -152,6 +191,10 @@ impl Writer {
 
     /// Whether a batch should be flushed now, else how long until one should.
     fn readiness(&self, now: Instant, flush_all: bool) -> (bool, Option<Duration>) {
+        if self.pipeline.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            // Stopped under `errors.tolerance = "none"`: nothing more commits.
+            return (false, None);
+        }
         let settings = &self.pipeline.settings;
         let state = self.pipeline.lock();
         let buffer = &state.buffer;
@@ -191,25 +234,32 @@ impl Writer {
                 continue;
             }
             self.publish_breaker();
-            let (data, rows) = concat_rows(&batch.entries);
+            let rows = batch.entries.iter().filter(|e| e.row.is_some()).count();
             let started = Instant::now();
             Counters::add(&self.pipeline.counters.attempts, 1);
-            let result =
-                match tokio::time::timeout(self.control.write_timeout, self.write(copy_statement, &data, &spans)).await
-                {
-                    Ok(result) => result,
-                    Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        WriteTimedOut(self.control.write_timeout),
-                    ))),
-                };
+            let result = match tokio::time::timeout(
+                self.control.write_timeout,
+                self.write(copy_statement, &batch, &spans),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    WriteTimedOut(self.control.write_timeout),
+                ))),
+            };
             match result {
-                Ok(Outcome::Committed) => {
+                Ok(Outcome::Committed(written)) => {
                     let took = started.elapsed();
                     self.control.breaker.on_success(&self.pipeline.name);
                     self.control.policy.observe(took);
                     self.publish_breaker();
-                    self.committed(&batch, &spans, rows, took);
+                    self.committed(&batch, &spans, &written, took);
+                    return;
+                }
+                Ok(Outcome::Stopped { entry, error }) => {
+                    self.stop(&batch, entry, &error);
                     return;
                 }
                 Ok(Outcome::Fenced(tps)) => {
@@ -235,8 +285,9 @@ impl Writer {
                                 "flush failed, retrying"
                             )
                         }
-                        // Dead letters and bisection arrive later; until then a
-                        // batch the database refuses stalls here, loudly, and
+                        // Data errors of rows are isolated inside the flush; one
+                        // that still escapes (e.g. from the dead-letter insert)
+                        // or a configuration error stalls here, loudly, and
                         // backpressure pauses the pipeline's partitions.
                         ErrorClass::Data | ErrorClass::Config => error!(
                             pipeline = %self.pipeline.name, table = %self.pipeline.table, rows, failures,
@@ -331,9 +382,16 @@ impl Writer {
     async fn write(
         &self,
         copy_statement: &str,
-        data: &[u8],
+        batch: &Batch,
         spans: &BTreeMap<Tp, Span>,
     ) -> Result<Outcome, sqlx::Error> {
+        let tolerate = self.pipeline.settings.tolerance == Tolerance::All;
+        if !tolerate {
+            if let Some((entry, e)) = batch.entries.iter().enumerate().find(|(_, e)| e.dead_letter.is_some()) {
+                let error = e.dead_letter.as_ref().map(|d| d.error.to_string()).unwrap_or_default();
+                return Ok(Outcome::Stopped { entry, error });
+            }
+        }
         let mut tx = self.pool.begin().await?;
         // Offsets first: a fenced batch costs no COPY, and the row locks taken
         // here serialize two owners of a partition. Partitions are visited in
@@ -362,16 +420,160 @@ impl Writer {
             tx.rollback().await?;
             return Ok(Outcome::Fenced(fenced));
         }
-        if !data.is_empty() {
-            let mut copy = tx.copy_in_raw(copy_statement).await?;
-            copy.send(data).await?;
-            copy.finish().await?;
+        let rows: Vec<(usize, &[u8])> = batch
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.row.as_deref().map(|r| (i, r)))
+            .collect();
+        let (refused, copies) = self.copy_isolating(&mut tx, copy_statement, &rows).await?;
+        let stop = match (tolerate, refused.first()) {
+            (false, Some((entry, refusal))) => {
+                Some((*entry, format!("SQLSTATE {}: {}", refusal.sqlstate, refusal.message)))
+            }
+            _ => None,
+        };
+        if let Some((entry, error)) = stop {
+            tx.rollback().await?;
+            return Ok(Outcome::Stopped { entry, error });
         }
+        let refused = self.refused_letters(batch, refused).await;
+        let letters: Vec<Stored<'_>> = batch
+            .entries
+            .iter()
+            .filter_map(|e| e.dead_letter.as_deref().map(|d| (e, d)))
+            .chain(refused.iter().map(|(i, d)| (&batch.entries[*i], d)))
+            .map(|(e, letter)| Stored {
+                topic: self.topics.name(e.tp.topic),
+                partition: e.tp.partition,
+                offset: e.offset,
+                timestamp_ms: e.timestamp_ms,
+                letter,
+            })
+            .collect();
+        let dead_lettered = dead_letter::insert(&mut tx, &self.pipeline.name, &letters).await?;
+        if let (Some(dlq), false) = (&self.dlq, letters.is_empty()) {
+            // Before COMMIT, so that a crash repeats rather than loses (see `dlq`).
+            if let Err(why) = dlq.send(&self.pipeline.name, &letters).await {
+                tx.rollback().await?;
+                return Err(sqlx::Error::Io(std::io::Error::other(why)));
+            }
+        }
+        drop(letters);
         tx.commit().await?;
-        Ok(Outcome::Committed)
+        Ok(Outcome::Committed(Written {
+            rows: rows.len() - refused.len(),
+            refused,
+            dead_lettered,
+            copies,
+        }))
     }
 
-    fn committed(&self, batch: &Batch, spans: &BTreeMap<Tp, Span>, rows: usize, took: Duration) {
+    /// COPYs `rows` inside `tx`, each attempt under a savepoint; a range the
+    /// database refuses for a data reason is narrowed down until the refused
+    /// rows are alone ([`Isolator`]). Returns the refused rows (entry index
+    /// and why, in batch order) and how many COPYs it took; every other row
+    /// is written. Any other error ends the flush.
+    async fn copy_isolating(
+        &self,
+        tx: &mut PgConnection,
+        copy_statement: &str,
+        rows: &[(usize, &[u8])],
+    ) -> Result<(Vec<(usize, Refusal)>, usize), sqlx::Error> {
+        if rows.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        // Deferred constraints are checked per statement, so that a refusal
+        // surfaces at the COPY that caused it, not at COMMIT.
+        tx.execute("SET CONSTRAINTS ALL IMMEDIATE; SAVEPOINT sluice_rows")
+            .await?;
+        let mut isolator = Isolator::new(rows.len());
+        let mut data = Vec::with_capacity(rows.iter().map(|(_, r)| r.len()).sum());
+        while let Some(range) = isolator.next_range() {
+            data.clear();
+            for (_, row) in &rows[range.clone()] {
+                data.extend_from_slice(row);
+            }
+            match copy_in(tx, copy_statement, &data).await {
+                Ok(()) => {
+                    if isolator.more() {
+                        tx.execute("RELEASE SAVEPOINT sluice_rows; SAVEPOINT sluice_rows")
+                            .await?;
+                    }
+                }
+                Err(err) if classify(&err) == ErrorClass::Data => {
+                    // ROLLBACK TO keeps the savepoint for the next attempt.
+                    tx.execute("ROLLBACK TO SAVEPOINT sluice_rows").await?;
+                    isolator.refused(range, Refusal::of(&err, &self.pipeline.table.name));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        let (refused, copies) = isolator.finish();
+        Ok((refused.into_iter().map(|(i, r)| (rows[i].0, r)).collect(), copies))
+    }
+
+    /// The dead letters of refused rows, with their raw records read back
+    /// from Kafka. One that cannot be read back is stored without its value,
+    /// and says so.
+    async fn refused_letters(&self, batch: &Batch, refused: Vec<(usize, Refusal)>) -> Vec<(usize, DeadLetter)> {
+        if refused.is_empty() {
+            return Vec::new();
+        }
+        let mut wanted: Vec<Coordinates> = Vec::with_capacity(refused.len());
+        for (i, _) in &refused {
+            let e = &batch.entries[*i];
+            wanted.push((self.topics.name(e.tp.topic).to_owned(), e.tp.partition, e.offset));
+        }
+        let refetch = self.refetch.clone();
+        let asked = wanted.clone();
+        let fetched = tokio::task::spawn_blocking(move || {
+            let mut refetch = refetch.lock().unwrap_or_else(|e| e.into_inner());
+            refetch.fetch(&asked, REFETCH_TIMEOUT)
+        })
+        .await;
+        let mut found = fetched.unwrap_or_default();
+        refused
+            .into_iter()
+            .zip(wanted)
+            .map(|((i, refusal), at)| {
+                let mut error = refusal.message;
+                let raw = found.remove(&at).unwrap_or_else(|| {
+                    error.push_str(" (the raw record could not be read back from Kafka; value not stored)");
+                    Raw {
+                        key: None,
+                        value: None,
+                        headers: "[]".into(),
+                    }
+                });
+                let letter = DeadLetter {
+                    key: raw.key,
+                    value: raw.value,
+                    headers: raw.headers,
+                    class: DeadLetterClass::Data,
+                    sqlstate: Some(refusal.sqlstate.into()),
+                    error: error.into(),
+                };
+                (i, letter)
+            })
+            .collect()
+    }
+
+    /// `errors.tolerance = "none"` met a record that can never be written:
+    /// the pipeline stops here. Its batch stays in flight (uncommitted, still
+    /// accounted), so the buffer fills and backpressure pauses the partitions.
+    fn stop(&self, batch: &Batch, entry: usize, error: &str) {
+        let e = &batch.entries[entry];
+        self.pipeline.stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+        error!(
+            pipeline = %self.pipeline.name, topic = %self.topics.name(e.tp.topic), partition = e.tp.partition,
+            offset = e.offset, %error,
+            "record cannot be written and errors.tolerance is none: pipeline stopped, operator action needed"
+        );
+    }
+
+    fn committed(&self, batch: &Batch, spans: &BTreeMap<Tp, Span>, written: &Written, took: Duration) {
+        let rows = written.rows;
         let counters = &self.pipeline.counters;
         {
             let mut state = self.pipeline.lock();
@@ -386,7 +588,22 @@ impl Writer {
             self.pipeline.refresh_state(&mut state);
         }
         Counters::add(&counters.written, rows as u64);
+        Counters::add(&counters.dead_lettered, written.dead_lettered);
         Counters::add(&counters.flushes, 1);
+        let decode = batch.entries.iter().filter(|e| e.dead_letter.is_some()).count();
+        if decode + written.refused.len() > 0 {
+            // One line per batch, not per record; each record's reason is in
+            // sluice.dead_letters.
+            let first = batch
+                .entries
+                .iter()
+                .find_map(|e| e.dead_letter.as_deref())
+                .or(written.refused.first().map(|(_, d)| d))
+                .map(|d| d.error.to_string());
+            warn!(pipeline = %self.pipeline.name, decode, refused = written.refused.len(),
+                stored = written.dead_lettered, copies = written.copies, first = first.as_deref().unwrap_or(""),
+                "records dead-lettered");
+        }
         for (tp, span) in spans {
             // Kafka's committed offset is for lag tooling only; Postgres is the truth.
             let _ = self.consumer.send(ConsumerCommand::Commit {
@@ -442,15 +659,11 @@ impl Writer {
     }
 }
 
-fn concat_rows(batch: &[Entry]) -> (Vec<u8>, usize) {
-    let len = batch.iter().map(|e| e.row.as_ref().map_or(0, |r| r.len())).sum();
-    let mut data = Vec::with_capacity(len);
-    let mut rows = 0;
-    for row in batch.iter().filter_map(|e| e.row.as_deref()) {
-        data.extend_from_slice(row);
-        rows += 1;
-    }
-    (data, rows)
+async fn copy_in(tx: &mut PgConnection, copy_statement: &str, data: &[u8]) -> Result<(), sqlx::Error> {
+    let mut copy = tx.copy_in_raw(copy_statement).await?;
+    copy.send(data).await?;
+    copy.finish().await?;
+    Ok(())
 }
 
 fn backoff(failures: u32) -> Duration {

@@ -11,9 +11,8 @@
 //! end-to-end latency histograms — is recorded once per flush by
 //! [`FlushEvent::emit`].
 //!
-//! Hooks for features that do not exist yet report their true resting
-//! value: `Counters::dead_lettered` stays 0 and `Pipeline::breaker_state`
-//! stays closed until the dead-letter store and the circuit breaker set them.
+//! `Counters::dead_lettered` is added to by the writer when a flush with
+//! dead letters commits; `Pipeline::breaker_state` is set by the breaker.
 
 pub mod health;
 pub mod lag;
@@ -554,6 +553,7 @@ mod tests {
             row: row.map(|r| r.as_bytes().into()),
             timestamp_ms: ts,
             trace: trace.map(Box::new),
+            dead_letter: None,
         }
     }
 

@@ -41,6 +41,7 @@ fn push(pipeline: &Pipeline, tp: Tp, topic: &str, offsets: std::ops::Range<i64>)
                 row: Some(row.into_boxed_slice()),
                 timestamp_ms: None,
                 trace: None,
+                dead_letter: None,
             },
             Instant::now(),
         );
@@ -89,6 +90,9 @@ async fn a_fenced_flush_rolls_back_and_nothing_is_duplicated() {
             max_batch_rows: 1000,
             min_batch_rows: 100,
         },
+        max_record_bytes: 1 << 20,
+        tolerance: sluice::config::Tolerance::All,
+        dlq_topic: None,
     };
     let target = TableRef {
         schema: "public".into(),
@@ -119,6 +123,10 @@ async fn a_fenced_flush_rolls_back_and_nothing_is_duplicated() {
             },
             Duration::from_secs(30),
         ),
+        refetch: Arc::new(std::sync::Mutex::new(sluice::kafka::refetch::Refetcher::new(
+            Default::default(),
+        ))),
+        dlq: None,
     };
 
     // This instance was assigned partition 0 at stored offset 0 and read 0..10.
