@@ -7,7 +7,8 @@
 //! - [`mapping`]: the mapping language: column sources and the Postgres types sluice writes.
 //! - [`kafka`]: the consumer loop, rebalance handling, offset arithmetic.
 //! - [`pipeline`]: per-mapping bounded buffer and the pause/resume decision.
-//! - [`sink`]: record → row encoding, the batch writer (COPY + fenced offsets), schema checks, error classes.
+//! - [`sink`]: record → row encoding, the batch writer (COPY + fenced offsets), schema checks, error classes,
+//!   dead letters (store, bisection of refused batches, Kafka DLQ topic, `sluice dlq` replay).
 //! - [`telemetry`]: OpenTelemetry metrics and traces (OTLP), the metric set, flush events, lag, readiness.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
 //! - [`service`]: wiring for `run`, `check` and `migrate`.
@@ -20,8 +21,11 @@
 //! the batch started from, so a revoked instance that is still writing (a
 //! zombie) rolls back instead of duplicating. On assignment a partition
 //! starts from the offset stored in Postgres; Kafka's committed offsets are
-//! written after each flush for lag tooling only. A record that cannot be
-//! decoded is skipped, logged and counted, and its offset advances in order.
+//! written after each flush for lag tooling only. A record that can never
+//! be written (undecodable, or refused by the table with SQLSTATE class 22
+//! or 23) goes to `sluice.dead_letters` in that same transaction, so it too
+//! is stored exactly once and its offset advances in order; the optional
+//! Kafka dead-letter topic is at-least-once.
 
 pub mod config;
 pub mod http;

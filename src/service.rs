@@ -232,6 +232,33 @@ fn kafka_metadata(
     Ok(metadata.topics().iter().map(|t| t.name().to_owned()).collect())
 }
 
+/// `sluice dlq replay`: replays `filter`'s dead letters of pipeline
+/// `name` with its current mapping, checked against the live table.
+pub async fn dlq_replay(
+    config: &Config,
+    name: &str,
+    filter: &crate::sink::replay::Filter,
+) -> anyhow::Result<crate::sink::replay::Report> {
+    let index = config
+        .pipelines
+        .iter()
+        .position(|p| p.name == name)
+        .with_context(|| format!("no pipeline named {name:?} in the config"))?;
+    let pool = connect(&config.postgres)
+        .await
+        .with_context(|| format!("connecting to postgres {}", config.postgres.redacted_url()))?;
+    let mut only = config.clone();
+    only.pipelines = vec![config.pipelines[index].clone()];
+    let pipeline = match plan_pipelines(&only, &pool).await? {
+        Ok(mut p) => p.remove(0),
+        Err(errors) => {
+            let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            bail!("the mapping does not fit the table: {}", all.join("; "))
+        }
+    };
+    Ok(crate::sink::replay::replay(&pool, &pipeline, filter).await?)
+}
+
 /// Runs sluice until `shutdown` resolves, then drains within
 /// `config.shutdown_timeout` and leaves the group.
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
@@ -354,10 +381,20 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     })
     .await
     .is_ok();
-    if flushed {
+    // A writer also answers at once when its breaker is open: check what is left.
+    let left: usize = pipelines.iter().map(|p| p.lock().buffer.records()).sum();
+    if flushed && left == 0 {
         info!("drained: everything buffered is committed");
+    } else if flushed {
+        warn!(
+            records = left,
+            "the database is unavailable: stopping without flushing; the rest is re-read by the next owner"
+        );
     } else {
-        warn!("shutdown deadline reached before the buffers drained; the rest is re-read by the next owner");
+        warn!(
+            records = left,
+            "shutdown deadline reached before the buffers drained; the rest is re-read by the next owner"
+        );
     }
     shared.stop.store(true, Ordering::SeqCst);
     if tokio::time::timeout_at(deadline, done_rx).await.is_err() {

@@ -9,5 +9,6 @@ pub mod encode;
 pub mod error;
 pub mod flush_policy;
 pub mod offset_store;
+pub mod replay;
 pub mod schema;
 pub mod writer;

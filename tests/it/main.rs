@@ -3,6 +3,7 @@
 
 mod backpressure;
 mod cli;
+mod dead_letters;
 mod delivery;
 mod fencing;
 mod harness;
