@@ -46,6 +46,10 @@ impl Refetcher {
         // that is gone must not silently jump elsewhere.
         properties.insert("enable.auto.commit".into(), "false".into());
         properties.insert("auto.offset.reset".into(), "error".into());
+        // The records are there already: a fetch must not wait for more
+        // (the default waits up to 500 ms, while the flush transaction is open).
+        properties.insert("fetch.wait.max.ms".into(), "5".into());
+        properties.insert("fetch.min.bytes".into(), "1".into());
         if let Some(group) = properties.get("group.id").cloned() {
             properties.insert("group.id".into(), format!("{group}.sluice-refetch"));
         }

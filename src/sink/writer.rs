@@ -76,6 +76,8 @@ struct Written {
     dead_lettered: u64,
     /// COPY statements it took (1 without refusals).
     copies: usize,
+    /// Time spent reading refused records back from Kafka.
+    refetch: Duration,
 }
 
 /// How long a flush waits to read refused records back from Kafka.
@@ -437,7 +439,9 @@ impl Writer {
             tx.rollback().await?;
             return Ok(Outcome::Stopped { entry, error });
         }
+        let refetch_started = Instant::now();
         let refused = self.refused_letters(batch, refused).await;
+        let refetch = refetch_started.elapsed();
         let letters: Vec<Stored<'_>> = batch
             .entries
             .iter()
@@ -466,6 +470,7 @@ impl Writer {
             refused,
             dead_lettered,
             copies,
+            refetch,
         }))
     }
 
@@ -601,7 +606,8 @@ impl Writer {
                 .or(written.refused.first().map(|(_, d)| d))
                 .map(|d| d.error.to_string());
             warn!(pipeline = %self.pipeline.name, decode, refused = written.refused.len(),
-                stored = written.dead_lettered, copies = written.copies, first = first.as_deref().unwrap_or(""),
+                stored = written.dead_lettered, copies = written.copies,
+                refetch_ms = written.refetch.as_millis() as u64, took_ms = took.as_millis() as u64, first = first.as_deref().unwrap_or(""),
                 "records dead-lettered");
         }
         for (tp, span) in spans {

@@ -262,6 +262,13 @@ async fn run_corpus(
     );
     // A straggling duplicate would show up now.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    for line in sluice
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("records dead-lettered"))
+    {
+        println!("{line}");
+    }
     let rate = rows_per_second(pool, &table).await;
     (topic, table, group, rate)
 }
