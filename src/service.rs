@@ -60,7 +60,12 @@ pub async fn connect(config: &PostgresConfig) -> Result<PgPool, sqlx::Error> {
 /// Applies sluice's migrations; safe to run concurrently (sqlx takes an
 /// advisory lock) and repeatedly.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+    // A newer sluice may already have migrated this database further (a
+    // rolling upgrade, or a rollback): its extra migrations are additive, so
+    // an older binary runs alongside them instead of refusing to start.
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await
 }
 
 fn settings(p: &PipelineConfig) -> Settings {
