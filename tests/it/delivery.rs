@@ -134,7 +134,7 @@ async fn two_members_one_killed_midway_stays_exactly_once() {
     create_orders_table(&pool, &table).await;
     let brokers = services.brokers.clone();
     let t = topic.clone();
-    let producer = tokio::task::spawn_blocking(move || produce(&brokers, &t, 6, 0..EVENTS, 5_000, order_payload));
+    let producer = tokio::task::spawn_blocking(move || produce(&brokers, &t, 6, 0..EVENTS, 3_000, order_payload));
 
     let extra = "batch_size = 1000";
     let a = Sluice::start(&config(&services, &group, &topic, &table, ORDER_COLUMNS, extra));
@@ -163,6 +163,9 @@ async fn two_members_one_killed_midway_stays_exactly_once() {
         .await
     );
     let b2 = b.restart("member-b2.log");
+    // The rejoin rebalance: B's new incarnation gets partitions back.
+    let rejoined = eventually(Duration::from_secs(60), || async { b2.log_text().contains("partitions assigned") }).await;
+    assert!(rejoined, "B rejoined:\n{}", b2.log_text());
     producer.await.unwrap();
     let landed = eventually(Duration::from_secs(120), || async {
         count(&pool, &table).await >= EVENTS as i64
