@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, OffsetReset, PipelineConfig, PostgresConfig, SslMode};
+use crate::config::{Config, OffsetReset, PipelineConfig, PostgresConfig, SslMode, WriteMode};
 use crate::kafka::consumer::{self, Shared};
 use crate::kafka::refetch::Refetcher;
 use crate::kafka::Topics;
@@ -23,6 +23,7 @@ use crate::sink::dlq::DlqProducer;
 use crate::sink::encode::RowEncoder;
 use crate::sink::flush_policy::FlushSettings;
 use crate::sink::schema::{live_columns, plan_columns, MappingError, TableRef};
+use crate::sink::upsert::has_unique_key;
 use crate::sink::writer::{Control, Writer, WriterCommand};
 use crate::telemetry::{Observed, Telemetry};
 
@@ -107,20 +108,38 @@ pub async fn plan_pipelines(
 ) -> anyhow::Result<Result<Vec<Pipeline>, Vec<MappingError>>> {
     let mut pipelines = Vec::new();
     let mut problems = Vec::new();
-    for p in &config.pipelines {
+    for (index, p) in config.pipelines.iter().enumerate() {
         let table = table_ref(p);
         let live = live_columns(pool, &table)
             .await
             .with_context(|| format!("reading the columns of {table}"))?;
-        match plan_columns(&p.name, &table, &p.column_sources(), live.as_deref()) {
-            Ok(columns) => pipelines.push(Pipeline::new(
-                p.name.clone(),
-                table,
-                RowEncoder::new(columns),
-                settings(p),
-            )),
-            Err(errors) => problems.extend(errors),
+        let columns = match plan_columns(&p.name, &table, &p.column_sources(), live.as_deref()) {
+            Ok(columns) => columns,
+            Err(errors) => {
+                problems.extend(errors);
+                continue;
+            }
+        };
+        let mut encoder = RowEncoder::new(columns);
+        if p.mode == WriteMode::Upsert {
+            // `Config::validate` checked that the key columns are mapped.
+            encoder = encoder
+                .with_upsert(&p.key, p.deletes_on_tombstone())
+                .map_err(|why| anyhow::anyhow!("pipeline `{}`: {why}", p.name))?;
+            let unique = has_unique_key(pool, &table, &p.key)
+                .await
+                .with_context(|| format!("reading the unique indexes of {table}"))?;
+            if !unique {
+                problems.push(MappingError::NoUniqueKey {
+                    pipeline: p.name.clone(),
+                    index,
+                    table: table.to_string(),
+                    key: p.key.join(", "),
+                });
+                continue;
+            }
         }
+        pipelines.push(Pipeline::new(p.name.clone(), table, encoder, settings(p)));
     }
     Ok(if problems.is_empty() {
         Ok(pipelines)
@@ -182,8 +201,12 @@ pub async fn check(config: &Config) -> usize {
     match plan_pipelines(config, &pool).await {
         Ok(Ok(pipelines)) => {
             for p in pipelines {
+                let mode = match p.encoder.key_columns() {
+                    Some(key) => format!(", upsert on ({}), unique index found", key.join(", ")),
+                    None => String::new(),
+                };
                 println!(
-                    "ok: pipeline `{}` → {} ({} columns)",
+                    "ok: pipeline `{}` → {} ({} columns{mode})",
                     p.name,
                     p.table,
                     p.encoder.columns().len()

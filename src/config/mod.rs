@@ -425,6 +425,44 @@ pub struct PipelineConfig {
     /// the table's constraints) does to the pipeline.
     #[serde(default)]
     pub errors: ErrorsConfig,
+    /// `insert` appends every record as a row (COPY). `upsert` keeps one row
+    /// per `key`: the record with the highest offset per key wins, and
+    /// tombstones delete (see `delete_on_tombstone`). Default `insert`.
+    #[serde(default)]
+    pub mode: WriteMode,
+    /// For `mode = "upsert"` (required there, refused otherwise): the mapped
+    /// columns that identify a row. The table must have a primary key or a
+    /// non-deferrable, non-partial unique index on exactly these columns.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// For `mode = "upsert"`: a record with a null value (a Kafka tombstone)
+    /// deletes the row of its key. Key columns mapped from a JSON pointer
+    /// `/x` take `/x` from the Kafka key parsed as JSON; a key that is not
+    /// JSON, or a JSON scalar, is the value of a single key column. When
+    /// `false`, a tombstone is dead-lettered as in `insert` mode. Default `true`.
+    #[serde(default)]
+    pub delete_on_tombstone: Option<bool>,
+}
+
+/// `mode`: how a pipeline's records become rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Every record is a new row (COPY into the table).
+    #[default]
+    Insert,
+    /// One row per key, last offset wins (COPY into a temporary table, then
+    /// `INSERT ... ON CONFLICT (key) DO UPDATE`); tombstones delete.
+    Upsert,
+}
+
+impl WriteMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteMode::Insert => "insert",
+            WriteMode::Upsert => "upsert",
+        }
+    }
 }
 
 /// A pipeline's handling of records that can never be written.
@@ -510,7 +548,15 @@ impl PipelineConfig {
             sample_rate: default_sample_rate(),
             max_record_bytes: default_max_record_bytes(),
             errors: ErrorsConfig::default(),
+            mode: WriteMode::default(),
+            key: Vec::new(),
+            delete_on_tombstone: None,
         }
+    }
+
+    /// Whether a tombstone deletes its key's row: upsert mode only, default on.
+    pub fn deletes_on_tombstone(&self) -> bool {
+        self.mode == WriteMode::Upsert && self.delete_on_tombstone.unwrap_or(true)
     }
 
     /// `(schema, table)`; the schema is `public` when `table` has none.
@@ -815,6 +861,45 @@ impl Config {
 }
 
 impl PipelineConfig {
+    /// `mode`, `key` and `delete_on_tombstone` agree with each other and with `columns`.
+    fn check_mode(&self, at: &dyn Fn(&str) -> Vec<Seg>) -> Result<(), Issue> {
+        match self.mode {
+            WriteMode::Insert => {
+                if !self.key.is_empty() {
+                    return Err((at("key"), "is only used with mode = \"upsert\"".to_owned()));
+                }
+                if self.delete_on_tombstone.is_some() {
+                    return Err((
+                        at("delete_on_tombstone"),
+                        "is only used with mode = \"upsert\"".to_owned(),
+                    ));
+                }
+            }
+            WriteMode::Upsert => {
+                if self.key.is_empty() {
+                    return Err((
+                        at("key"),
+                        "mode = \"upsert\" needs the key columns, e.g. key = [\"id\"]".to_owned(),
+                    ));
+                }
+                for (k, column) in self.key.iter().enumerate() {
+                    let mut path = at("key");
+                    path.push(Seg::Index(k));
+                    if !self.columns.contains_key(column) {
+                        return Err((
+                            path,
+                            format!("{column:?} is not a mapped column (a key column must be in `columns`)"),
+                        ));
+                    }
+                    if self.key[..k].contains(column) {
+                        return Err((path, format!("{column:?} is listed twice")));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self, at: &dyn Fn(&str) -> Vec<Seg>) -> Result<(), Issue> {
         if self.name.is_empty()
             || !self
@@ -876,6 +961,7 @@ impl PipelineConfig {
                 return Err((path, why));
             }
         }
+        self.check_mode(at)?;
         if self.batch_size == 0 {
             return Err((at("batch_size"), "must be at least 1".to_owned()));
         }

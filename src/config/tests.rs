@@ -918,3 +918,42 @@ fn telemetry_rules() {
         assert!(err.message.contains(message), "{err}");
     }
 }
+
+#[test]
+fn upsert_mode_and_its_key() {
+    jail(|jail| {
+        let base = "[[pipelines]]\nname = \"orders\"\ntopics = [\"orders\"]\ntable = \"orders\"\n\
+                    columns = { id = \"/id\", v = \"/v\" }\n";
+        let config = load(jail, base).expect("insert is the default");
+        assert_eq!(config.pipelines[0].mode, WriteMode::Insert);
+        assert!(!config.pipelines[0].deletes_on_tombstone());
+
+        let config = load(jail, &format!("{base}mode = \"upsert\"\nkey = [\"id\"]\n")).expect("upsert loads");
+        assert_eq!(config.pipelines[0].mode, WriteMode::Upsert);
+        assert_eq!(config.pipelines[0].key, vec!["id".to_owned()]);
+        assert!(config.pipelines[0].deletes_on_tombstone(), "on by default");
+        let config = load(
+            jail,
+            &format!("{base}mode = \"upsert\"\nkey = [\"id\"]\ndelete_on_tombstone = false\n"),
+        )
+        .expect("loads");
+        assert!(!config.pipelines[0].deletes_on_tombstone());
+
+        let err = load_err(jail, &format!("{base}mode = \"upsert\"\n"));
+        assert_eq!(err.key, "pipelines[0].key", "{err}");
+        assert!(err.message.contains("needs the key columns"), "{err}");
+        let err = load_err(jail, &format!("{base}mode = \"upsert\"\nkey = [\"id\", \"nope\"]\n"));
+        assert_eq!(err.key, "pipelines[0].key[1]", "{err}");
+        assert!(err.message.contains("\"nope\" is not a mapped column"), "{err}");
+        let err = load_err(jail, &format!("{base}mode = \"upsert\"\nkey = [\"id\", \"id\"]\n"));
+        assert_eq!(err.key, "pipelines[0].key[1]", "{err}");
+        let err = load_err(jail, &format!("{base}key = [\"id\"]\n"));
+        assert_eq!(err.key, "pipelines[0].key", "{err}");
+        assert!(err.message.contains("only used with mode = \"upsert\""), "{err}");
+        let err = load_err(jail, &format!("{base}delete_on_tombstone = true\n"));
+        assert_eq!(err.key, "pipelines[0].delete_on_tombstone", "{err}");
+        let err = load_err(jail, &format!("{base}mode = \"merge\"\n"));
+        assert_eq!(err.key, "pipelines[0].mode", "{err}");
+        Ok(())
+    });
+}

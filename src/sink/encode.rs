@@ -94,6 +94,15 @@ pub struct RowEncoder {
     /// instead of on every record.
     paths: Vec<Path>,
     reads_value: bool,
+    upsert: Option<Upsert>,
+}
+
+/// Upsert mode: the columns that identify a row, and what a tombstone does.
+#[derive(Debug, Clone)]
+struct Upsert {
+    /// Indexes into `columns`, in the configured key order.
+    key: Box<[usize]>,
+    delete_on_tombstone: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -175,11 +184,41 @@ impl RowEncoder {
             columns,
             paths,
             reads_value,
+            upsert: None,
         }
+    }
+
+    /// Switches to upsert mode: every line gets one more column, the
+    /// `_sluice_delete` flag (`f` for a row, `t` for a tombstone's delete),
+    /// a key column may not be NULL, and with `delete_on_tombstone` a
+    /// tombstone becomes a delete line whose key columns come from the Kafka
+    /// key (see [`RowEncoder::encode`]). The error names a key column that is
+    /// not among the columns.
+    pub fn with_upsert(mut self, key: &[String], delete_on_tombstone: bool) -> Result<Self, String> {
+        let key = key
+            .iter()
+            .map(|k| {
+                self.columns
+                    .iter()
+                    .position(|c| &c.name == k)
+                    .ok_or_else(|| format!("key column `{k}` is not a mapped column"))
+            })
+            .collect::<Result<_, _>>()?;
+        self.upsert = Some(Upsert {
+            key,
+            delete_on_tombstone,
+        });
+        Ok(self)
     }
 
     pub fn columns(&self) -> &[ColumnPlan] {
         &self.columns
+    }
+
+    /// In upsert mode, the key columns in the configured order.
+    pub fn key_columns(&self) -> Option<Vec<&str>> {
+        let upsert = self.upsert.as_ref()?;
+        Some(upsert.key.iter().map(|&i| self.columns[i].name.as_str()).collect())
     }
 
     /// Whether any column reads the record value (so tombstones and
@@ -191,9 +230,19 @@ impl RowEncoder {
     /// Appends exactly one line of PostgreSQL COPY *text* format (columns
     /// tab-separated in `columns` order, `\N` for NULL, terminated by `'\n'`)
     /// to `out`. On error `out` is left exactly as it was.
+    ///
+    /// In upsert mode the line ends with the `_sluice_delete` flag, and a
+    /// tombstone (null value) with `delete_on_tombstone` encodes as a delete:
+    /// non-key columns NULL, key columns from the Kafka key. A key column
+    /// whose source is a JSON pointer `/x` into the value takes `/x` from the
+    /// key parsed as JSON; a key that is not a JSON object or array (not
+    /// JSON at all, or a scalar) is the value of a single key column.
     pub fn encode(&self, rec: &RecordRef<'_>, out: &mut Vec<u8>) -> Result<(), DecodeError> {
         let start = out.len();
-        let result = self.encode_line(rec, out);
+        let result = match &self.upsert {
+            Some(u) if u.delete_on_tombstone && rec.value.is_none() => self.encode_delete(u, rec, out),
+            _ => self.encode_line(rec, out),
+        };
         if result.is_err() {
             out.truncate(start);
         }
@@ -211,6 +260,7 @@ impl RowEncoder {
             if i > 0 {
                 out.push(b'\t');
             }
+            let at = out.len();
             let written = match &col.source {
                 ColumnSource::Pointer(_) => match path.resolve(&doc) {
                     None | Some(Value::Null) => {
@@ -219,16 +269,122 @@ impl RowEncoder {
                     }
                     Some(v) => write_json_value(out, v, col.ty),
                 },
-                ColumnSource::Topic => write_topic(out, rec.topic, col.ty),
-                ColumnSource::Partition => write_partition(out, rec.partition, col.ty),
-                ColumnSource::Offset => write_offset(out, rec.offset, col.ty),
-                ColumnSource::Timestamp => write_timestamp_meta(out, rec.timestamp_ms, col.ty),
-                ColumnSource::Key => write_key(out, rec.key, col.ty),
+                other => write_meta(out, other, rec, col.ty),
             };
             written.map_err(|reason| DecodeError::for_column(&col.name, col.ty, reason))?;
+            if let Some(u) = &self.upsert {
+                // NULL never equals NULL: such a row could never be updated
+                // or deleted by key, and DISTINCT ON would merge unrelated ones.
+                if &out[at..] == NULL && u.key.contains(&i) {
+                    return Err(DecodeError::for_column(
+                        &col.name,
+                        col.ty,
+                        "a key column must not be null",
+                    ));
+                }
+            }
+        }
+        if self.upsert.is_some() {
+            out.extend_from_slice(b"\tf");
         }
         out.push(b'\n');
         Ok(())
+    }
+
+    /// A tombstone in upsert mode: the delete line of its key.
+    fn encode_delete(&self, upsert: &Upsert, rec: &RecordRef<'_>, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+        let raw = rec
+            .key
+            .ok_or_else(|| DecodeError::for_record("tombstone without a key: no row to delete"))?;
+        let key = TombstoneKey::parse(raw);
+        for (i, (col, path)) in self.columns.iter().zip(&self.paths).enumerate() {
+            if i > 0 {
+                out.push(b'\t');
+            }
+            if !upsert.key.contains(&i) {
+                out.extend_from_slice(NULL);
+                continue;
+            }
+            let at = out.len();
+            let written = match &col.source {
+                ColumnSource::Pointer(pointer) => match (&key, path.resolve(key.doc())) {
+                    (TombstoneKey::Structured(_), Some(v)) => write_json_value(out, v, col.ty),
+                    (TombstoneKey::Structured(_), None) => Err(format!(
+                        "the tombstone's JSON key has nothing at {:?}",
+                        show_pointer(pointer)
+                    )),
+                    (TombstoneKey::Scalar(v), _) if upsert.key.len() == 1 => write_json_value(out, v, col.ty),
+                    (TombstoneKey::Scalar(_), _) => Err(format!(
+                        "the tombstone's key is not a JSON object, so it cannot give the {} key columns",
+                        upsert.key.len()
+                    )),
+                    (TombstoneKey::NotUtf8(e), _) => Err(format!("the tombstone's key is not valid UTF-8: {e}")),
+                },
+                other => write_meta(out, other, rec, col.ty),
+            };
+            written.map_err(|reason| DecodeError::for_column(&col.name, col.ty, reason))?;
+            if &out[at..] == NULL {
+                return Err(DecodeError::for_column(
+                    &col.name,
+                    col.ty,
+                    "a key column must not be null (from the tombstone's key)",
+                ));
+            }
+        }
+        out.extend_from_slice(b"\tt\n");
+        Ok(())
+    }
+}
+
+/// A tombstone's Kafka key, read for its key columns.
+#[derive(Debug)]
+enum TombstoneKey {
+    /// A JSON object or array: JSON pointers resolve in it.
+    Structured(Value),
+    /// A JSON scalar, or a key that is not JSON (as a string): the value of
+    /// a single key column.
+    Scalar(Value),
+    NotUtf8(std::str::Utf8Error),
+}
+
+impl TombstoneKey {
+    fn parse(raw: &[u8]) -> TombstoneKey {
+        let text = match std::str::from_utf8(raw) {
+            Ok(text) => text,
+            Err(e) => return TombstoneKey::NotUtf8(e),
+        };
+        match serde_json::from_str::<Value>(text) {
+            Ok(v @ (Value::Object(_) | Value::Array(_))) => TombstoneKey::Structured(v),
+            Ok(v) => TombstoneKey::Scalar(v),
+            Err(_) => TombstoneKey::Scalar(Value::String(text.to_owned())),
+        }
+    }
+
+    fn doc(&self) -> &Value {
+        match self {
+            TombstoneKey::Structured(v) => v,
+            _ => &Value::Null,
+        }
+    }
+}
+
+fn show_pointer(p: &str) -> &str {
+    if p.is_empty() {
+        "/"
+    } else {
+        p
+    }
+}
+
+/// A metadata column (anything but a JSON pointer).
+fn write_meta(out: &mut Vec<u8>, source: &ColumnSource, rec: &RecordRef<'_>, ty: PgType) -> Conv {
+    match source {
+        ColumnSource::Topic => write_topic(out, rec.topic, ty),
+        ColumnSource::Partition => write_partition(out, rec.partition, ty),
+        ColumnSource::Offset => write_offset(out, rec.offset, ty),
+        ColumnSource::Timestamp => write_timestamp_meta(out, rec.timestamp_ms, ty),
+        ColumnSource::Key => write_key(out, rec.key, ty),
+        ColumnSource::Pointer(_) => unreachable!("pointers are resolved by the caller"),
     }
 }
 
@@ -1884,5 +2040,102 @@ mod tests {
             let naive = ok(Timestamp, &ms.to_string());
             prop_assert_eq!(naive.replace(' ', "T") + "Z", got);
         }
+    }
+
+    fn upsert_encoder(key: &[&str]) -> RowEncoder {
+        let key: Vec<String> = key.iter().map(|k| k.to_string()).collect();
+        RowEncoder::new(vec![
+            col("id", "/id", Int8),
+            col("region", "/region", Text),
+            col("v", "/v", Int8),
+            col("src", "@offset", Int8),
+        ])
+        .with_upsert(&key, true)
+        .unwrap()
+    }
+
+    #[test]
+    fn upsert_lines_carry_the_delete_flag() {
+        let enc = upsert_encoder(&["id"]);
+        assert_eq!(enc.key_columns(), Some(vec!["id"]));
+        let r = rec(Some(br#"{"id": 7, "region": "eu", "v": 3}"#), Some(b"7"));
+        assert_eq!(line(&enc, &r).unwrap(), "7\teu\t3\t42\tf");
+        let insert = RowEncoder::new(enc.columns().to_vec());
+        assert_eq!(insert.key_columns(), None);
+        assert_eq!(line(&insert, &r).unwrap(), "7\teu\t3\t42");
+    }
+
+    #[test]
+    fn upsert_key_columns_must_not_be_null() {
+        let enc = upsert_encoder(&["id", "region"]);
+        let r = rec(Some(br#"{"id": 7, "v": 3}"#), None);
+        let err = line(&enc, &r).unwrap_err();
+        assert_eq!(err.to_string(), "column `region` (text): a key column must not be null");
+        assert!(RowEncoder::new(vec![col("id", "/id", Int8)])
+            .with_upsert(&["nope".to_owned()], true)
+            .unwrap_err()
+            .contains("`nope`"));
+    }
+
+    #[test]
+    fn tombstones_become_deletes_keyed_by_the_kafka_key() {
+        let enc = upsert_encoder(&["id"]);
+        // A scalar JSON key, a JSON string key, a key that is not JSON.
+        assert_eq!(line(&enc, &rec(None, Some(b"7"))).unwrap(), "7\t\\N\t\\N\t\\N\tt");
+        assert_eq!(line(&enc, &rec(None, Some(br#""8""#))).unwrap(), "8\t\\N\t\\N\t\\N\tt");
+        let text = RowEncoder::new(vec![col("name", "/name", Text), col("v", "/v", Int8)])
+            .with_upsert(&["name".to_owned()], true)
+            .unwrap();
+        assert_eq!(line(&text, &rec(None, Some(b"bob"))).unwrap(), "bob\t\\N\tt");
+        // A JSON object key: pointers resolve in it.
+        assert_eq!(
+            line(&enc, &rec(None, Some(br#"{"id": 9, "other": 1}"#))).unwrap(),
+            "9\t\\N\t\\N\t\\N\tt"
+        );
+        let two = upsert_encoder(&["id", "region"]);
+        assert_eq!(
+            line(&two, &rec(None, Some(br#"{"id": 9, "region": "us"}"#))).unwrap(),
+            "9\tus\t\\N\t\\N\tt"
+        );
+        // Metadata key columns come from the tombstone itself.
+        let by_offset = upsert_encoder(&["src"]);
+        assert_eq!(
+            line(&by_offset, &rec(None, Some(b"k"))).unwrap(),
+            "\\N\t\\N\t\\N\t42\tt"
+        );
+    }
+
+    #[test]
+    fn tombstones_that_name_no_row_are_errors() {
+        let enc = upsert_encoder(&["id"]);
+        assert_eq!(
+            line(&enc, &rec(None, None)).unwrap_err().to_string(),
+            "record: tombstone without a key: no row to delete"
+        );
+        let err = line(&enc, &rec(None, Some(br#"{"other": 1}"#)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nothing at \"/id\""), "{err}");
+        let err = line(&enc, &rec(None, Some(b"abc"))).unwrap_err().to_string();
+        assert!(err.starts_with("column `id` (bigint): expected an integer"), "{err}");
+        let two = upsert_encoder(&["id", "region"]);
+        let err = line(&two, &rec(None, Some(b"7"))).unwrap_err().to_string();
+        assert!(err.contains("cannot give the 2 key columns"), "{err}");
+        let err = line(&enc, &rec(None, Some(b"null"))).unwrap_err().to_string();
+        assert!(err.contains("must not be null"), "{err}");
+        let mut out = b"keep".to_vec();
+        assert!(enc.encode(&rec(None, Some(b"\xff")), &mut out).is_err());
+        assert_eq!(out, b"keep", "an error leaves the output as it was");
+    }
+
+    #[test]
+    fn tombstones_stay_errors_without_delete_on_tombstone() {
+        let enc = RowEncoder::new(vec![col("id", "/id", Int8)])
+            .with_upsert(&["id".to_owned()], false)
+            .unwrap();
+        assert_eq!(
+            line(&enc, &rec(None, Some(b"7"))).unwrap_err().to_string(),
+            "record: null value (tombstone)"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Postgres side: record → row encoding, the batch writer with its COPY and
-//! fenced offset commit, the live-schema check and error classification.
+//! fenced offset commit (COPY, or upsert through a staging table), the
+//! live-schema check and error classification.
 
 pub mod bisect;
 pub mod breaker;
@@ -11,4 +12,5 @@ pub mod flush_policy;
 pub mod offset_store;
 pub mod replay;
 pub mod schema;
+pub mod upsert;
 pub mod writer;

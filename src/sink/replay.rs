@@ -3,7 +3,8 @@
 //! Replay is exactly-once per dead letter. Each one is replayed in its own
 //! transaction that first marks it (`replayed_at = now() WHERE replayed_at
 //! IS NULL`, which also locks it), then encodes its stored value with the
-//! pipeline's *current* mapping against the live table and COPYs the row.
+//! pipeline's *current* mapping against the live table and COPYs the row
+//! (in upsert mode: upserts it, or deletes for a tombstone).
 //! Both commit together or not at all: an interrupted replay leaves each
 //! dead letter either replayed (row written, marked) or untouched, a rerun
 //! skips the marked ones, and two replays running at once cannot both write
@@ -14,7 +15,7 @@ use sqlx::{PgPool, Row as _};
 
 use crate::pipeline::Pipeline;
 use crate::sink::encode::RecordRef;
-use crate::sink::schema::quote_ident;
+use crate::sink::upsert::WriteSql;
 
 /// One dead letter, as listed.
 #[derive(Debug, Clone)]
@@ -132,17 +133,7 @@ pub async fn replay(pool: &PgPool, pipeline: &Pipeline, filter: &Filter) -> Resu
     .bind(to)
     .fetch_all(pool)
     .await?;
-    let columns: Vec<String> = pipeline
-        .encoder
-        .columns()
-        .iter()
-        .map(|c| quote_ident(&c.name))
-        .collect();
-    let copy_statement = format!(
-        "COPY {} ({}) FROM STDIN WITH (FORMAT text)",
-        pipeline.table.quoted(),
-        columns.join(", ")
-    );
+    let write_sql = WriteSql::new(&pipeline.table, &pipeline.encoder);
     let mut report = Report::default();
     let mut line = Vec::new();
     for id in ids {
@@ -178,10 +169,13 @@ pub async fn replay(pool: &PgPool, pipeline: &Pipeline, filter: &Filter) -> Resu
             report.still_bad.push((id, err.to_string()));
             continue;
         }
+        // In upsert mode the record is applied like a one-record batch: a
+        // replayed (older) record overwrites the row of its key.
+        let mut data = Vec::with_capacity(line.len() + 4);
+        write_sql.frame(&mut data, &line, 0);
         let copied = async {
-            let mut copy = tx.copy_in_raw(&copy_statement).await?;
-            copy.send(line.as_slice()).await?;
-            copy.finish().await
+            write_sql.prepare(&mut tx).await?;
+            write_sql.write(&mut tx, &data).await
         }
         .await;
         match copied {

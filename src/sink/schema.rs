@@ -99,6 +99,17 @@ pub enum MappingError {
         column: String,
         type_name: String,
     },
+    #[error(
+        "pipeline `{pipeline}` (pipelines[{index}].key): table {table} has no primary key or unique index \
+         on exactly ({key}), which mode = \"upsert\" needs for ON CONFLICT (it must be valid, not \
+         deferrable, not partial, without expressions)"
+    )]
+    NoUniqueKey {
+        pipeline: String,
+        index: usize,
+        table: String,
+        key: String,
+    },
     #[error("pipeline `{pipeline}`: column `{column}` ({type_name}): {reason}")]
     Incompatible {
         pipeline: String,

@@ -43,7 +43,7 @@ use crate::sink::dead_letter::{self, DeadLetter, DeadLetterClass, Stored};
 use crate::sink::error::{classify, ErrorClass};
 use crate::sink::flush_policy::FlushPolicy;
 use crate::sink::offset_store;
-use crate::sink::schema::quote_ident;
+use crate::sink::upsert::WriteSql;
 
 /// Requests to a writer.
 #[derive(Debug)]
@@ -140,29 +140,18 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Writer {
-    /// The COPY statement for the pipeline's table and mapped columns.
-    fn copy_statement(&self) -> String {
-        let columns: Vec<String> = self
-            .pipeline
-            .encoder
-            .columns()
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect();
-        format!(
-            "COPY {} ({}) FROM STDIN WITH (FORMAT text)",
-            self.pipeline.table.quoted(),
-            columns.join(", ")
-        )
+    /// The statements for the pipeline's table, mapped columns and mode.
+    fn write_sql(&self) -> WriteSql {
+        WriteSql::new(&self.pipeline.table, &self.pipeline.encoder)
     }
 
     pub async fn run(mut self) {
-        let copy_statement = self.copy_statement();
+        let write_sql = self.write_sql();
         let mut pending_acks: Vec<oneshot::Sender<()>> = Vec::new();
         loop {
             let (ready, wait) = self.readiness(Instant::now(), !pending_acks.is_empty());
             if ready {
-                self.flush_once(&copy_statement, &mut pending_acks).await;
+                self.flush_once(&write_sql, &mut pending_acks).await;
                 continue;
             }
             if !pending_acks.is_empty() {
@@ -184,10 +173,10 @@ impl Writer {
 
     /// Flushes everything queued now, regardless of batch size or interval.
     pub async fn flush_pending(&mut self) {
-        let copy_statement = self.copy_statement();
+        let write_sql = self.write_sql();
         let mut acks = Vec::new();
         while self.readiness(Instant::now(), true).0 {
-            self.flush_once(&copy_statement, &mut acks).await;
+            self.flush_once(&write_sql, &mut acks).await;
         }
     }
 
@@ -217,7 +206,7 @@ impl Writer {
         }
     }
 
-    async fn flush_once(&mut self, copy_statement: &str, pending_acks: &mut Vec<oneshot::Sender<()>>) {
+    async fn flush_once(&mut self, write_sql: &WriteSql, pending_acks: &mut Vec<oneshot::Sender<()>>) {
         let batch_rows = self.control.policy.batch_rows();
         let batch_bytes = self.pipeline.settings.batch_bytes;
         let mut batch = self
@@ -239,18 +228,14 @@ impl Writer {
             let rows = batch.entries.iter().filter(|e| e.row.is_some()).count();
             let started = Instant::now();
             Counters::add(&self.pipeline.counters.attempts, 1);
-            let result = match tokio::time::timeout(
-                self.control.write_timeout,
-                self.write(copy_statement, &batch, &spans),
-            )
-            .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    WriteTimedOut(self.control.write_timeout),
-                ))),
-            };
+            let result =
+                match tokio::time::timeout(self.control.write_timeout, self.write(write_sql, &batch, &spans)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        WriteTimedOut(self.control.write_timeout),
+                    ))),
+                };
             match result {
                 Ok(Outcome::Committed(written)) => {
                     let took = started.elapsed();
@@ -383,7 +368,7 @@ impl Writer {
 
     async fn write(
         &self,
-        copy_statement: &str,
+        write_sql: &WriteSql,
         batch: &Batch,
         spans: &BTreeMap<Tp, Span>,
     ) -> Result<Outcome, sqlx::Error> {
@@ -428,7 +413,7 @@ impl Writer {
             .enumerate()
             .filter_map(|(i, e)| e.row.as_deref().map(|r| (i, r)))
             .collect();
-        let (refused, copies) = self.copy_isolating(&mut tx, copy_statement, &rows).await?;
+        let (refused, copies) = self.copy_isolating(&mut tx, write_sql, &rows).await?;
         let stop = match (tolerate, refused.first()) {
             (false, Some((entry, refusal))) => {
                 Some((*entry, format!("SQLSTATE {}: {}", refusal.sqlstate, refusal.message)))
@@ -474,15 +459,21 @@ impl Writer {
         }))
     }
 
-    /// COPYs `rows` inside `tx`, each attempt under a savepoint; a range the
-    /// database refuses for a data reason is narrowed down until the refused
-    /// rows are alone ([`Isolator`]). Returns the refused rows (entry index
-    /// and why, in batch order) and how many COPYs it took; every other row
-    /// is written. Any other error ends the flush.
+    /// Writes `rows` inside `tx` (COPY, or in upsert mode COPY into the
+    /// staging table and the upsert), each attempt under a savepoint; a range
+    /// the database refuses for a data reason is narrowed down until the
+    /// refused rows are alone ([`Isolator`]). Returns the refused rows (entry
+    /// index and why, in batch order) and how many attempts it took; every
+    /// other row is written. Any other error ends the flush.
+    ///
+    /// In upsert mode a refusal raised by the upsert statement (NOT NULL,
+    /// CHECK, foreign keys of the target) names no COPY line, so its range is
+    /// split in halves; applying the parts in order is equivalent to applying
+    /// the whole (see [`crate::sink::upsert`]).
     async fn copy_isolating(
         &self,
         tx: &mut PgConnection,
-        copy_statement: &str,
+        write_sql: &WriteSql,
         rows: &[(usize, &[u8])],
     ) -> Result<(Vec<(usize, Refusal)>, usize), sqlx::Error> {
         if rows.is_empty() {
@@ -490,26 +481,30 @@ impl Writer {
         }
         // Deferred constraints are checked per statement, so that a refusal
         // surfaces at the COPY that caused it, not at COMMIT.
-        tx.execute("SET CONSTRAINTS ALL IMMEDIATE; SAVEPOINT sluice_rows")
-            .await?;
+        tx.execute("SET CONSTRAINTS ALL IMMEDIATE").await?;
+        write_sql.prepare(tx).await?;
+        tx.execute("SAVEPOINT sluice_rows").await?;
+        let copy_target = write_sql.copy_target(&self.pipeline.table);
         let mut isolator = Isolator::new(rows.len());
-        let mut data = Vec::with_capacity(rows.iter().map(|(_, r)| r.len()).sum());
+        let mut data = Vec::with_capacity(rows.iter().map(|(_, r)| r.len() + 8).sum());
         while let Some(range) = isolator.next_range() {
             data.clear();
-            for (_, row) in &rows[range.clone()] {
-                data.extend_from_slice(row);
+            for (entry, row) in &rows[range.clone()] {
+                write_sql.frame(&mut data, row, *entry);
             }
-            match copy_in(tx, copy_statement, &data).await {
+            match write_sql.write(tx, &data).await {
                 Ok(()) => {
                     if isolator.more() {
+                        write_sql.reset(tx).await?;
                         tx.execute("RELEASE SAVEPOINT sluice_rows; SAVEPOINT sluice_rows")
                             .await?;
                     }
                 }
                 Err(err) if classify(&err) == ErrorClass::Data => {
-                    // ROLLBACK TO keeps the savepoint for the next attempt.
+                    // ROLLBACK TO keeps the savepoint for the next attempt,
+                    // and empties the staging table again.
                     tx.execute("ROLLBACK TO SAVEPOINT sluice_rows").await?;
-                    isolator.refused(range, Refusal::of(&err, &self.pipeline.table.name));
+                    isolator.refused(range, Refusal::of(&err, copy_target));
                 }
                 Err(err) => return Err(err),
             }
@@ -663,13 +658,6 @@ impl Writer {
             to: stored,
         });
     }
-}
-
-async fn copy_in(tx: &mut PgConnection, copy_statement: &str, data: &[u8]) -> Result<(), sqlx::Error> {
-    let mut copy = tx.copy_in_raw(copy_statement).await?;
-    copy.send(data).await?;
-    copy.finish().await?;
-    Ok(())
 }
 
 fn backoff(failures: u32) -> Duration {

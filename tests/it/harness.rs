@@ -105,6 +105,21 @@ pub fn produce(
     per_second: u64,
     payload: impl Fn(u64) -> String,
 ) {
+    produce_records(brokers, topic, range, per_second, |i| {
+        (i.to_string(), Some(payload(i)), (i % partitions as u64) as i32)
+    })
+}
+
+/// Produces records `range` to `topic`: `record(i)` gives record `i`'s key,
+/// value (`None` for a tombstone) and partition. `per_second` = 0 means as
+/// fast as possible. Panics unless every record is acknowledged.
+pub fn produce_records(
+    brokers: &str,
+    topic: &str,
+    range: std::ops::Range<u64>,
+    per_second: u64,
+    record: impl Fn(u64) -> (String, Option<String>, i32),
+) {
     let deliveries = Arc::new(Deliveries::default());
     let producer: ThreadedProducer<CountingContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -121,12 +136,11 @@ pub fn produce(
                 std::thread::sleep(wait);
             }
         }
-        let key = i.to_string();
-        let value = payload(i);
-        let mut record = BaseRecord::to(topic)
-            .key(&key)
-            .payload(&value)
-            .partition((i % partitions as u64) as i32);
+        let (key, value, partition) = record(i);
+        let mut record = BaseRecord::<String, String>::to(topic).key(&key).partition(partition);
+        if let Some(value) = &value {
+            record = record.payload(value);
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,

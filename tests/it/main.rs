@@ -9,3 +9,4 @@ mod fencing;
 mod harness;
 mod outage;
 mod telemetry;
+mod upsert;

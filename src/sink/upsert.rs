@@ -1,0 +1,292 @@
+//! The SQL of a pipeline's writes: plain COPY for `mode = "insert"`, and
+//! for `mode = "upsert"` COPY into a staging table, then one statement that
+//! applies the batch to the target table.
+//!
+//! # Upsert
+//!
+//! Each flush transaction creates `pg_temp.sluice_stage` (`ON COMMIT DROP`,
+//! the mapped columns' types without their constraints, plus
+//! `_sluice_delete` and `_sluice_ord`), COPYs the batch into it and runs
+//!
+//! ```sql
+//! WITH last AS (SELECT DISTINCT ON (key) * FROM stage ORDER BY key, _sluice_ord DESC),
+//!      deleted AS (DELETE FROM target t USING last WHERE last._sluice_delete AND t.key = last.key)
+//! INSERT INTO target (cols) SELECT cols FROM last WHERE NOT last._sluice_delete
+//! ON CONFLICT (key) DO UPDATE SET col = EXCLUDED.col, ...
+//! ```
+//!
+//! so per key only the batch's last record counts: a row upserts, a
+//! tombstone deletes. `_sluice_ord` is the record's position in the batch:
+//! batches hold each partition's records in offset order, and a key lives
+//! in one partition, so the last position is the highest offset. The DELETE
+//! and the INSERT touch disjoint keys, so running them in one statement (one
+//! snapshot) is safe. Batches apply in offset order, and so do the parts of
+//! a batch the writer splits to isolate refused rows: applying them one after
+//! the other ends in the same state as applying the whole batch.
+//!
+//! A staging table per flush (instead of one per session, `ON COMMIT DELETE
+//! ROWS`) costs a catalog entry per flush, but never goes stale when the
+//! target table is altered, and leaves nothing behind in pooled sessions.
+
+use sqlx::{Executor as _, PgConnection, PgPool};
+
+use crate::sink::encode::RowEncoder;
+use crate::sink::schema::{quote_ident, TableRef};
+
+/// The staging table's name, as Postgres names it in COPY error contexts.
+pub const STAGE: &str = "sluice_stage";
+
+/// The statements of one pipeline's writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteSql {
+    Insert { copy: String },
+    Upsert(UpsertSql),
+}
+
+/// The statements of an upsert flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpsertSql {
+    /// Creates the staging table for this transaction.
+    pub create: String,
+    /// COPY into the staging table: the mapped columns, `_sluice_delete`, `_sluice_ord`.
+    pub copy: String,
+    /// Applies what is staged to the target table.
+    pub apply: String,
+    /// Empties the staging table, between the parts of a split batch.
+    pub clear: String,
+}
+
+impl WriteSql {
+    /// The statements for `table`, the encoder's columns and mode.
+    pub fn new(table: &TableRef, encoder: &RowEncoder) -> WriteSql {
+        let columns: Vec<&str> = encoder.columns().iter().map(|c| c.name.as_str()).collect();
+        match encoder.key_columns() {
+            Some(key) => WriteSql::Upsert(UpsertSql::new(table, &columns, &key)),
+            None => WriteSql::Insert {
+                copy: format!(
+                    "COPY {} ({}) FROM STDIN WITH (FORMAT text)",
+                    table.quoted(),
+                    quoted_list(&columns)
+                ),
+            },
+        }
+    }
+
+    /// The relation named in the COPY's error context (for its line hints).
+    pub fn copy_target<'a>(&self, table: &'a TableRef) -> &'a str {
+        match self {
+            WriteSql::Insert { .. } => &table.name,
+            WriteSql::Upsert(_) => STAGE,
+        }
+    }
+
+    /// Appends an encoded row to COPY data; upsert rows get their ordering
+    /// position (`_sluice_ord`) as the last column.
+    pub fn frame(&self, out: &mut Vec<u8>, row: &[u8], ord: usize) {
+        match self {
+            WriteSql::Insert { .. } => out.extend_from_slice(row),
+            WriteSql::Upsert(_) => {
+                out.extend_from_slice(row.strip_suffix(b"\n").unwrap_or(row));
+                out.push(b'\t');
+                out.extend_from_slice(ord.to_string().as_bytes());
+                out.push(b'\n');
+            }
+        }
+    }
+
+    /// Once per transaction, before the first [`write`](Self::write).
+    pub async fn prepare(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if let WriteSql::Upsert(sql) = self {
+            tx.execute(sql.create.as_str()).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes framed COPY data into the table.
+    pub async fn write(&self, tx: &mut PgConnection, data: &[u8]) -> Result<(), sqlx::Error> {
+        match self {
+            WriteSql::Insert { copy } => copy_in(tx, copy, data).await,
+            WriteSql::Upsert(sql) => {
+                copy_in(tx, &sql.copy, data).await?;
+                tx.execute(sql.apply.as_str()).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// After a successful [`write`](Self::write) that another will follow
+    /// in the same transaction.
+    pub async fn reset(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if let WriteSql::Upsert(sql) = self {
+            tx.execute(sql.clear.as_str()).await?;
+        }
+        Ok(())
+    }
+}
+
+impl UpsertSql {
+    /// `columns` are the mapped columns in COPY order; `key` is a non-empty
+    /// subset of them.
+    pub fn new(table: &TableRef, columns: &[&str], key: &[&str]) -> UpsertSql {
+        let target = table.quoted();
+        let stage = format!("pg_temp.{}", quote_ident(STAGE));
+        let cols = quoted_list(columns);
+        let keys = quoted_list(key);
+        let create = format!(
+            "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {cols}, NULL::boolean AS \"_sluice_delete\", \
+             NULL::bigint AS \"_sluice_ord\" FROM {target} WITH NO DATA",
+            quote_ident(STAGE)
+        );
+        let copy = format!("COPY {stage} ({cols}, \"_sluice_delete\", \"_sluice_ord\") FROM STDIN WITH (FORMAT text)");
+        let matches: Vec<String> = key
+            .iter()
+            .map(|k| format!("t.{q} = last.{q}", q = quote_ident(k)))
+            .collect();
+        let updates: Vec<String> = columns
+            .iter()
+            .filter(|c| !key.contains(c))
+            .map(|c| format!("{q} = EXCLUDED.{q}", q = quote_ident(c)))
+            .collect();
+        let on_conflict = if updates.is_empty() {
+            "DO NOTHING".to_owned()
+        } else {
+            format!("DO UPDATE SET {}", updates.join(", "))
+        };
+        let last_cols: Vec<String> = columns.iter().map(|c| format!("last.{}", quote_ident(c))).collect();
+        let apply = format!(
+            "WITH last AS (SELECT DISTINCT ON ({keys}) * FROM {stage} ORDER BY {keys}, \"_sluice_ord\" DESC), \
+             deleted AS (DELETE FROM {target} t USING last WHERE last.\"_sluice_delete\" AND {}) \
+             INSERT INTO {target} ({cols}) SELECT {} FROM last WHERE NOT last.\"_sluice_delete\" \
+             ON CONFLICT ({keys}) {on_conflict}",
+            matches.join(" AND "),
+            last_cols.join(", ")
+        );
+        let clear = format!("DELETE FROM {stage}");
+        UpsertSql {
+            create,
+            copy,
+            apply,
+            clear,
+        }
+    }
+}
+
+fn quoted_list(names: &[&str]) -> String {
+    names.iter().map(|n| quote_ident(n)).collect::<Vec<_>>().join(", ")
+}
+
+async fn copy_in(tx: &mut PgConnection, copy_statement: &str, data: &[u8]) -> Result<(), sqlx::Error> {
+    let mut copy = tx.copy_in_raw(copy_statement).await?;
+    copy.send(data).await?;
+    copy.finish().await?;
+    Ok(())
+}
+
+/// Whether `table` has a primary key or unique index that `ON CONFLICT
+/// (key)` can use: valid, immediate (not deferrable), not partial, no
+/// expressions, and its key columns exactly `key` (in any order).
+pub async fn has_unique_key(pool: &PgPool, table: &TableRef, key: &[String]) -> Result<bool, sqlx::Error> {
+    let mut wanted: Vec<String> = key.to_vec();
+    wanted.sort();
+    sqlx::query_scalar(
+        "SELECT EXISTS ( \
+           SELECT 1 FROM pg_index i \
+           JOIN pg_class c ON c.oid = i.indrelid \
+           JOIN pg_namespace n ON n.oid = c.relnamespace \
+           WHERE n.nspname = $1 AND c.relname = $2 \
+             AND i.indisunique AND i.indisvalid AND i.indimmediate \
+             AND i.indpred IS NULL AND i.indexprs IS NULL \
+             AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text) \
+                  FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
+                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                  WHERE k.n <= i.indnkeyatts) = $3::text[])",
+    )
+    .bind(&table.schema)
+    .bind(&table.name)
+    .bind(&wanted)
+    .fetch_one(pool)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::{ColumnSource, PgType};
+    use crate::sink::encode::ColumnPlan;
+
+    fn table() -> TableRef {
+        TableRef {
+            schema: "My Schema".into(),
+            name: "or\"ders".into(),
+        }
+    }
+
+    #[test]
+    fn upsert_statements_quote_every_identifier() {
+        let sql = UpsertSql::new(&table(), &["id", "Region", "v\"x"], &["id", "Region"]);
+        assert_eq!(
+            sql.create,
+            "CREATE TEMP TABLE \"sluice_stage\" ON COMMIT DROP AS SELECT \"id\", \"Region\", \"v\"\"x\", \
+             NULL::boolean AS \"_sluice_delete\", NULL::bigint AS \"_sluice_ord\" \
+             FROM \"My Schema\".\"or\"\"ders\" WITH NO DATA"
+        );
+        assert_eq!(
+            sql.copy,
+            "COPY pg_temp.\"sluice_stage\" (\"id\", \"Region\", \"v\"\"x\", \"_sluice_delete\", \"_sluice_ord\") \
+             FROM STDIN WITH (FORMAT text)"
+        );
+        assert_eq!(
+            sql.apply,
+            "WITH last AS (SELECT DISTINCT ON (\"id\", \"Region\") * FROM pg_temp.\"sluice_stage\" \
+             ORDER BY \"id\", \"Region\", \"_sluice_ord\" DESC), \
+             deleted AS (DELETE FROM \"My Schema\".\"or\"\"ders\" t USING last WHERE last.\"_sluice_delete\" \
+             AND t.\"id\" = last.\"id\" AND t.\"Region\" = last.\"Region\") \
+             INSERT INTO \"My Schema\".\"or\"\"ders\" (\"id\", \"Region\", \"v\"\"x\") \
+             SELECT last.\"id\", last.\"Region\", last.\"v\"\"x\" FROM last WHERE NOT last.\"_sluice_delete\" \
+             ON CONFLICT (\"id\", \"Region\") DO UPDATE SET \"v\"\"x\" = EXCLUDED.\"v\"\"x\""
+        );
+        assert_eq!(sql.clear, "DELETE FROM pg_temp.\"sluice_stage\"");
+    }
+
+    #[test]
+    fn a_table_of_only_key_columns_does_nothing_on_conflict() {
+        let sql = UpsertSql::new(&table(), &["id"], &["id"]);
+        assert!(sql.apply.ends_with("ON CONFLICT (\"id\") DO NOTHING"), "{}", sql.apply);
+    }
+
+    #[test]
+    fn modes_and_framing() {
+        let columns = vec![
+            ColumnPlan {
+                name: "id".into(),
+                source: ColumnSource::Pointer("/id".into()),
+                ty: PgType::Int8,
+            },
+            ColumnPlan {
+                name: "v".into(),
+                source: ColumnSource::Pointer("/v".into()),
+                ty: PgType::Int8,
+            },
+        ];
+        let insert = WriteSql::new(&table(), &RowEncoder::new(columns.clone()));
+        assert_eq!(
+            insert,
+            WriteSql::Insert {
+                copy: "COPY \"My Schema\".\"or\"\"ders\" (\"id\", \"v\") FROM STDIN WITH (FORMAT text)".into()
+            }
+        );
+        let mut out = Vec::new();
+        insert.frame(&mut out, b"1\t2\n", 5);
+        assert_eq!(out, b"1\t2\n");
+        assert_eq!(insert.copy_target(&table()), "or\"ders");
+
+        let encoder = RowEncoder::new(columns).with_upsert(&["id".into()], true).unwrap();
+        let upsert = WriteSql::new(&table(), &encoder);
+        assert!(matches!(&upsert, WriteSql::Upsert(sql) if sql.apply.contains("ON CONFLICT (\"id\")")));
+        let mut out = Vec::new();
+        upsert.frame(&mut out, b"1\t2\tf\n", 5);
+        upsert.frame(&mut out, b"3\t\\N\tt\n", 6);
+        assert_eq!(out, b"1\t2\tf\t5\n3\t\\N\tt\t6\n");
+        assert_eq!(upsert.copy_target(&table()), STAGE);
+    }
+}
