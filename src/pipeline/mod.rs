@@ -158,9 +158,6 @@ impl PipelineState {
 pub struct Counters {
     pub consumed: AtomicU64,
     pub written: AtomicU64,
-    /// Undecodable records covered without being stored anywhere. Since the
-    /// dead-letter store, none are: they are counted in `dead_lettered`.
-    pub skipped: AtomicU64,
     /// Records shed by the pipeline's strategy (reason = the strategy).
     pub dropped: AtomicU64,
     /// Database write attempts (transactions started), successful or not:

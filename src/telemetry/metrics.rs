@@ -16,7 +16,6 @@ use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableCounter, Obser
 use opentelemetry::KeyValue;
 
 use super::Observed;
-use crate::config::Strategy;
 use crate::pipeline::{breaker_state, Counters};
 
 /// How a metric is exposed.
@@ -77,7 +76,7 @@ metric!(
     "Rows committed to Postgres."
 );
 metric!(DROPPED, "sluice_records_dropped_total", Counter, "{record}", ["pipeline", "reason"],
-    "Records whose offsets advanced without a row: shed by the strategy (reason = drop_oldest, drop_newest, sample) or undecodable (reason = undecodable).");
+    "Records whose offsets advanced without a row: shed by the pipeline's strategy (reason = drop_oldest, drop_newest, sample). Undecodable records are dead-lettered, not dropped.");
 metric!(
     DEAD_LETTERED,
     "sluice_records_dead_lettered_total",
@@ -285,8 +284,7 @@ type ReadGauge<T> = fn(&Observed, usize, &Labels, Observe<'_, T>);
 struct Labels {
     pipeline: Vec<KeyValue>,
     written: Vec<KeyValue>,
-    strategy: Option<Vec<KeyValue>>,
-    undecodable: Vec<KeyValue>,
+    strategy: Vec<KeyValue>,
 }
 
 /// Registers every observable instrument of [`CATALOGUE`].
@@ -301,8 +299,9 @@ pub fn register(meter: &Meter, observed: Arc<Observed>) -> Instruments {
                 Labels {
                     pipeline: vec![name.clone()],
                     written: vec![name.clone(), KeyValue::new("table", p.table.to_string())],
-                    strategy: (p.settings.strategy != Strategy::Block).then(|| reason(p.settings.strategy.as_str())),
-                    undecodable: reason("undecodable"),
+                    // Always present, so dashboards and alerts find the series;
+                    // under `block` it stays 0.
+                    strategy: reason(p.settings.strategy.as_str()),
                 }
             })
             .collect(),
@@ -326,10 +325,7 @@ pub fn register(meter: &Meter, observed: Arc<Observed>) -> Instruments {
         counter(CONSUMED, |c, l, o| o(Counters::get(&c.consumed), &l.pipeline)),
         counter(WRITTEN, |c, l, o| o(Counters::get(&c.written), &l.written)),
         counter(DROPPED, |c, l, o| {
-            if let Some(strategy) = &l.strategy {
-                o(Counters::get(&c.dropped), strategy);
-            }
-            o(Counters::get(&c.skipped), &l.undecodable);
+            o(Counters::get(&c.dropped), &l.strategy);
         }),
         counter(DEAD_LETTERED, |c, l, o| o(Counters::get(&c.dead_lettered), &l.pipeline)),
         counter(FENCED, |c, l, o| o(Counters::get(&c.fenced), &l.pipeline)),

@@ -160,7 +160,6 @@ impl Observed {
                     "counters": {
                         "consumed": Counters::get(&c.consumed),
                         "written": Counters::get(&c.written),
-                        "skipped": Counters::get(&c.skipped),
                         "dropped": Counters::get(&c.dropped),
                         "dead_lettered": Counters::get(&c.dead_lettered),
                         "flushes": Counters::get(&c.flushes),

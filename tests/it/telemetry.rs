@@ -449,7 +449,7 @@ resource_attributes = {{ "deployment.environment" = "it" }}"#
             number(
                 &r,
                 "sluice_records_dropped_total",
-                &[("pipeline", "p"), ("reason", "undecodable")]
+                &[("pipeline", "p"), ("reason", "block")]
             ),
             Some(0.0)
         );
