@@ -7,7 +7,7 @@
 //! - [`mapping`]: the mapping language: column sources and the Postgres types sluice writes.
 //! - [`kafka`]: the consumer loop, rebalance handling, offset arithmetic.
 //! - [`pipeline`]: per-mapping bounded buffer and the pause/resume decision.
-//! - [`sink`]: record → row encoding, the batch writer (COPY + fenced offsets), schema checks, error classes,
+//! - [`sink`]: record → row encoding, the batch writer (COPY or upsert + fenced offsets), schema checks, error classes,
 //!   dead letters (store, bisection of refused batches, Kafka DLQ topic, `sluice dlq` replay).
 //! - [`telemetry`]: OpenTelemetry metrics and traces (OTLP), the metric set, flush events, lag, readiness.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
@@ -25,7 +25,11 @@
 //! be written (undecodable, or refused by the table with SQLSTATE class 22
 //! or 23) goes to `sluice.dead_letters` in that same transaction, so it too
 //! is stored exactly once and its offset advances in order; the optional
-//! Kafka dead-letter topic is at-least-once.
+//! Kafka dead-letter topic is at-least-once. In `mode = "upsert"` the
+//! staging COPY and the upsert run in that same transaction: a crash
+//! before COMMIT leaves neither rows nor offsets, and the re-read records
+//! apply the same last record per key, so the table converges to the state
+//! of the highest offset per key.
 
 pub mod config;
 pub mod http;

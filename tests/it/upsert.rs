@@ -219,3 +219,56 @@ async fn a_key_without_a_unique_index_is_refused_at_start() {
         "{log}"
     );
 }
+
+/// Rows the target refuses (here NOT NULL, raised by the upsert statement,
+/// not by the COPY into the staging table) are isolated and dead-lettered;
+/// every other record is applied in order, so a key whose last record is
+/// refused keeps its last good value.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_rows_are_dead_lettered_and_the_rest_applies_in_order() {
+    const N: u64 = 2_000;
+    const K: u64 = 100;
+    let bad = |i: u64| i % 97 == 5 || i == 1_950;
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let (topic, group, table) = (unique("upsbad"), unique("g"), unique("kv"));
+    create_topic(&services.brokers, &topic, 1).await;
+    create_table(&pool, &table).await;
+    let brokers = services.brokers.clone();
+    let t = topic.clone();
+    let produce = move |i: u64| {
+        let k = i % K;
+        let v = if bad(i) { "null".to_owned() } else { i.to_string() };
+        (k.to_string(), Some(format!(r#"{{"id": {k}, "v": {v}}}"#)), 0)
+    };
+    tokio::task::spawn_blocking(move || produce_records(&brokers, &t, 0..N, 0, produce))
+        .await
+        .unwrap();
+
+    let sluice = Sluice::start(&upsert_config(&services, &group, &topic, &table, ""));
+    let done = eventually(Duration::from_secs(120), || async {
+        covered(&pool, &group, &topic).await >= N as i64
+    })
+    .await;
+    assert!(done, "log:\n{}", sluice.log_text());
+    let mut want = std::collections::BTreeMap::new();
+    for i in (0..N).filter(|i| !bad(*i)) {
+        want.insert((i % K) as i64, i as i64);
+    }
+    let want: Vec<(i64, i64)> = want.into_iter().collect();
+    assert_eq!(rows(&pool, &table).await, want);
+    assert_eq!(want[50], (50, 1_850), "key 50's last record (1950) was refused");
+    let letters: Vec<(i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT \"offset\", error_class, sqlstate FROM sluice.dead_letters WHERE topic = $1 ORDER BY \"offset\"",
+    )
+    .bind(&topic)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let refused: Vec<i64> = (0..N).filter(|i| bad(*i)).map(|i| i as i64).collect();
+    assert_eq!(letters.iter().map(|l| l.0).collect::<Vec<_>>(), refused);
+    assert!(
+        letters.iter().all(|l| l.1 == "data" && l.2.as_deref() == Some("23502")),
+        "{letters:?}"
+    );
+}
