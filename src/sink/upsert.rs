@@ -186,6 +186,7 @@ async fn copy_in(tx: &mut PgConnection, copy_statement: &str, data: &[u8]) -> Re
 /// (key)` can use: valid, immediate (not deferrable), not partial, no
 /// expressions, and its key columns exactly `key` (in any order).
 pub async fn has_unique_key(pool: &PgPool, table: &TableRef, key: &[String]) -> Result<bool, sqlx::Error> {
+    // Byte order on both sides (Rust's and collation "C").
     let mut wanted: Vec<String> = key.to_vec();
     wanted.sort();
     sqlx::query_scalar(
@@ -196,7 +197,7 @@ pub async fn has_unique_key(pool: &PgPool, table: &TableRef, key: &[String]) -> 
            WHERE n.nspname = $1 AND c.relname = $2 \
              AND i.indisunique AND i.indisvalid AND i.indimmediate \
              AND i.indpred IS NULL AND i.indexprs IS NULL \
-             AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text) \
+             AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text COLLATE \"C\") \
                   FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
                   WHERE k.n <= i.indnkeyatts) = $3::text[])",

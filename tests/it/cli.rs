@@ -103,3 +103,42 @@ fn version_and_help() {
         assert!(help.contains(cmd), "{help}");
     }
 }
+
+/// `sluice check` in upsert mode: the key needs a unique index on exactly
+/// its columns (here mixed-case, composite, in another order).
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_an_upsert_key_without_a_unique_index() {
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let (topic, group, table) = (unique("check"), unique("g"), unique("kv"));
+    sqlx::query(&format!("CREATE TABLE {table} (id bigint, \"Region\" text, v bigint)"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let columns = "id = \"/id\"\nRegion = \"/region\"\nv = \"/v\"";
+    let extra = "mode = \"upsert\"\nkey = [\"id\", \"Region\"]";
+    let (_dir, path) = write_config(&config(&services, &group, &topic, &table, columns, extra));
+    let migrate = sluice(&["migrate"], &path);
+    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+
+    let out = sluice(&["check"], &path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "check must fail:\n{stdout}");
+    assert!(
+        stdout.contains("pipeline `p` (pipelines[0].key): table public.")
+            && stdout.contains("has no primary key or unique index on exactly (id, Region)"),
+        "{stdout}"
+    );
+
+    sqlx::query(&format!("CREATE UNIQUE INDEX ON {table} (\"Region\", id)"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = sluice(&["check"], &path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "passes with the index:\n{stdout}");
+    assert!(
+        stdout.contains("upsert on (id, Region), unique index found"),
+        "{stdout}"
+    );
+}
