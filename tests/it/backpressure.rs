@@ -57,16 +57,7 @@ batch_size = 20000"#;
 
     let released = Instant::now();
     lock.release().await;
-    let landed = eventually(Duration::from_secs(180), || async {
-        count(&pool, &table).await >= EVENTS as i64
-    })
-    .await;
-    assert!(
-        landed,
-        "only {} rows; log:\n{}",
-        count(&pool, &table).await,
-        sluice.log_text()
-    );
+    await_rows(&pool, &table, EVENTS, Duration::from_secs(180), || sluice.log_text()).await;
     let drain = released.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_exactly_once(&pool, &table, 3, EVENTS).await;

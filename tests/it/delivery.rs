@@ -25,16 +25,7 @@ async fn hundred_thousand_events_land_exactly_once_with_their_values() {
         .unwrap();
 
     let sluice = Sluice::start(&config(&services, &group, &topic, &table, ORDER_COLUMNS, ""));
-    let landed = eventually(Duration::from_secs(120), || async {
-        count(&pool, &table).await >= EVENTS as i64
-    })
-    .await;
-    assert!(
-        landed,
-        "only {} rows; log:\n{}",
-        count(&pool, &table).await,
-        sluice.log_text()
-    );
+    await_rows(&pool, &table, EVENTS, Duration::from_secs(120), || sluice.log_text()).await;
     // Give a straggling duplicate the chance to show up before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_exactly_once(&pool, &table, 3, EVENTS).await;
@@ -108,16 +99,7 @@ async fn sigkill_and_restart_five_times_loses_and_duplicates_nothing() {
         sluice = sluice.restart(&format!("sluice-{kills}.log"));
     }
     producer.await.unwrap();
-    let landed = eventually(Duration::from_secs(180), || async {
-        count(&pool, &table).await >= EVENTS as i64
-    })
-    .await;
-    assert!(
-        landed,
-        "only {} rows after {kills} kills; log:\n{}",
-        count(&pool, &table).await,
-        sluice.log_text()
-    );
+    await_rows(&pool, &table, EVENTS, Duration::from_secs(180), || sluice.log_text()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_exactly_once(&pool, &table, 3, EVENTS).await;
     assert!(kills >= 5);
@@ -170,17 +152,10 @@ async fn two_members_one_killed_midway_stays_exactly_once() {
     .await;
     assert!(rejoined, "B rejoined:\n{}", b2.log_text());
     producer.await.unwrap();
-    let landed = eventually(Duration::from_secs(120), || async {
-        count(&pool, &table).await >= EVENTS as i64
+    await_rows(&pool, &table, EVENTS, Duration::from_secs(120), || {
+        format!("A:\n{}\nB2:\n{}", a.log_text(), b2.log_text())
     })
     .await;
-    assert!(
-        landed,
-        "only {} rows\nA:\n{}\nB2:\n{}",
-        count(&pool, &table).await,
-        a.log_text(),
-        b2.log_text()
-    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_exactly_once(&pool, &table, 6, EVENTS).await;
     // Whoever took B's partitions over (A after B's session expired, or B's
@@ -255,11 +230,7 @@ async fn sigterm_drains_commits_and_exits_zero_within_the_deadline() {
 
     // A restart picks up exactly where the drain stopped.
     let _again = sluice.restart("after-term.log");
-    let landed = eventually(Duration::from_secs(120), || async {
-        count(&pool, &table).await >= EVENTS as i64
-    })
-    .await;
-    assert!(landed);
+    await_rows(&pool, &table, EVENTS, Duration::from_secs(120), String::new).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_exactly_once(&pool, &table, 3, EVENTS).await;
 }

@@ -306,6 +306,18 @@ where
     }
 }
 
+/// Waits up to `timeout` for `table` to hold at least `rows` rows; fails
+/// with the count and `log()` (the sluice log(s) worth reading) otherwise.
+pub async fn await_rows(pool: &PgPool, table: &str, rows: u64, timeout: Duration, log: impl Fn() -> String) {
+    let landed = eventually(timeout, || async { count(pool, table).await >= rows as i64 }).await;
+    assert!(
+        landed,
+        "only {} of {rows} rows in {table}; log:\n{}",
+        count(pool, table).await,
+        log()
+    );
+}
+
 pub async fn count(pool: &PgPool, table: &str) -> i64 {
     sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
         .fetch_one(pool)

@@ -157,12 +157,8 @@ async fn postgres_restarted_twice_during_load_loses_and_doubles_nothing() {
         eprintln!("restart {restart} done at {} rows", count(&pool, &table).await);
     }
     producer.await.unwrap();
-    let landed = eventually(Duration::from_secs(120), || async {
-        count(&pool, &table).await >= EVENTS as i64
-    })
-    .await;
+    await_rows(&pool, &table, EVENTS, Duration::from_secs(120), || sluice.log_text()).await;
     let log = sluice.log_text();
-    assert!(landed, "only {} rows; log:\n{log}", count(&pool, &table).await);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_exactly_once(&pool, &table, 3, EVENTS).await;
     assert!(
@@ -284,16 +280,7 @@ async fn a_thirty_second_blackhole_is_ridden_out() {
     assert!(recovered, "writing resumed after the blackhole:\n{}", sluice.log_text());
 
     producer.await.unwrap();
-    let landed = eventually(Duration::from_secs(120), || async {
-        count(&pool, &table).await >= EVENTS as i64
-    })
-    .await;
-    assert!(
-        landed,
-        "only {} rows:\n{}",
-        count(&pool, &table).await,
-        sluice.log_text()
-    );
+    await_rows(&pool, &table, EVENTS, Duration::from_secs(120), || sluice.log_text()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_exactly_once(&pool, &table, 3, EVENTS).await;
 

@@ -391,16 +391,7 @@ resource_attributes = {{ "deployment.environment" = "it" }}"#
     let http = free_addr();
     let sluice = Sluice::start_with_env(&cfg, &[("SLUICE_TELEMETRY__HTTP_ADDR", &http)]);
 
-    let landed = eventually(Duration::from_secs(120), || async {
-        count(&pool, &table).await >= LOAD as i64
-    })
-    .await;
-    assert!(
-        landed,
-        "only {} rows; log:\n{}",
-        count(&pool, &table).await,
-        sluice.log_text()
-    );
+    await_rows(&pool, &table, LOAD, Duration::from_secs(120), || sluice.log_text()).await;
 
     // The exported counters reach the load, and one export is consistent:
     // as many committed flushes as batch-size and duration observations.
@@ -649,16 +640,7 @@ otlp_headers = {{ authorization = "Bearer grpc-it" }}"#
         ),
     );
     let sluice = Sluice::start_with_env(&cfg, &[("SLUICE_TELEMETRY__HTTP_ADDR", "off")]);
-    let landed = eventually(Duration::from_secs(120), || async {
-        count(&pool, &table).await >= N as i64
-    })
-    .await;
-    assert!(
-        landed,
-        "only {} rows; log:\n{}",
-        count(&pool, &table).await,
-        sluice.log_text()
-    );
+    await_rows(&pool, &table, N, Duration::from_secs(120), || sluice.log_text()).await;
 
     let p = [("pipeline", "p")];
     let exported = eventually(Duration::from_secs(30), || async {
