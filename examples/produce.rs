@@ -69,6 +69,12 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     start_id: u64,
 
+    /// Cycle ids over this many keys (start-id .. start-id + keys), so
+    /// that later events update earlier ones (upsert loads); 0 = every id
+    /// distinct. The Kafka key is the id, so a key stays in one partition.
+    #[arg(long, default_value_t = 0)]
+    keys: u64,
+
     /// Events per second; 0 = as fast as possible.
     #[arg(long, default_value_t = 0)]
     rate: u64,
@@ -206,7 +212,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
             }
         }
 
-        let id = args.start_id + n;
+        let id = args.start_id + if args.keys > 0 { n % args.keys } else { n };
         let key = id.to_string();
         let payload = serde_json::to_vec(&order_event(id, &mut rng))?;
         loop {

@@ -8,6 +8,10 @@
 //! | `"/"` or `""` | the whole record value (JSON) |
 //! | `"/a/b"` | RFC 6901 JSON pointer into the record value |
 //! | `"@topic"` `"@partition"` `"@offset"` `"@timestamp"` `"@key"` | record metadata |
+//! | `"@key/a/b"` | JSON pointer into the Kafka key parsed as JSON |
+//! | `"@header:name"` | one header's value (the last one of that name) |
+//! | `"@headers"` | all headers as a JSON object (name → value) |
+//! | `"=text"` | the constant `text`, read by Postgres as the column's type |
 
 use std::fmt;
 
@@ -23,6 +27,14 @@ pub enum ColumnSource {
     Timestamp,
     /// The raw Kafka key.
     Key,
+    /// JSON pointer into the Kafka key parsed as JSON (`"/"` for all of it).
+    KeyPointer(String),
+    /// One header's raw value; the last one when the name repeats.
+    Header(String),
+    /// Every header as a JSON object.
+    Headers,
+    /// A constant, in Postgres' text input form for the column's type.
+    Const(String),
 }
 
 impl ColumnSource {
@@ -35,10 +47,17 @@ impl ColumnSource {
             "@offset" => Ok(Self::Offset),
             "@timestamp" => Ok(Self::Timestamp),
             "@key" => Ok(Self::Key),
+            "@headers" => Ok(Self::Headers),
             s if s.starts_with('/') => Ok(Self::Pointer(s.to_owned())),
+            s if s.starts_with("@key/") => Ok(Self::KeyPointer(s["@key".len()..].to_owned())),
+            s if s.starts_with("@header:") && s.len() > "@header:".len() => {
+                Ok(Self::Header(s["@header:".len()..].to_owned()))
+            }
+            s if s.starts_with('=') => Ok(Self::Const(s[1..].to_owned())),
             other => Err(format!(
-                "expected a JSON pointer starting with \"/\" (\"/\" for the whole value) or one of \
-                 @topic, @partition, @offset, @timestamp, @key; found {other:?}"
+                "expected a JSON pointer starting with \"/\" (\"/\" for the whole value), one of \
+                 @topic, @partition, @offset, @timestamp, @key, @headers, \"@key/<pointer>\", \
+                 \"@header:<name>\", or a constant \"=<value>\"; found {other:?}"
             )),
         }
     }
@@ -54,6 +73,10 @@ impl fmt::Display for ColumnSource {
             Self::Offset => f.write_str("@offset"),
             Self::Timestamp => f.write_str("@timestamp"),
             Self::Key => f.write_str("@key"),
+            Self::KeyPointer(p) => write!(f, "@key{p}"),
+            Self::Header(name) => write!(f, "@header:{name}"),
+            Self::Headers => f.write_str("@headers"),
+            Self::Const(c) => write!(f, "={c}"),
         }
     }
 }
@@ -108,13 +131,18 @@ impl PgType {
         use PgType::*;
         let ok = match source {
             // JSON values convert at run time; a mismatch there is a record error.
-            ColumnSource::Pointer(_) => true,
+            ColumnSource::Pointer(_) | ColumnSource::KeyPointer(_) => true,
+            // Checked against the live type by Postgres at start-up.
+            ColumnSource::Const(_) => true,
+            ColumnSource::Headers => matches!(self, Json | Jsonb | Text),
             ColumnSource::Topic => matches!(self, Text),
             ColumnSource::Partition | ColumnSource::Offset => {
                 matches!(self, Int8 | Numeric | Text) || (self == Int4 && source == &ColumnSource::Partition)
             }
             ColumnSource::Timestamp => matches!(self, Timestamptz | Timestamp | Int8 | Numeric | Text),
-            ColumnSource::Key => matches!(self, Text | Bytea | Json | Jsonb | Uuid | Int8 | Int4 | Numeric),
+            ColumnSource::Key | ColumnSource::Header(_) => {
+                matches!(self, Text | Bytea | Json | Jsonb | Uuid | Int8 | Int4 | Numeric)
+            }
         };
         if ok {
             Ok(())
@@ -149,6 +177,89 @@ impl PgType {
     }
 }
 
+/// A column type for `auto_create` and `auto_evolve`, in canonical SQL:
+/// one of sluice's types, with a length for `varchar(n)`/`char(n)` and a
+/// precision (and scale) for `numeric(p[,s])`. Only these exact forms are
+/// accepted, since the text goes into DDL. The error says what was expected.
+pub fn parse_sql_type(spec: &str) -> Result<String, String> {
+    let norm = spec.trim().to_ascii_lowercase();
+    let (base, args) = match norm.split_once('(') {
+        Some((base, rest)) => {
+            let inner = rest
+                .strip_suffix(')')
+                .ok_or_else(|| format!("unbalanced parentheses in {spec:?}"))?;
+            let args: Vec<u32> = inner
+                .split(',')
+                .map(|a| {
+                    a.trim()
+                        .parse::<u32>()
+                        .map_err(|_| format!("bad type modifier in {spec:?}"))
+                })
+                .collect::<Result<_, _>>()?;
+            (base.trim().to_owned(), args)
+        }
+        None => (norm.clone(), Vec::new()),
+    };
+    let canonical = match base.as_str() {
+        "text" => "text",
+        "varchar" | "character varying" => "varchar",
+        "char" | "character" | "bpchar" => "char",
+        "smallint" | "int2" => "smallint",
+        "integer" | "int" | "int4" => "integer",
+        "bigint" | "int8" => "bigint",
+        "real" | "float4" => "real",
+        "double precision" | "float8" => "double precision",
+        "numeric" | "decimal" => "numeric",
+        "boolean" | "bool" => "boolean",
+        "timestamptz" | "timestamp with time zone" => "timestamptz",
+        "timestamp" | "timestamp without time zone" => "timestamp",
+        "date" => "date",
+        "uuid" => "uuid",
+        "json" => "json",
+        "jsonb" => "jsonb",
+        "bytea" => "bytea",
+        _ => {
+            return Err(format!(
+                "expected one of text, varchar(n), char(n), smallint, integer, bigint, real, double precision, \
+                 numeric, numeric(p), numeric(p,s), boolean, timestamptz, timestamp, date, uuid, json, jsonb, \
+                 bytea; found {spec:?}"
+            ))
+        }
+    };
+    let ok_args = match (canonical, args.as_slice()) {
+        (_, []) => true,
+        ("varchar" | "char", [n]) => (1..=10_485_760).contains(n),
+        ("numeric", [p]) => (1..=1000).contains(p),
+        ("numeric", [p, s]) => (1..=1000).contains(p) && s <= p,
+        _ => false,
+    };
+    if !ok_args {
+        return Err(format!("type modifiers not valid for {canonical}: {spec:?}"));
+    }
+    Ok(match args.as_slice() {
+        [] => canonical.to_owned(),
+        [n] => format!("{canonical}({n})"),
+        [p, s] => format!("{canonical}({p},{s})"),
+        _ => unreachable!("at most two modifiers pass the check above"),
+    })
+}
+
+impl ColumnSource {
+    /// The column type `auto_create` and `auto_evolve` use when
+    /// `column_types` names none: `jsonb` for JSON pointers (into the value
+    /// or the key) and `@headers`, `integer` for `@partition`, `bigint` for
+    /// `@offset`, `timestamptz` for `@timestamp`, `text` for the rest.
+    pub fn default_sql_type(&self) -> &'static str {
+        match self {
+            Self::Pointer(_) | Self::KeyPointer(_) | Self::Headers => "jsonb",
+            Self::Partition => "integer",
+            Self::Offset => "bigint",
+            Self::Timestamp => "timestamptz",
+            Self::Topic | Self::Key | Self::Header(_) | Self::Const(_) => "text",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +274,50 @@ mod tests {
         assert_eq!(ColumnSource::parse("@offset").unwrap(), ColumnSource::Offset);
         assert!(ColumnSource::parse("id").unwrap_err().contains("JSON pointer"));
         assert!(ColumnSource::parse("@nope").is_err());
+        assert_eq!(
+            ColumnSource::parse("@key/a/0").unwrap(),
+            ColumnSource::KeyPointer("/a/0".into())
+        );
+        assert_eq!(
+            ColumnSource::parse("@key/").unwrap(),
+            ColumnSource::KeyPointer("/".into())
+        );
+        assert_eq!(
+            ColumnSource::parse("@header:trace-id").unwrap(),
+            ColumnSource::Header("trace-id".into())
+        );
+        assert!(ColumnSource::parse("@header:").is_err());
+        assert_eq!(ColumnSource::parse("@headers").unwrap(), ColumnSource::Headers);
+        assert_eq!(
+            ColumnSource::parse("=eu-west").unwrap(),
+            ColumnSource::Const("eu-west".into())
+        );
+        assert_eq!(ColumnSource::parse("=").unwrap(), ColumnSource::Const(String::new()));
+        for spec in ["@key/a", "@header:h", "@headers", "=x", "/a", "@offset"] {
+            assert_eq!(ColumnSource::parse(spec).unwrap().to_string(), spec);
+        }
+    }
+
+    #[test]
+    fn sql_types_for_ddl() {
+        assert_eq!(parse_sql_type("BIGINT").unwrap(), "bigint");
+        assert_eq!(parse_sql_type("int").unwrap(), "integer");
+        assert_eq!(parse_sql_type("numeric(12, 2)").unwrap(), "numeric(12,2)");
+        assert_eq!(parse_sql_type("character varying(20)").unwrap(), "varchar(20)");
+        assert_eq!(parse_sql_type("Timestamp With Time Zone").unwrap(), "timestamptz");
+        assert!(parse_sql_type("numeric(2,3)").is_err());
+        assert!(parse_sql_type("text(3)").is_err());
+        assert!(parse_sql_type("point").unwrap_err().contains("expected one of"));
+        assert!(parse_sql_type("int); DROP TABLE x; --").is_err());
+        assert!(parse_sql_type("varchar(0)").is_err());
+        for (spec, ty) in [
+            ("/a", "jsonb"),
+            ("@offset", "bigint"),
+            ("@timestamp", "timestamptz"),
+            ("=x", "text"),
+        ] {
+            assert_eq!(ColumnSource::parse(spec).unwrap().default_sql_type(), ty);
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Wiring: builds the pipelines, writers and consumer loop from the config,
 //! runs them until shutdown, and implements `check` and `migrate`.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
@@ -15,12 +16,14 @@ use tracing::{error, info, warn};
 use crate::config::{Config, OffsetReset, PipelineConfig, PostgresConfig, SslMode, WriteMode};
 use crate::kafka::consumer::{self, Shared};
 use crate::kafka::refetch::Refetcher;
-use crate::kafka::Topics;
+use crate::kafka::{TopicId, Topics};
+use crate::mapping::ColumnSource;
 use crate::pipeline::buffer::Limits;
-use crate::pipeline::{Pipeline, Settings};
+use crate::pipeline::{Pipeline, Settings, Target};
 use crate::sink::breaker::BreakerSettings;
+use crate::sink::ddl::{self, ColumnDef};
 use crate::sink::dlq::DlqProducer;
-use crate::sink::encode::RowEncoder;
+use crate::sink::encode::{ColumnPlan, RowEncoder};
 use crate::sink::flush_policy::FlushSettings;
 use crate::sink::schema::{live_columns, plan_columns, MappingError, TableRef};
 use crate::sink::upsert::has_unique_key;
@@ -50,7 +53,16 @@ pub async fn connect(config: &PostgresConfig) -> Result<PgPool, sqlx::Error> {
     // Server-side bound on every statement: a stuck COPY is cancelled (57014,
     // transient) instead of holding the pipeline forever.
     let statement_timeout = config.statement_timeout.as_millis().to_string();
-    options = options.options([("statement_timeout", statement_timeout.as_str())]);
+    // A flush transaction cut off by the network (a blackhole) stays open
+    // on the server, holding its offsets' row locks, until the server
+    // notices: every later flush of those partitions would wait on them.
+    // No sluice transaction idles longer than `write_timeout` (the client
+    // gives up by then), so the server may end such orphans after it.
+    let idle_in_transaction = config.write_timeout.as_millis().max(1).to_string();
+    options = options.options([
+        ("statement_timeout", statement_timeout.as_str()),
+        ("idle_in_transaction_session_timeout", idle_in_transaction.as_str()),
+    ]);
     PgPoolOptions::new()
         .max_connections(config.pool_size)
         .acquire_timeout(config.connect_timeout)
@@ -100,52 +112,205 @@ fn table_ref(p: &PipelineConfig) -> TableRef {
     TableRef { schema, name }
 }
 
-/// Checks every pipeline's mapping against its live table and builds the
-/// encoders. Returns every problem found, not just the first.
+/// Whether planning may change the database (`auto_create`, `auto_evolve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ddl {
+    /// Start-up: run the DDL the pipeline allows.
+    Apply,
+    /// `sluice check`: only say what would run.
+    DryRun,
+}
+
+/// What planning one table found.
+pub enum Planned {
+    /// The encoder for the table.
+    Ready(RowEncoder),
+    /// `Ddl::DryRun` and the table still needs these statements.
+    NeedsDdl(Vec<String>),
+}
+
+/// Plans pipeline `p` (at `index` in the config) into `table`: runs or
+/// reports the DDL it allows, checks the mapping against the live table and
+/// builds the encoder. Mapping problems are all returned, not the first.
+pub async fn plan_table(
+    pool: &PgPool,
+    p: &PipelineConfig,
+    index: usize,
+    table: &TableRef,
+    ddl: Ddl,
+) -> anyhow::Result<Result<Planned, Vec<MappingError>>> {
+    let sources = p.column_sources();
+    let mut live = live_columns(pool, table)
+        .await
+        .with_context(|| format!("reading the columns of {table}"))?;
+    if p.auto_create || p.auto_evolve {
+        let defs: Vec<ColumnDef> = sources
+            .iter()
+            .map(|(name, source)| ColumnDef {
+                name: name.clone(),
+                sql_type: p.column_sql_type(name, source),
+            })
+            .collect();
+        let key = if p.mode == WriteMode::Upsert {
+            p.key.as_slice()
+        } else {
+            &[]
+        };
+        let statements = ddl::plan(table, live.as_deref(), &defs, key, p.auto_create, p.auto_evolve);
+        if !statements.is_empty() {
+            if ddl == Ddl::DryRun {
+                return Ok(Ok(Planned::NeedsDdl(statements)));
+            }
+            ddl::apply(pool, table, &statements)
+                .await
+                .with_context(|| format!("pipeline `{}`: {}", p.name, statements.join("; ")))?;
+            for statement in &statements {
+                info!(pipeline = %p.name, %table, %statement, "table changed to fit the mapping");
+            }
+            live = live_columns(pool, table)
+                .await
+                .with_context(|| format!("reading the columns of {table}"))?;
+        }
+    }
+    let columns = match plan_columns(&p.name, table, &sources, live.as_deref()) {
+        Ok(columns) => columns,
+        Err(errors) => return Ok(Err(errors)),
+    };
+    let bad_constants = check_constants(pool, &p.name, &columns).await;
+    if !bad_constants.is_empty() {
+        return Ok(Err(bad_constants));
+    }
+    let mut encoder = RowEncoder::new(columns);
+    if p.mode == WriteMode::Upsert {
+        // `Config::validate` checked that the key columns are mapped.
+        encoder = encoder
+            .with_upsert(&p.key, p.deletes_on_tombstone())
+            .map_err(|why| anyhow::anyhow!("pipeline `{}`: {why}", p.name))?;
+        if let Some(version) = &p.version {
+            encoder = encoder
+                .with_version(version)
+                .map_err(|why| anyhow::anyhow!("pipeline `{}`: {why}", p.name))?;
+        }
+        let unique = has_unique_key(pool, table, &p.key)
+            .await
+            .with_context(|| format!("reading the unique indexes of {table}"))?;
+        if !unique {
+            return Ok(Err(vec![MappingError::NoUniqueKey {
+                pipeline: p.name.clone(),
+                index,
+                table: table.to_string(),
+                key: p.key.join(", "),
+            }]));
+        }
+    }
+    Ok(Ok(Planned::Ready(encoder)))
+}
+
+/// The topics of the config: named ones registered, patterns added.
+pub fn topics_of(config: &Config) -> anyhow::Result<Topics> {
+    let mut topics = Topics::default();
+    for (index, p) in config.pipelines.iter().enumerate() {
+        for t in &p.topics {
+            if t.starts_with('^') {
+                topics
+                    .add_pattern(t, index)
+                    .with_context(|| format!("pipeline `{}`: topic pattern {t:?}", p.name))?;
+            } else {
+                topics
+                    .insert(t, index)
+                    .with_context(|| format!("more than {} topics", crate::kafka::MAX_TOPICS))?;
+            }
+        }
+    }
+    Ok(topics)
+}
+
+/// Plans the table of `topic` for the per-topic pipeline `index` (running
+/// the DDL it allows) and adds it to `pipeline`. Mapping problems come back
+/// as text, joined.
+pub async fn plan_topic(
+    pool: &PgPool,
+    config: &PipelineConfig,
+    index: usize,
+    pipeline: &Pipeline,
+    topic_id: TopicId,
+    topic: &str,
+) -> anyhow::Result<Result<Arc<Target>, String>> {
+    let (schema, name) = match config.table_for(topic) {
+        Ok(t) => t,
+        Err(why) => return Ok(Err(why)),
+    };
+    let table = TableRef { schema, name };
+    Ok(match plan_table(pool, config, index, &table, Ddl::Apply).await? {
+        Ok(Planned::Ready(encoder)) => Ok(pipeline.add_target(topic_id, table, encoder)),
+        Ok(Planned::NeedsDdl(_)) => unreachable!("Ddl::Apply runs the DDL"),
+        Err(problems) => Err(problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")),
+    })
+}
+
+/// Checks every pipeline's mapping against its live table (running the DDL
+/// the pipelines allow) and builds the pipelines. A pipeline with a table
+/// per topic gets the tables of its named topics now; those of topics
+/// matching its patterns are planned when they are assigned. Returns every
+/// problem found, not just the first.
 pub async fn plan_pipelines(
     config: &Config,
     pool: &PgPool,
-) -> anyhow::Result<Result<Vec<Pipeline>, Vec<MappingError>>> {
+    topics: &Topics,
+) -> anyhow::Result<Result<Vec<Pipeline>, Vec<String>>> {
     let mut pipelines = Vec::new();
     let mut problems = Vec::new();
     for (index, p) in config.pipelines.iter().enumerate() {
         let table = table_ref(p);
-        let live = live_columns(pool, &table)
-            .await
-            .with_context(|| format!("reading the columns of {table}"))?;
-        let columns = match plan_columns(&p.name, &table, &p.column_sources(), live.as_deref()) {
-            Ok(columns) => columns,
-            Err(errors) => {
-                problems.extend(errors);
-                continue;
+        if p.table_per_topic() {
+            let pipeline = Pipeline::per_topic(p.name.clone(), table, settings(p));
+            for t in p.topics.iter().filter(|t| !t.starts_with('^')) {
+                let Some((topic_id, _)) = topics.route(t) else {
+                    continue;
+                };
+                if let Err(why) = plan_topic(pool, p, index, &pipeline, topic_id, t).await? {
+                    problems.push(why);
+                }
             }
-        };
-        let mut encoder = RowEncoder::new(columns);
-        if p.mode == WriteMode::Upsert {
-            // `Config::validate` checked that the key columns are mapped.
-            encoder = encoder
-                .with_upsert(&p.key, p.deletes_on_tombstone())
-                .map_err(|why| anyhow::anyhow!("pipeline `{}`: {why}", p.name))?;
-            let unique = has_unique_key(pool, &table, &p.key)
-                .await
-                .with_context(|| format!("reading the unique indexes of {table}"))?;
-            if !unique {
-                problems.push(MappingError::NoUniqueKey {
-                    pipeline: p.name.clone(),
-                    index,
-                    table: table.to_string(),
-                    key: p.key.join(", "),
-                });
-                continue;
-            }
+            pipelines.push(pipeline);
+            continue;
         }
-        pipelines.push(Pipeline::new(p.name.clone(), table, encoder, settings(p)));
+        match plan_table(pool, p, index, &table, Ddl::Apply).await? {
+            Ok(Planned::Ready(encoder)) => pipelines.push(Pipeline::new(p.name.clone(), table, encoder, settings(p))),
+            Ok(Planned::NeedsDdl(_)) => unreachable!("Ddl::Apply runs the DDL"),
+            Err(errors) => problems.extend(errors.iter().map(ToString::to_string)),
+        }
     }
     Ok(if problems.is_empty() {
         Ok(pipelines)
     } else {
         Err(problems)
     })
+}
+
+/// Constant columns (`"=value"`) must be valid input for their column's
+/// type; Postgres itself says whether they are.
+async fn check_constants(pool: &PgPool, pipeline: &str, columns: &[ColumnPlan]) -> Vec<MappingError> {
+    let mut problems = Vec::new();
+    for c in columns {
+        let ColumnSource::Const(text) = &c.source else {
+            continue;
+        };
+        let cast = format!("SELECT CAST($1::text AS {})::text", c.ty.sql_name());
+        if let Err(err) = sqlx::query(&cast).bind(text).execute(pool).await {
+            let why = match &err {
+                sqlx::Error::Database(db) => db.message().to_owned(),
+                other => other.to_string(),
+            };
+            problems.push(MappingError::Incompatible {
+                pipeline: pipeline.to_owned(),
+                column: c.name.clone(),
+                type_name: c.ty.sql_name().to_owned(),
+                reason: format!("the constant {text:?} is not a valid {}: {why}", c.ty.sql_name()),
+            });
+        }
+    }
+    problems
 }
 
 /// `sluice check`: the config is valid (it loaded), both systems answer,
@@ -198,33 +363,67 @@ pub async fn check(config: &Config) -> usize {
             println!("error: reading sluice migrations: {err}");
         }
     }
-    match plan_pipelines(config, &pool).await {
-        Ok(Ok(pipelines)) => {
-            for p in pipelines {
-                let mode = match p.encoder.key_columns() {
-                    Some(key) => format!(", upsert on ({}), unique index found", key.join(", ")),
-                    None => String::new(),
-                };
+    for (index, p) in config.pipelines.iter().enumerate() {
+        let mut tables = Vec::new();
+        if p.table_per_topic() {
+            for t in p.topics.iter().filter(|t| !t.starts_with('^')) {
+                match p.table_for(t) {
+                    Ok((schema, name)) => tables.push(TableRef { schema, name }),
+                    Err(why) => {
+                        problems += 1;
+                        println!("error: pipeline `{}`: {why}", p.name);
+                    }
+                }
+            }
+            if p.topics.iter().any(|t| t.starts_with('^')) {
                 println!(
-                    "ok: pipeline `{}` → {} ({} columns{mode})",
-                    p.name,
-                    p.table,
-                    p.encoder.columns().len()
+                    "ok: pipeline `{}`: the tables of topics matching its patterns are planned as they are assigned ({})",
+                    p.name, p.table
                 );
             }
+        } else {
+            tables.push(table_ref(p));
         }
-        Ok(Err(errors)) => {
-            for e in errors {
-                problems += 1;
-                println!("error: {e}");
-            }
-        }
-        Err(err) => {
-            problems += 1;
-            println!("error: {err:#}");
+        for table in tables {
+            problems += check_table(&pool, p, index, &table).await;
         }
     }
     problems
+}
+
+/// `sluice check` of one pipeline's table; returns the number of problems.
+async fn check_table(pool: &PgPool, p: &PipelineConfig, index: usize, table: &TableRef) -> usize {
+    match plan_table(pool, p, index, table, Ddl::DryRun).await {
+        Ok(Ok(Planned::Ready(encoder))) => {
+            let mode = match encoder.key_columns() {
+                Some(key) => format!(", upsert on ({}), unique index found", key.join(", ")),
+                None => String::new(),
+            };
+            println!(
+                "ok: pipeline `{}` → {table} ({} columns{mode})",
+                p.name,
+                encoder.columns().len()
+            );
+            0
+        }
+        Ok(Ok(Planned::NeedsDdl(statements))) => {
+            println!("ok: pipeline `{}` → {table}: at start-up sluice will run:", p.name);
+            for statement in statements {
+                println!("    {statement};");
+            }
+            0
+        }
+        Ok(Err(errors)) => {
+            for e in &errors {
+                println!("error: {e}");
+            }
+            errors.len()
+        }
+        Err(err) => {
+            println!("error: {err:#}");
+            1
+        }
+    }
 }
 
 trait MigratorExt {
@@ -277,14 +476,39 @@ pub async fn dlq_replay(
         .with_context(|| format!("connecting to postgres {}", config.postgres.redacted_url()))?;
     let mut only = config.clone();
     only.pipelines = vec![config.pipelines[index].clone()];
-    let pipeline = match plan_pipelines(&only, &pool).await? {
+    let topics = topics_of(&only)?;
+    let pipeline = match plan_pipelines(&only, &pool, &topics).await? {
         Ok(mut p) => p.remove(0),
-        Err(errors) => {
-            let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            bail!("the mapping does not fit the table: {}", all.join("; "))
+        Err(errors) => bail!("the mapping does not fit the table: {}", errors.join("; ")),
+    };
+    // A table per topic: plan those of the topics with dead letters to replay.
+    let mut targets: HashMap<String, Arc<Target>> = HashMap::new();
+    if pipeline.is_per_topic() {
+        let dead_topics: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT topic FROM sluice.dead_letters WHERE pipeline = $1 AND replayed_at IS NULL",
+        )
+        .bind(name)
+        .fetch_all(&pool)
+        .await?;
+        for topic in dead_topics {
+            let Some((topic_id, _)) = topics.route(&topic) else {
+                continue;
+            };
+            match plan_topic(&pool, &only.pipelines[0], index, &pipeline, topic_id, &topic).await? {
+                Ok(target) => {
+                    targets.insert(topic, target);
+                }
+                Err(why) => bail!("the mapping does not fit the table of topic {topic:?}: {why}"),
+            }
+        }
+    }
+    let target = |topic: &str| -> Option<Arc<Target>> {
+        match pipeline.is_per_topic() {
+            true => targets.get(topic).cloned(),
+            false => pipeline.target(TopicId(0)),
         }
     };
-    Ok(crate::sink::replay::replay(&pool, &pipeline, filter).await?)
+    Ok(crate::sink::replay::replay(&pool, name, &target, filter).await?)
 }
 
 /// Runs sluice until `shutdown` resolves, then drains within
@@ -294,7 +518,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         .await
         .with_context(|| format!("connecting to postgres {}", config.postgres.redacted_url()))?;
     migrate(&pool).await.context("applying sluice migrations")?;
-    let pipelines = match plan_pipelines(&config, &pool).await? {
+    let topics = Arc::new(topics_of(&config)?);
+    let pipelines = match plan_pipelines(&config, &pool, &topics).await? {
         Ok(p) => p,
         Err(errors) => {
             for e in &errors {
@@ -304,13 +529,6 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         }
     };
     let pipelines: Vec<Arc<Pipeline>> = pipelines.into_iter().map(Arc::new).collect();
-    let mut topics = Topics::default();
-    for (index, p) in config.pipelines.iter().enumerate() {
-        for t in &p.topics {
-            topics.insert(t, index);
-        }
-    }
-    let topics = Arc::new(topics);
     let group_id: Arc<str> = Arc::from(config.kafka.group_id.as_str());
 
     let (cmd_tx, cmd_rx) = std_mpsc::channel();
@@ -357,6 +575,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         writer_txs.clone(),
         tokio::runtime::Handle::current(),
         config.shutdown_timeout,
+        config.pipelines.clone(),
     ));
     let observed = Arc::new(Observed::new(
         &config,
@@ -382,7 +601,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
 
     tokio::select! {
         _ = shutdown => info!(timeout = ?config.shutdown_timeout, "shutdown requested: draining"),
-        _ = &mut done_rx => bail!("the consumer loop ended unexpectedly"),
+        _ = &mut done_rx => match shared.fatal() {
+            Some(why) => bail!("{why}"),
+            None => bail!("the consumer loop ended unexpectedly"),
+        },
     }
 
     // DRAINING: stop intake, flush what is buffered, commit, leave the group.

@@ -263,7 +263,9 @@ pub struct PostgresConfig {
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
     /// Client-side limit on one flush transaction, for when the server
-    /// cannot even cancel (a network blackhole). Default `"60s"`.
+    /// cannot even cancel (a network blackhole). Also the sessions'
+    /// `idle_in_transaction_session_timeout`, so the server ends a
+    /// transaction the network cut off and frees its locks. Default `"60s"`.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
     /// TLS: `disable`, `allow`, `prefer`, `require`, `verify-ca` or
@@ -360,14 +362,38 @@ pub struct PipelineConfig {
     pub name: String,
     /// The topics this pipeline consumes. Required, non-empty. A topic may
     /// feed only one pipeline, so each partition's offsets have one owner.
+    /// An entry starting with `^` is a regular expression: every topic it
+    /// matches, now or created later, feeds this pipeline, unless another
+    /// pipeline names it or an earlier pipeline's pattern matches it.
     pub topics: Vec<String>,
     /// The target table, `"table"` (schema `public`) or `"schema.table"`.
-    /// Used verbatim and quoted, so case matters. Required.
+    /// Used verbatim and quoted, so case matters. `{topic}` in it makes one
+    /// table per topic (the topic name with characters other than letters,
+    /// digits and `_` turned into `_`). Required.
     pub table: String,
     /// Column name → where its value comes from (a JSON pointer such as
-    /// `"/customer/name"`, `"/"` for the whole value, or `@topic`,
-    /// `@partition`, `@offset`, `@timestamp`, `@key`). Required, non-empty.
+    /// `"/customer/name"`, `"/"` for the whole value, `@topic`,
+    /// `@partition`, `@offset`, `@timestamp`, `@key`, `"@key/<pointer>"`,
+    /// `"@header:<name>"`, `@headers`, or a constant `"=<value>"`).
+    /// Required, non-empty.
     pub columns: BTreeMap<String, String>,
+    /// Column name → SQL type, for `auto_create` and `auto_evolve` (e.g.
+    /// `"bigint"`, `"numeric(12,2)"`, `"varchar(40)"`). A mapped column not
+    /// named here gets the default of its source: `jsonb` for JSON pointers
+    /// and `@headers`, `integer` for `@partition`, `bigint` for `@offset`,
+    /// `timestamptz` for `@timestamp`, `text` otherwise. Default: empty.
+    #[serde(default)]
+    pub column_types: BTreeMap<String, String>,
+    /// Create the table when it does not exist, from `columns` and
+    /// `column_types`, with the `key` columns (upsert mode) as its primary
+    /// key. Default `false`: a missing table is a start-up error.
+    #[serde(default)]
+    pub auto_create: bool,
+    /// Add mapped columns the table lacks (nullable, typed as for
+    /// `auto_create`). Never drops or alters a column. Default `false`: a
+    /// missing column is a start-up error.
+    #[serde(default)]
+    pub auto_evolve: bool,
     /// Flush when the batch has this many rows. At least 1. Default 10000.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -442,6 +468,14 @@ pub struct PipelineConfig {
     /// `false`, a tombstone is dead-lettered as in `insert` mode. Default `true`.
     #[serde(default)]
     pub delete_on_tombstone: Option<bool>,
+    /// For `mode = "upsert"`: a mapped, non-key column holding the record's
+    /// version (a number or timestamp). A row is then only replaced by a
+    /// record with a greater version ("update only if newer"); within a
+    /// batch the greatest version per key wins (the last one on a tie), and
+    /// a tombstone still deletes whatever came before it. A record with a
+    /// null version is dead-lettered. Default: unset (the last offset wins).
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 /// `mode`: how a pipeline's records become rows.
@@ -534,6 +568,9 @@ impl PipelineConfig {
             topics,
             table: table.into(),
             columns,
+            column_types: BTreeMap::new(),
+            auto_create: false,
+            auto_evolve: false,
             batch_size: default_batch_size(),
             batch_bytes: default_batch_bytes(),
             flush_interval: default_flush_interval(),
@@ -551,6 +588,7 @@ impl PipelineConfig {
             mode: WriteMode::default(),
             key: Vec::new(),
             delete_on_tombstone: None,
+            version: None,
         }
     }
 
@@ -565,6 +603,35 @@ impl PipelineConfig {
             Some((schema, table)) => (schema.to_owned(), table.to_owned()),
             None => ("public".to_owned(), self.table.clone()),
         }
+    }
+
+    /// Whether `table` holds `{topic}`: one table per topic.
+    pub fn table_per_topic(&self) -> bool {
+        self.table.contains(TOPIC_PLACEHOLDER)
+    }
+
+    /// `(schema, table)` for records of `topic`: `{topic}` replaced by the
+    /// topic name with every character other than ASCII letters, digits and
+    /// `_` turned into `_`. The error says when the name is too long for
+    /// Postgres (63 bytes), which would otherwise truncate it silently.
+    pub fn table_for(&self, topic: &str) -> Result<(String, String), String> {
+        let clean: String = topic
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+            .collect();
+        let (schema, table) = self.table_ref();
+        let (schema, table) = (
+            schema.replace(TOPIC_PLACEHOLDER, &clean),
+            table.replace(TOPIC_PLACEHOLDER, &clean),
+        );
+        for part in [&schema, &table] {
+            if part.len() > MAX_IDENTIFIER_BYTES {
+                return Err(format!(
+                    "table name {part:?} for topic {topic:?} is longer than {MAX_IDENTIFIER_BYTES} bytes"
+                ));
+            }
+        }
+        Ok((schema, table))
     }
 
     /// The parsed column specs, in column-name order.
@@ -582,6 +649,15 @@ impl PipelineConfig {
         }
     }
 
+    /// The SQL type `auto_create`/`auto_evolve` give `column` (validated
+    /// by [`Config::validate`]).
+    pub fn column_sql_type(&self, column: &str, source: &ColumnSource) -> String {
+        self.column_types
+            .get(column)
+            .and_then(|ty| crate::mapping::parse_sql_type(ty).ok())
+            .unwrap_or_else(|| source.default_sql_type().to_owned())
+    }
+
     /// The parsed column specs, in column-name order; the error's key is
     /// relative to the pipeline (`columns.amount`).
     pub fn try_column_sources(&self) -> Result<Vec<(String, ColumnSource)>, ConfigError> {
@@ -597,6 +673,9 @@ impl PipelineConfig {
             .collect()
     }
 }
+
+/// The placeholder of a per-topic table name.
+pub const TOPIC_PLACEHOLDER: &str = "{topic}";
 
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
@@ -706,7 +785,19 @@ impl Config {
     /// `auto.offset.reset`, and `partition.assignment.strategy` =
     /// `range,roundrobin` unless the user chose an eager one).
     pub fn consumer_properties(&self) -> BTreeMap<String, String> {
-        self.kafka.consumer_properties()
+        let mut props = self.kafka.consumer_properties();
+        // Topics matching a pattern are found on metadata refreshes;
+        // librdkafka's default (5 minutes) is slow to notice a new topic.
+        if self
+            .pipelines
+            .iter()
+            .any(|p| p.topics.iter().any(|t| t.starts_with('^')))
+        {
+            props
+                .entry("topic.metadata.refresh.interval.ms".to_owned())
+                .or_insert_with(|| "30000".to_owned());
+        }
+        props
     }
 
     fn check(&self) -> Result<(), Issue> {
@@ -753,6 +844,21 @@ impl Config {
         // A dead-letter topic that a pipeline reads would feed its own failures back in.
         for (i, pipeline) in self.pipelines.iter().enumerate() {
             if let Some(dlq) = &pipeline.errors.dlq_topic {
+                let matching = self.pipelines.iter().find(|p| {
+                    p.topics
+                        .iter()
+                        .filter(|t| t.starts_with('^'))
+                        .any(|t| regex::Regex::new(t).is_ok_and(|re| re.is_match(dlq)))
+                });
+                if let Some(reader) = matching {
+                    return Err((
+                        vec![key("pipelines"), Seg::Index(i), key("errors"), key("dlq_topic")],
+                        format!(
+                            "topic {dlq:?} matches a topic pattern of pipeline {:?}; a dead-letter topic must not be consumed",
+                            reader.name
+                        ),
+                    ));
+                }
                 if let Some(&owner) = topics.get(dlq.as_str()) {
                     return Err((
                         vec![key("pipelines"), Seg::Index(i), key("errors"), key("dlq_topic")],
@@ -874,6 +980,9 @@ impl PipelineConfig {
                         "is only used with mode = \"upsert\"".to_owned(),
                     ));
                 }
+                if self.version.is_some() {
+                    return Err((at("version"), "is only used with mode = \"upsert\"".to_owned()));
+                }
             }
             WriteMode::Upsert => {
                 if self.key.is_empty() {
@@ -893,6 +1002,20 @@ impl PipelineConfig {
                     }
                     if self.key[..k].contains(column) {
                         return Err((path, format!("{column:?} is listed twice")));
+                    }
+                }
+                if let Some(version) = &self.version {
+                    if !self.columns.contains_key(version) {
+                        return Err((
+                            at("version"),
+                            format!("{version:?} is not a mapped column (the version column must be in `columns`)"),
+                        ));
+                    }
+                    if self.key.contains(version) {
+                        return Err((
+                            at("version"),
+                            format!("{version:?} is a key column; the version must not be"),
+                        ));
                     }
                 }
             }
@@ -916,22 +1039,39 @@ impl PipelineConfig {
             return Err((at("topics"), "at least one topic is required".to_owned()));
         }
         for (t, topic) in self.topics.iter().enumerate() {
-            // Strict on purpose: librdkafka treats a name starting with '^'
-            // as a regex subscription, which could silently overlap another
-            // pipeline's topics and break "one owner per partition".
+            let mut path = at("topics");
+            path.push(Seg::Index(t));
+            // librdkafka reads a name starting with '^' as a regex subscription.
+            if topic.starts_with('^') {
+                if let Err(err) = regex::Regex::new(topic) {
+                    return Err((path, format!("not a valid regular expression: {err}")));
+                }
+                continue;
+            }
             let legal = topic
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
             if !legal || topic.is_empty() || topic.len() > MAX_TOPIC_CHARS || topic == "." || topic == ".." {
-                let mut path = at("topics");
-                path.push(Seg::Index(t));
                 return Err((
                     path,
-                    format!("expected a Kafka topic name (1-249 of letters, digits, '.', '_', '-'), found {topic:?}"),
+                    format!(
+                        "expected a Kafka topic name (1-249 of letters, digits, '.', '_', '-') or a pattern \
+                         \"^regex\", found {topic:?}"
+                    ),
                 ));
             }
         }
-        let parts: Vec<&str> = self.table.split('.').collect();
+        if self.table.replace(TOPIC_PLACEHOLDER, "t").contains(['{', '}']) {
+            return Err((
+                at("table"),
+                format!(
+                    "the only placeholder a table name may hold is {TOPIC_PLACEHOLDER}, found {:?}",
+                    self.table
+                ),
+            ));
+        }
+        let template = self.table.replace(TOPIC_PLACEHOLDER, "t");
+        let parts: Vec<&str> = template.split('.').collect();
         if parts.len() > 2
             || parts
                 .iter()
@@ -958,6 +1098,19 @@ impl PipelineConfig {
                 ));
             }
             if let Err(why) = ColumnSource::parse(spec) {
+                return Err((path, why));
+            }
+        }
+        for (column, ty) in &self.column_types {
+            let mut path = at("column_types");
+            path.push(key(column));
+            if !self.columns.contains_key(column) {
+                return Err((
+                    path,
+                    format!("{column:?} is not a mapped column (it must be in `columns`)"),
+                ));
+            }
+            if let Err(why) = crate::mapping::parse_sql_type(ty) {
                 return Err((path, why));
             }
         }

@@ -435,7 +435,15 @@ fn other_pipeline_rules() {
     type Edit = fn(&mut PipelineConfig);
     let cases: &[(&str, Edit)] = &[
         ("topics", |p| p.topics.clear()),
-        ("topics[0]", |p| p.topics = vec!["^orders.*".into()]),
+        ("topics[0]", |p| p.topics = vec!["^orders(".into()]),
+        ("table", |p| p.table = "{other}".into()),
+        ("column_types.id", |p| {
+            p.column_types.insert("id".into(), "point".into());
+        }),
+        ("column_types.nope", |p| {
+            p.column_types.insert("nope".into(), "text".into());
+        }),
+        ("version", |p| p.version = Some("id".into())),
         ("topics[0]", |p| p.topics = vec!["".into()]),
         ("table", |p| p.table = "a.b.c".into()),
         ("table", |p| p.table = ".orders".into()),
@@ -472,6 +480,33 @@ fn other_pipeline_rules() {
     p.max_buffer_records = 1;
     p.table = "x".repeat(63);
     c.validate().unwrap();
+    // Patterns, per-topic tables and column types.
+    let mut c = valid();
+    let p = &mut c.pipelines[0];
+    p.topics = vec!["^orders\\..*".into(), "payments".into()];
+    p.table = "raw.{topic}".into();
+    p.column_types.insert("id".into(), "numeric(12,2)".into());
+    c.validate().unwrap();
+    let p = &c.pipelines[0];
+    assert!(p.table_per_topic());
+    assert_eq!(
+        p.table_for("orders.eu-west").unwrap(),
+        ("raw".into(), "orders_eu_west".into())
+    );
+    assert!(p
+        .table_for(&"t".repeat(64))
+        .unwrap_err()
+        .contains("longer than 63 bytes"));
+    assert_eq!(
+        c.consumer_properties()["topic.metadata.refresh.interval.ms"],
+        "30000",
+        "patterns refresh metadata every 30 s"
+    );
+    // A pattern matching a dead-letter topic would read its own failures.
+    let mut c = valid();
+    c.pipelines[0].topics = vec!["^orders.*".into()];
+    c.pipelines[0].errors.dlq_topic = Some("orders.dlq".into());
+    assert_eq!(invalid(&c).key, "pipelines[0].errors.dlq_topic");
 }
 
 #[test]

@@ -18,20 +18,20 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use crate::config::Strategy;
+use crate::config::{PipelineConfig, Strategy};
 use crate::kafka::offsets::{is_new, start_position, NextOffset};
-use crate::kafka::{Topics, Tp};
+use crate::kafka::{TopicId, Topics, Tp};
 use crate::pipeline::buffer::Entry;
 use crate::pipeline::{next_epoch, pause_decision, Admission, Counters, PartState, PauseDecision, Pipeline};
 use crate::sink::dead_letter::DeadLetter;
-use crate::sink::encode::RecordRef;
+use crate::sink::encode::{HeaderRef, RecordRef};
 use crate::sink::writer::WriterCommand;
 
 /// Requests from the writers to the consumer loop, which owns the consumer.
@@ -74,6 +74,10 @@ pub struct Shared {
     pub assigned: AtomicUsize,
     /// Set by a rebalance: librdkafka forgets pauses on (re)assignment.
     reapply_pauses: AtomicBool,
+    /// The pipelines' configs, to plan the table of a topic that appears.
+    configs: Vec<PipelineConfig>,
+    /// Why sluice must stop (a new topic's table can't be written).
+    fatal: std::sync::Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -87,6 +91,7 @@ impl Shared {
         writers: Vec<mpsc::UnboundedSender<WriterCommand>>,
         runtime: tokio::runtime::Handle,
         revoke_flush_timeout: Duration,
+        configs: Vec<PipelineConfig>,
     ) -> Self {
         Self {
             pipelines,
@@ -101,6 +106,52 @@ impl Shared {
             stop: AtomicBool::new(false),
             assigned: AtomicUsize::new(0),
             reapply_pauses: AtomicBool::new(false),
+            configs,
+            fatal: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Why the consumer loop stopped on its own, if it did.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Stops sluice: the loop ends, leaving the group; nothing of the
+    /// topic concerned was buffered, so nothing is lost.
+    fn fail(&self, why: String) {
+        error!(error = %why, "stopping sluice");
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(why);
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Plans the table of a topic a per-topic pipeline sees for the first
+    /// time. Database errors are retried for a while (the database may be
+    /// restarting); a mapping that does not fit is returned at once.
+    fn plan_new_topic(&self, index: usize, topic_id: TopicId, topic: &str) -> Result<(), String> {
+        let pipeline = &self.pipelines[index];
+        let config = &self.configs[index];
+        let mut delay = Duration::from_millis(100);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let planned = self.runtime.block_on(crate::service::plan_topic(
+                &self.pool, config, index, pipeline, topic_id, topic,
+            ));
+            match planned {
+                Ok(Ok(target)) => {
+                    info!(pipeline = %pipeline.name, %topic, table = %target.table, "table planned for a new topic");
+                    return Ok(());
+                }
+                Ok(Err(why)) => {
+                    return Err(format!("pipeline `{}`: topic {topic:?}: {why}", pipeline.name));
+                }
+                Err(err) if Instant::now() < deadline => {
+                    warn!(pipeline = %pipeline.name, %topic, error = %format!("{err:#}"), retry_in = ?delay,
+                        "planning the table of a new topic failed");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(err) => return Err(format!("pipeline `{}`: topic {topic:?}: {err:#}", pipeline.name)),
+            }
         }
     }
 
@@ -119,8 +170,17 @@ impl Shared {
                 warn!(%topic, "assigned a topic no pipeline maps; ignoring it");
                 continue;
             };
-            let stored = self.load_offsets(&topic, &partitions);
             let pipeline = &self.pipelines[index];
+            if pipeline.target(topic_id).is_none() {
+                // A topic new to a per-topic pipeline. Until its table is
+                // planned its partitions are not registered, so nothing of
+                // it is buffered or committed.
+                if let Err(why) = self.plan_new_topic(index, topic_id, &topic) {
+                    self.fail(why);
+                    continue;
+                }
+            }
+            let stored = self.load_offsets(&topic, &partitions);
             let mut state = pipeline.lock();
             for &partition in &partitions {
                 let stored = stored.get(&partition).copied();
@@ -264,7 +324,8 @@ pub fn create(
         config.set(k, v);
     }
     let consumer: BaseConsumer<Context> = config.create_with_context(Context { shared: shared.clone() })?;
-    let topics: Vec<&str> = shared.topics.names().collect();
+    let topics = shared.topics.subscription();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)
 }
@@ -407,7 +468,16 @@ impl LoopState {
             topic,
             partition: msg.partition(),
         };
+        let Some(target) = pipeline.target(topic) else {
+            // Its table could not be planned (sluice is stopping): the
+            // partition was never registered, so skipping loses nothing.
+            return;
+        };
         let offset = msg.offset();
+        let headers: Vec<HeaderRef<'_>> = match (target.encoder.reads_headers(), msg.headers()) {
+            (true, Some(h)) => h.iter().map(|h| (h.key, h.value)).collect(),
+            _ => Vec::new(),
+        };
         let record = RecordRef {
             topic: msg.topic(),
             partition: msg.partition(),
@@ -415,6 +485,7 @@ impl LoopState {
             timestamp_ms: msg.timestamp().to_millis(),
             key: msg.key(),
             value: msg.payload(),
+            headers: &headers,
         };
         self.scratch.clear();
         let s = &pipeline.settings;
@@ -422,7 +493,7 @@ impl LoopState {
         // letter, stored with its batch; its offset advances in order.
         let (row, dead_letter) = match record.value.filter(|v| v.len() > s.max_record_bytes) {
             Some(_) => (None, Some(DeadLetter::of_message(msg, None, s.max_record_bytes))),
-            None => match pipeline.encoder.encode(&record, &mut self.scratch) {
+            None => match target.encoder.encode(&record, &mut self.scratch) {
                 Ok(()) => (Some(Box::<[u8]>::from(self.scratch.as_slice())), None),
                 Err(err) => (None, Some(DeadLetter::of_message(msg, Some(&err), s.max_record_bytes))),
             },

@@ -10,16 +10,17 @@ pub mod buffer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use crate::config::Strategy;
 use crate::kafka::offsets::NextOffset;
-use crate::kafka::Tp;
+use crate::kafka::{TopicId, Tp};
 use crate::sink::encode::RowEncoder;
 use crate::sink::schema::TableRef;
+use crate::sink::upsert::WriteSql;
 use backpressure::BpState;
 use buffer::{Buffer, Entry, Limits};
 
@@ -183,8 +184,13 @@ impl Counters {
 #[derive(Debug)]
 pub struct Pipeline {
     pub name: String,
+    /// The configured table: the one table, or the `{topic}` template of a
+    /// pipeline with a table per topic (labels, logs, `/status`).
     pub table: TableRef,
-    pub encoder: RowEncoder,
+    /// The one target of a pipeline writing one table.
+    single: Option<Arc<Target>>,
+    /// A table per topic: the targets planned so far, by topic.
+    per_topic: RwLock<HashMap<TopicId, Arc<Target>>>,
     pub settings: Settings,
     pub counters: Counters,
     state: Mutex<PipelineState>,
@@ -242,8 +248,71 @@ pub fn pause_decision(paused: bool, utilization: f64, high: f64, low: f64) -> Pa
     }
 }
 
+/// Where a pipeline's rows of a topic go: the table, the encoder planned
+/// against its live columns, and the statements that write it.
+#[derive(Debug)]
+pub struct Target {
+    pub table: TableRef,
+    pub encoder: RowEncoder,
+    pub write_sql: WriteSql,
+}
+
+impl Target {
+    /// `stage`: a number distinct among the targets one flush may write
+    /// (it names the upsert staging table).
+    pub fn new(table: TableRef, encoder: RowEncoder, stage: usize) -> Target {
+        let write_sql = WriteSql::with_stage(&table, &encoder, stage);
+        Target {
+            table,
+            encoder,
+            write_sql,
+        }
+    }
+}
+
 impl Pipeline {
+    /// A pipeline writing every record into one table.
     pub fn new(name: String, table: TableRef, encoder: RowEncoder, settings: Settings) -> Self {
+        let single = Arc::new(Target::new(table.clone(), encoder, 0));
+        Self::build(name, table, Some(single), settings)
+    }
+
+    /// A pipeline with a table per topic (`template` holds `{topic}`);
+    /// targets are added with [`Pipeline::add_target`] as topics appear.
+    pub fn per_topic(name: String, template: TableRef, settings: Settings) -> Self {
+        Self::build(name, template, None, settings)
+    }
+
+    /// The target of `topic`'s records; `None` for a topic of a per-topic
+    /// pipeline that is not planned yet.
+    pub fn target(&self, topic: TopicId) -> Option<Arc<Target>> {
+        match &self.single {
+            Some(t) => Some(t.clone()),
+            None => self
+                .per_topic
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&topic)
+                .cloned(),
+        }
+    }
+
+    /// Whether the pipeline has a table per topic.
+    pub fn is_per_topic(&self) -> bool {
+        self.single.is_none()
+    }
+
+    /// Adds the target of `topic` (a per-topic pipeline); keeps an existing one.
+    pub fn add_target(&self, topic: TopicId, table: TableRef, encoder: RowEncoder) -> Arc<Target> {
+        let mut targets = self.per_topic.write().unwrap_or_else(|e| e.into_inner());
+        let stage = targets.len();
+        targets
+            .entry(topic)
+            .or_insert_with(|| Arc::new(Target::new(table, encoder, stage)))
+            .clone()
+    }
+
+    fn build(name: String, table: TableRef, single: Option<Arc<Target>>, settings: Settings) -> Self {
         let state = PipelineState {
             buffer: Buffer::new(settings.limits),
             partitions: HashMap::new(),
@@ -256,7 +325,8 @@ impl Pipeline {
         Self {
             name,
             table,
-            encoder,
+            single,
+            per_topic: RwLock::new(HashMap::new()),
             settings,
             counters: Counters::default(),
             state: Mutex::new(state),

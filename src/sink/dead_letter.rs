@@ -10,7 +10,9 @@
 //! Two classes: `decode` (refused before the database: invalid JSON or
 //! UTF-8, a value of the wrong type or out of the column's range, a record
 //! above `max_record_bytes`) and `data` (refused by the database with an
-//! SQLSTATE of class 22 or 23: NOT NULL, CHECK, unique, foreign key, …).
+//! SQLSTATE of class 22 or 23: NOT NULL, CHECK, unique, foreign key, …; or
+//! a NOT NULL, `varchar(n)` or `numeric(p,s)` violation the encoder found
+//! first, with the SQLSTATE Postgres would raise).
 
 use std::fmt;
 
@@ -59,7 +61,9 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// A record the encoder refused; `value` and `key` are stored up to
-    /// `max_record_bytes` each.
+    /// `max_record_bytes` each. A constraint of the live table checked by
+    /// the encoder (NOT NULL, a length or precision) is a `data` dead letter
+    /// with the SQLSTATE Postgres would have raised.
     pub fn decode(
         key: Option<&[u8]>,
         value: Option<&[u8]>,
@@ -71,8 +75,11 @@ impl DeadLetter {
             key: key.map(|k| capped(k, max_record_bytes)),
             value: value.map(|v| capped(v, max_record_bytes)),
             headers,
-            class: DeadLetterClass::Decode,
-            sqlstate: None,
+            class: match error.sqlstate {
+                Some(_) => DeadLetterClass::Data,
+                None => DeadLetterClass::Decode,
+            },
+            sqlstate: error.sqlstate.map(Box::from),
             error: error.to_string().into(),
         }
     }
@@ -146,6 +153,31 @@ pub fn headers_json<'a>(headers: impl Iterator<Item = (&'a str, Option<&'a [u8]>
         return "[]".into();
     }
     serde_json::Value::Array(items).to_string().into()
+}
+
+/// The headers stored by [`headers_json`], back as (name, value) pairs.
+/// Anything unreadable is skipped.
+pub fn headers_from_json(json: &str) -> Vec<(String, Option<Vec<u8>>)> {
+    use base64::Engine as _;
+    let Ok(serde_json::Value::Array(items)) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let key = item.get("key")?.as_str()?.to_owned();
+            let value = match item.get("value")? {
+                serde_json::Value::String(s) => Some(s.clone().into_bytes()),
+                serde_json::Value::Object(o) => Some(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(o.get("base64")?.as_str()?)
+                        .ok()?,
+                ),
+                _ => None,
+            };
+            Some((key, value))
+        })
+        .collect()
 }
 
 /// Postgres text and jsonb cannot hold NUL.

@@ -17,11 +17,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use base64::Engine as _;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::sink::dead_letter::Stored;
+use crate::sink::dead_letter::{headers_from_json, Stored};
 
 /// How long a flush waits for the dead-letter topic's acks.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -74,22 +73,11 @@ impl DlqProducer {
             let d = s.letter;
             let (partition, offset) = (s.partition.to_string(), s.offset.to_string());
             let mut headers = OwnedHeaders::new();
-            if let Ok(serde_json::Value::Array(items)) = serde_json::from_str::<serde_json::Value>(&d.headers) {
-                for item in items {
-                    let key = item["key"].as_str().unwrap_or_default().to_owned();
-                    let value: Option<Vec<u8>> = match &item["value"] {
-                        serde_json::Value::String(s) => Some(s.clone().into_bytes()),
-                        serde_json::Value::Object(o) => o
-                            .get("base64")
-                            .and_then(|b| b.as_str())
-                            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok()),
-                        _ => None,
-                    };
-                    headers = headers.insert(Header {
-                        key: &key,
-                        value: value.as_deref(),
-                    });
-                }
+            for (key, value) in headers_from_json(&d.headers) {
+                headers = headers.insert(Header {
+                    key: &key,
+                    value: value.as_deref(),
+                });
             }
             let ours = [
                 ("sluice.pipeline", pipeline),

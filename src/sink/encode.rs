@@ -20,12 +20,62 @@ use serde_json::Value;
 
 use crate::mapping::{ColumnSource, PgType};
 
-/// One column of the target table: name, where its value comes from, its live Postgres type.
+/// One column of the target table: name, where its value comes from, its
+/// live Postgres type, and what the table forbids that sluice checks first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnPlan {
     pub name: String,
     pub source: ColumnSource,
     pub ty: PgType,
+    pub constraints: Constraints,
+}
+
+/// Constraints of a live column that the encoder checks before Postgres
+/// does. A row breaking one would fail its whole COPY batch, to be isolated
+/// by re-copying parts of it (see `sink::bisect`); checked here, the record
+/// is set aside alone. It is reported with the SQLSTATE Postgres would raise,
+/// as a `data` dead letter. Empty when the table has BEFORE row triggers,
+/// which may change a row before the constraints apply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Constraints {
+    /// `NOT NULL`: SQLSTATE 23502.
+    pub not_null: bool,
+    /// A length or precision limit of the type: SQLSTATE 22001 or 22003.
+    pub limit: Option<Limit>,
+}
+
+/// A type modifier sluice checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `numeric(precision, scale)`, with `0 <= scale <= precision`.
+    Numeric { precision: u16, scale: u16 },
+    /// `varchar(n)` or `char(n)`: at most `n` characters, not counting
+    /// trailing spaces beyond `n` (Postgres drops those).
+    Chars(u32),
+}
+
+impl Limit {
+    /// The limit of a column from `pg_attribute.atttypmod`; `None` when the
+    /// type has none sluice checks (or an unusual one, left to Postgres).
+    pub fn from_typmod(type_name: &str, typmod: i32) -> Option<Limit> {
+        // VARHDRSZ
+        let t = typmod.checked_sub(4).filter(|t| *t >= 0)?;
+        match type_name {
+            "varchar" | "bpchar" => Some(Limit::Chars(t as u32)),
+            "numeric" => {
+                let precision = ((t >> 16) & 0xffff) as u16;
+                // Postgres 15+ stores the scale as 11-bit two's complement;
+                // negative scales and scales above the precision are left to it.
+                let raw = t & 0x7ff;
+                let scale = if raw & 0x400 != 0 { raw - 0x800 } else { raw };
+                (precision >= 1 && (0..=i32::from(precision)).contains(&scale)).then_some(Limit::Numeric {
+                    precision,
+                    scale: scale as u16,
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A borrowed view of a Kafka record.
@@ -37,7 +87,13 @@ pub struct RecordRef<'a> {
     pub timestamp_ms: Option<i64>,
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
+    /// The record's headers in order; empty unless a column reads them
+    /// ([`RowEncoder::reads_headers`]).
+    pub headers: &'a [HeaderRef<'a>],
 }
+
+/// A Kafka header: its name and value (`None` for a null header).
+pub type HeaderRef<'a> = (&'a str, Option<&'a [u8]>);
 
 /// Why a record could not become a row.
 ///
@@ -51,6 +107,9 @@ pub struct RecordRef<'a> {
 pub struct DecodeError {
     pub column: Option<String>,
     pub reason: String,
+    /// The SQLSTATE Postgres would raise, when the record breaks a
+    /// constraint of the live table checked ahead of it ([`Constraints`]).
+    pub sqlstate: Option<&'static str>,
 }
 
 impl DecodeError {
@@ -59,6 +118,7 @@ impl DecodeError {
         Self {
             column: None,
             reason: reason.into(),
+            sqlstate: None,
         }
     }
 
@@ -68,6 +128,15 @@ impl DecodeError {
         Self {
             column: Some(name.to_owned()),
             reason: format!("({}): {reason}", ty.sql_name()),
+            sqlstate: None,
+        }
+    }
+
+    /// A constraint of the live table the column's value breaks.
+    fn constraint(name: &str, ty: PgType, sqlstate: &'static str, reason: impl fmt::Display) -> Self {
+        Self {
+            sqlstate: Some(sqlstate),
+            ..Self::for_column(name, ty, reason)
         }
     }
 }
@@ -94,6 +163,7 @@ pub struct RowEncoder {
     /// instead of on every record.
     paths: Vec<Path>,
     reads_value: bool,
+    reads_headers: bool,
     upsert: Option<Upsert>,
 }
 
@@ -103,6 +173,8 @@ struct Upsert {
     /// Indexes into `columns`, in the configured key order.
     key: Box<[usize]>,
     delete_on_tombstone: bool,
+    /// Index into `columns` of the version column ("update only if newer").
+    version: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -125,7 +197,7 @@ struct Token {
 
 impl Path {
     fn compile(source: &ColumnSource) -> Self {
-        let ColumnSource::Pointer(p) = source else {
+        let (ColumnSource::Pointer(p) | ColumnSource::KeyPointer(p)) = source else {
             return Self::Meta;
         };
         // "/" is the whole value in the mapping language (see `ColumnSource::parse`),
@@ -180,10 +252,14 @@ impl RowEncoder {
     pub fn new(columns: Vec<ColumnPlan>) -> Self {
         let paths: Vec<Path> = columns.iter().map(|c| Path::compile(&c.source)).collect();
         let reads_value = columns.iter().any(|c| matches!(c.source, ColumnSource::Pointer(_)));
+        let reads_headers = columns
+            .iter()
+            .any(|c| matches!(c.source, ColumnSource::Header(_) | ColumnSource::Headers));
         Self {
             columns,
             paths,
             reads_value,
+            reads_headers,
             upsert: None,
         }
     }
@@ -207,8 +283,32 @@ impl RowEncoder {
         self.upsert = Some(Upsert {
             key,
             delete_on_tombstone,
+            version: None,
         });
         Ok(self)
+    }
+
+    /// In upsert mode, names the version column: rows only replace older
+    /// versions, and a record's version must not be null. The error names a
+    /// column that is not mapped, or a key column.
+    pub fn with_version(mut self, column: &str) -> Result<Self, String> {
+        let index = self
+            .columns
+            .iter()
+            .position(|c| c.name == column)
+            .ok_or_else(|| format!("version column `{column}` is not a mapped column"))?;
+        let upsert = self.upsert.as_mut().ok_or("a version column needs upsert mode")?;
+        if upsert.key.contains(&index) {
+            return Err(format!("version column `{column}` is a key column"));
+        }
+        upsert.version = Some(index);
+        Ok(self)
+    }
+
+    /// In upsert mode with a version column, its name.
+    pub fn version_column(&self) -> Option<&str> {
+        let index = self.upsert.as_ref()?.version?;
+        Some(self.columns[index].name.as_str())
     }
 
     pub fn columns(&self) -> &[ColumnPlan] {
@@ -225,6 +325,12 @@ impl RowEncoder {
     /// non-JSON values are errors).
     pub fn reads_value(&self) -> bool {
         self.reads_value
+    }
+
+    /// Whether any column reads the record's headers (so the caller must
+    /// pass them in [`RecordRef::headers`]).
+    pub fn reads_headers(&self) -> bool {
+        self.reads_headers
     }
 
     /// Appends exactly one line of PostgreSQL COPY *text* format (columns
@@ -269,9 +375,13 @@ impl RowEncoder {
                     }
                     Some(v) => write_json_value(out, v, col.ty),
                 },
+                ColumnSource::KeyPointer(_) => write_key_pointer(out, path, rec.key, col.ty),
                 other => write_meta(out, other, rec, col.ty),
             };
             written.map_err(|reason| DecodeError::for_column(&col.name, col.ty, reason))?;
+            if col.constraints != Constraints::default() {
+                check_constraints(col, &out[at..])?;
+            }
             if let Some(u) = &self.upsert {
                 // NULL never equals NULL: such a row could never be updated
                 // or deleted by key, and DISTINCT ON would merge unrelated ones.
@@ -280,6 +390,13 @@ impl RowEncoder {
                         &col.name,
                         col.ty,
                         "a key column must not be null",
+                    ));
+                }
+                if &out[at..] == NULL && u.version == Some(i) {
+                    return Err(DecodeError::for_column(
+                        &col.name,
+                        col.ty,
+                        "the version column must not be null",
                     ));
                 }
             }
@@ -320,6 +437,7 @@ impl RowEncoder {
                     )),
                     (TombstoneKey::NotUtf8(e), _) => Err(format!("the tombstone's key is not valid UTF-8: {e}")),
                 },
+                ColumnSource::KeyPointer(_) => write_key_pointer(out, path, rec.key, col.ty),
                 other => write_meta(out, other, rec, col.ty),
             };
             written.map_err(|reason| DecodeError::for_column(&col.name, col.ty, reason))?;
@@ -334,6 +452,95 @@ impl RowEncoder {
         out.extend_from_slice(b"\tt\n");
         Ok(())
     }
+}
+
+/// Checks an encoded column value (COPY text) against the live column's
+/// constraints, the way Postgres would on insert.
+fn check_constraints(col: &ColumnPlan, encoded: &[u8]) -> Result<(), DecodeError> {
+    if encoded == NULL {
+        return match col.constraints.not_null {
+            true => Err(DecodeError::constraint(
+                &col.name,
+                col.ty,
+                "23502",
+                format!("null value in column \"{}\" violates its not-null constraint", col.name),
+            )),
+            false => Ok(()),
+        };
+    }
+    match col.constraints.limit {
+        None => Ok(()),
+        Some(Limit::Chars(n)) => match chars_over(encoded, n as usize) {
+            false => Ok(()),
+            true => Err(DecodeError::constraint(
+                &col.name,
+                col.ty,
+                "22001",
+                format!(
+                    "{} is longer than the column's {n} characters: value too long",
+                    show_bytes(&unescape_head(encoded))
+                ),
+            )),
+        },
+        Some(Limit::Numeric { precision, scale }) => {
+            // `push_numeric` wrote the literal as given (or NaN, which fits).
+            let text = std::str::from_utf8(encoded).unwrap_or("");
+            match Decimal::parse(text) {
+                Some(d) if !d.fits_precision(precision, scale) => Err(DecodeError::constraint(
+                    &col.name,
+                    col.ty,
+                    "22003",
+                    format!(
+                        "{} does not fit numeric({precision},{scale}): numeric field overflow (it must \
+                         round to an absolute value below 10^{})",
+                        show_str(text),
+                        precision - scale
+                    ),
+                )),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+/// Whether COPY-escaped text holds more than `n` characters, not counting
+/// spaces after the `n`th (varchar and char drop those silently).
+fn chars_over(encoded: &[u8], n: usize) -> bool {
+    let mut count = 0;
+    let mut i = 0;
+    while i < encoded.len() {
+        let b = encoded[i];
+        // An escape (`\t`, `\\`, …) is one character in two bytes.
+        let step = if b == b'\\' { 2 } else { 1 };
+        if b & 0xC0 != 0x80 {
+            count += 1;
+            if count > n && b != b' ' {
+                return true;
+            }
+        }
+        i += step;
+    }
+    false
+}
+
+/// The start of COPY-escaped text, unescaped, for a message.
+fn unescape_head(encoded: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut bytes = encoded.iter().take(SHOW_CHARS * 4 + 2);
+    while let Some(&b) = bytes.next() {
+        if b == b'\\' {
+            out.push(match bytes.next() {
+                Some(b'n') => b'\n',
+                Some(b'r') => b'\r',
+                Some(b't') => b'\t',
+                Some(&other) => other,
+                None => break,
+            });
+        } else {
+            out.push(b);
+        }
+    }
+    out
 }
 
 /// A tombstone's Kafka key, read for its key columns.
@@ -383,9 +590,63 @@ fn write_meta(out: &mut Vec<u8>, source: &ColumnSource, rec: &RecordRef<'_>, ty:
         ColumnSource::Partition => write_partition(out, rec.partition, ty),
         ColumnSource::Offset => write_offset(out, rec.offset, ty),
         ColumnSource::Timestamp => write_timestamp_meta(out, rec.timestamp_ms, ty),
-        ColumnSource::Key => write_key(out, rec.key, ty),
-        ColumnSource::Pointer(_) => unreachable!("pointers are resolved by the caller"),
+        ColumnSource::Key => write_raw(out, rec.key, ty, "@key"),
+        ColumnSource::Header(name) => {
+            let value = rec.headers.iter().rev().find(|(n, _)| n == name).and_then(|(_, v)| *v);
+            write_raw(out, value, ty, &format!("@header:{name}"))
+        }
+        ColumnSource::Headers => write_headers(out, rec.headers, ty),
+        ColumnSource::Const(text) => {
+            push_text(out, text).map_err(|NulByte| "the constant contains a NUL character".to_owned())
+        }
+        ColumnSource::Pointer(_) | ColumnSource::KeyPointer(_) => {
+            unreachable!("pointers are resolved by the caller")
+        }
     }
+}
+
+/// A JSON pointer into the Kafka key parsed as JSON; NULL when there is no
+/// key or nothing at the pointer.
+fn write_key_pointer(out: &mut Vec<u8>, path: &Path, key: Option<&[u8]>, ty: PgType) -> Conv {
+    let Some(key) = key else {
+        out.extend_from_slice(NULL);
+        return Ok(());
+    };
+    let text = std::str::from_utf8(key).map_err(|e| format!("@key is not valid UTF-8: {e}"))?;
+    let doc: Value = serde_json::from_str(text).map_err(|e| json_error("@key is not valid JSON", &e))?;
+    match path.resolve(&doc) {
+        None | Some(Value::Null) => {
+            out.extend_from_slice(NULL);
+            Ok(())
+        }
+        Some(v) => write_json_value(out, v, ty),
+    }
+}
+
+/// Every header as a JSON object, name → value: the value as a string when
+/// it is UTF-8, `{"base64": …}` when not, `null` for a null header; the last
+/// one wins when a name repeats.
+fn write_headers(out: &mut Vec<u8>, headers: &[HeaderRef<'_>], ty: PgType) -> Conv {
+    use base64::Engine as _;
+    if !matches!(ty, PgType::Json | PgType::Jsonb | PgType::Text) {
+        return Err(unsupported("@headers", ty));
+    }
+    let mut object = serde_json::Map::new();
+    for (name, value) in headers {
+        let value = match value {
+            None => Value::Null,
+            Some(v) => match std::str::from_utf8(v) {
+                Ok(s) => Value::String(s.to_owned()),
+                Err(_) => serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(v) }),
+            },
+        };
+        object.insert((*name).to_owned(), value);
+    }
+    let v = Value::Object(object);
+    if has_nul(&v) {
+        return Err("@headers contain a NUL character (\\u0000), which Postgres cannot store".to_owned());
+    }
+    push_json(out, &v)
 }
 
 fn parse_value(value: Option<&[u8]>) -> Result<Value, DecodeError> {
@@ -597,10 +858,13 @@ fn write_timestamp_meta(out: &mut Vec<u8>, ts: Option<i64>, ty: PgType) -> Conv 
     }
 }
 
-fn write_key(out: &mut Vec<u8>, key: Option<&[u8]>, ty: PgType) -> Conv {
+/// Raw bytes (the key, or a header's value) into a column: bytea as they
+/// are; text, JSON, UUID and numbers parsed from UTF-8. `what` names the
+/// source in messages.
+fn write_raw(out: &mut Vec<u8>, key: Option<&[u8]>, ty: PgType, what: &str) -> Conv {
     use PgType::*;
     if !matches!(ty, Text | Bytea | Json | Jsonb | Uuid | Int8 | Int4 | Numeric) {
-        return Err(unsupported("@key", ty));
+        return Err(unsupported(what, ty));
     }
     let Some(key) = key else {
         out.extend_from_slice(NULL);
@@ -611,32 +875,35 @@ fn write_key(out: &mut Vec<u8>, key: Option<&[u8]>, ty: PgType) -> Conv {
         return Ok(());
     }
     if ty == Uuid {
-        let u =
-            uuid::Uuid::try_parse_ascii(key).map_err(|_| format!("expected a UUID, found @key {}", show_bytes(key)))?;
+        let u = uuid::Uuid::try_parse_ascii(key)
+            .map_err(|_| format!("expected a UUID, found {what} {}", show_bytes(key)))?;
         push_uuid(out, u);
         return Ok(());
     }
-    let text = std::str::from_utf8(key).map_err(|e| format!("@key is not valid UTF-8: {e}"))?;
+    let text = std::str::from_utf8(key).map_err(|e| format!("{what} is not valid UTF-8: {e}"))?;
     match ty {
-        Text => push_text(out, text).map_err(|NulByte| format!("@key {} contains a NUL character", show_str(text))),
+        Text => push_text(out, text).map_err(|NulByte| format!("{what} {} contains a NUL character", show_str(text))),
         Json | Jsonb => {
-            let v: Value = serde_json::from_str(text).map_err(|e| json_error("@key is not valid JSON", &e))?;
+            let v: Value =
+                serde_json::from_str(text).map_err(|e| json_error(&format!("{what} is not valid JSON"), &e))?;
             if has_nul(&v) {
-                return Err("@key contains a NUL character (\\u0000), which Postgres cannot store".to_owned());
+                return Err(format!(
+                    "{what} contains a NUL character (\\u0000), which Postgres cannot store"
+                ));
             }
             push_json(out, &v)
         }
         Int4 | Int8 => {
             let i = parse_int_in(text, ty).map_err(|e| match e {
-                NumError::Invalid => format!("expected an integer, found @key {}", show_str(text)),
-                NumError::OutOfRange => format!("@key {} is out of range", show_str(text)),
+                NumError::Invalid => format!("expected an integer, found {what} {}", show_str(text)),
+                NumError::OutOfRange => format!("{what} {} is out of range", show_str(text)),
             })?;
             push_i64(out, i);
             Ok(())
         }
         _ => push_numeric(out, text).map_err(|e| match e {
-            NumError::Invalid => format!("expected a number, found @key {}", show_str(text)),
-            NumError::OutOfRange => format!("@key {} is out of range", show_str(text)),
+            NumError::Invalid => format!("expected a number, found {what} {}", show_str(text)),
+            NumError::OutOfRange => format!("{what} {} is out of range", show_str(text)),
         }),
     }
 }
@@ -990,6 +1257,33 @@ impl<'a> Decimal<'a> {
         i64::try_from(v).map_err(|_| NumError::OutOfRange)
     }
 
+    /// Whether the value, rounded to `scale` decimals (half away from zero,
+    /// as Postgres does), has at most `precision - scale` digits before the
+    /// point, so that `numeric(precision, scale)` takes it.
+    fn fits_precision(&self, precision: u16, scale: u16) -> bool {
+        let Some((first, _)) = self.significant() else {
+            return true;
+        };
+        let len = self.len() as i64;
+        // Digit k has weight 10^(point - 1 - k).
+        let point = self.int.len() as i64 + self.exp;
+        // The first digit rounded away.
+        let round_at = point + i64::from(scale);
+        let first = first as i64;
+        if first >= round_at {
+            // Every significant digit is rounded away: the result is 0 or
+            // 10^-scale, which always fits.
+            return true;
+        }
+        let mut int_digits = (point - first).max(0);
+        let rounds_up = round_at < len && self.digit(round_at as usize) >= b'5';
+        if rounds_up && (first..round_at).all(|k| self.digit(k as usize) == b'9') {
+            // 99.995 -> 100.00: the carry adds a digit.
+            int_digits = (point - first + 1).max(0);
+        }
+        int_digits <= i64::from(precision - scale)
+    }
+
     /// Whether Postgres' numeric can hold the literal as written.
     fn fits_numeric(&self) -> bool {
         // Postgres up to 14 rejects exponents beyond ±1000 outright; newer
@@ -1224,6 +1518,7 @@ mod tests {
             name: name.to_owned(),
             source: ColumnSource::parse(spec).unwrap(),
             ty,
+            constraints: Constraints::default(),
         }
     }
 
@@ -1235,6 +1530,7 @@ mod tests {
             timestamp_ms: Some(1_704_164_645_123),
             key,
             value,
+            headers: &[],
         }
     }
 
@@ -1340,6 +1636,7 @@ mod tests {
             name: "x".into(),
             source: ColumnSource::Pointer("arr".into()),
             ty: Text,
+            constraints: Default::default(),
         }]);
         assert_eq!(line(&enc, &rec(Some(doc), None)).unwrap(), r"\N");
     }
@@ -1357,6 +1654,7 @@ mod tests {
             name: "n".into(),
             source: ColumnSource::Pointer("/".into()),
             ty: Int8,
+            constraints: Default::default(),
         }]);
         assert_eq!(line(&enc, &rec(Some(b"17"), None)).unwrap(), "17");
         assert_eq!(line(&enc, &rec(Some(b"null"), None)).unwrap(), r"\N");
@@ -1436,6 +1734,119 @@ mod tests {
         assert_eq!(out, b"kept\n");
     }
 
+    fn constrained(ty: PgType, constraints: Constraints) -> RowEncoder {
+        RowEncoder::new(vec![ColumnPlan {
+            constraints,
+            ..col("c", "/x", ty)
+        }])
+    }
+
+    #[test]
+    fn live_constraints_are_checked_with_postgres_sqlstates() {
+        let enc = constrained(
+            Text,
+            Constraints {
+                not_null: true,
+                limit: None,
+            },
+        );
+        for doc in [&br#"{"x":null}"#[..], br#"{}"#] {
+            let e = line(&enc, &rec(Some(doc), None)).unwrap_err();
+            assert_eq!(e.sqlstate, Some("23502"));
+            assert!(e.to_string().contains(r#"null value in column "c""#), "{e}");
+        }
+        assert_eq!(line(&enc, &rec(Some(br#"{"x":""}"#), None)).unwrap(), "");
+
+        let enc = constrained(
+            Text,
+            Constraints {
+                not_null: false,
+                limit: Some(Limit::Chars(3)),
+            },
+        );
+        let ok = |doc: &str| line(&enc, &rec(Some(doc.as_bytes()), None));
+        assert_eq!(ok(r#"{"x":"abc"}"#).unwrap(), "abc");
+        assert_eq!(ok(r#"{"x":"héé"}"#).unwrap(), "héé", "characters, not bytes");
+        assert_eq!(ok(r#"{"x":"a\tb"}"#).unwrap(), r"a\tb", "an escape is one character");
+        assert_eq!(
+            ok(r#"{"x":"abc   "}"#).unwrap(),
+            "abc   ",
+            "trailing spaces are dropped by Postgres"
+        );
+        assert_eq!(ok(r#"{"x":null}"#).unwrap(), r"\N");
+        for long in [
+            r#"{"x":"abcd"}"#,
+            r#"{"x":"a\t\tb"}"#,
+            r#"{"x":"abc  x"}"#,
+            r#"{"x":1234}"#,
+        ] {
+            let e = ok(long).unwrap_err();
+            assert_eq!(e.sqlstate, Some("22001"), "{long}");
+            assert!(e.to_string().contains("longer than the column's 3 characters"), "{e}");
+        }
+
+        let enc = constrained(
+            Numeric,
+            Constraints {
+                not_null: false,
+                limit: Some(Limit::Numeric { precision: 8, scale: 2 }),
+            },
+        );
+        let num = |n: &str| line(&enc, &rec(Some(format!(r#"{{"x":{n}}}"#).as_bytes()), None));
+        for fits in [
+            "999999.99",
+            "-999999.994",
+            "0.001",
+            "123456",
+            "1e5",
+            "\"NaN\"",
+            "0",
+            "99999999e-2",
+        ] {
+            assert!(num(fits).is_ok(), "{fits}: {:?}", num(fits));
+        }
+        for over in ["12345678.5", "999999.995", "-1000000", "1e6", "\"1234567\""] {
+            let e = num(over).unwrap_err();
+            assert_eq!(e.sqlstate, Some("22003"), "{over}");
+            assert!(e.to_string().contains("numeric field overflow"), "{e}");
+        }
+        // An unconstrained column leaves it all to Postgres.
+        assert!(conv(Numeric, "12345678.5").is_ok());
+        assert_eq!(conv(Text, "null").unwrap(), r"\N");
+    }
+
+    #[test]
+    fn numeric_precision_rounds_like_postgres() {
+        let fits = |s: &str, p: u16, sc: u16| Decimal::parse(s).unwrap().fits_precision(p, sc);
+        assert!(fits("0.995", 3, 2));
+        assert!(!fits("0.995", 2, 2), "rounds to 1.00");
+        assert!(fits("0.994", 2, 2));
+        assert!(fits("0.0995", 2, 2), "rounds to 0.10");
+        assert!(fits("0.4", 1, 0));
+        assert!(fits("9.4", 1, 0));
+        assert!(!fits("9.5", 1, 0), "rounds to 10");
+        assert!(fits("00012.5", 3, 1));
+        assert!(fits("123e-1", 3, 1));
+        assert!(!fits("1234e-1", 3, 1));
+        assert!(fits("0", 1, 1));
+        assert!(fits("0.00000000004", 2, 2));
+    }
+
+    #[test]
+    fn typmods() {
+        assert_eq!(Limit::from_typmod("varchar", 14), Some(Limit::Chars(10)));
+        assert_eq!(Limit::from_typmod("bpchar", 5), Some(Limit::Chars(1)));
+        assert_eq!(Limit::from_typmod("varchar", -1), None);
+        assert_eq!(
+            Limit::from_typmod("numeric", ((8 << 16) | 2) + 4),
+            Some(Limit::Numeric { precision: 8, scale: 2 })
+        );
+        // numeric(3,-2) (Postgres 15+) is left to Postgres.
+        assert_eq!(Limit::from_typmod("numeric", ((3 << 16) | (0x800 - 2)) + 4), None);
+        assert_eq!(Limit::from_typmod("numeric", -1), None);
+        assert_eq!(Limit::from_typmod("int4", -1), None);
+    }
+
     #[test]
     fn display_forms() {
         let e = DecodeError::for_column("amount", Numeric, "expected a number, found \"abc\"");
@@ -1446,6 +1857,7 @@ mod tests {
         let e = DecodeError {
             column: Some("x".into()),
             reason: "bad".into(),
+            sqlstate: None,
         };
         assert_eq!(e.to_string(), "column `x`: bad");
         assert_eq!(
@@ -1942,6 +2354,7 @@ mod tests {
                 timestamp_ms: ts,
                 key: key.as_deref(),
                 value: value.as_deref(),
+                headers: &[],
             };
             let all = everything();
             check_encode(&RowEncoder::new(all.clone()), &r)?;
@@ -1967,6 +2380,7 @@ mod tests {
                 timestamp_ms: Some(3),
                 key: Some(&key_bytes),
                 value: Some(&doc),
+                headers: &[],
             };
             check_encode(&RowEncoder::new(everything()), &r)?;
             for ty in ALL_TYPES {

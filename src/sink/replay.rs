@@ -11,11 +11,13 @@
 //! one (the second waits on the row lock, then finds it marked). One that is
 //! still bad stays unmarked and is reported.
 
+use std::sync::Arc;
+
 use sqlx::{PgPool, Row as _};
 
-use crate::pipeline::Pipeline;
-use crate::sink::encode::RecordRef;
-use crate::sink::upsert::WriteSql;
+use crate::pipeline::Target;
+use crate::sink::dead_letter::headers_from_json;
+use crate::sink::encode::{HeaderRef, RecordRef};
 
 /// One dead letter, as listed.
 #[derive(Debug, Clone)]
@@ -120,20 +122,26 @@ pub struct Report {
 
 /// Replays the not-yet-replayed dead letters of `pipeline` matching
 /// `filter` into its table, each exactly once (see the module docs).
-pub async fn replay(pool: &PgPool, pipeline: &Pipeline, filter: &Filter) -> Result<Report, sqlx::Error> {
+/// `target` gives the table (and mapping) of a topic's records; a dead
+/// letter of a topic without one is reported as still bad.
+pub async fn replay(
+    pool: &PgPool,
+    pipeline: &str,
+    target: &dyn Fn(&str) -> Option<Arc<Target>>,
+    filter: &Filter,
+) -> Result<Report, sqlx::Error> {
     let (from, to) = filter.ids.unwrap_or((i64::MIN, i64::MAX));
     let ids: Vec<i64> = sqlx::query_scalar(
         "SELECT id FROM sluice.dead_letters \
          WHERE pipeline = $1 AND replayed_at IS NULL AND ($2::text IS NULL OR error_class = $2) \
            AND id BETWEEN $3 AND $4 ORDER BY id",
     )
-    .bind(&pipeline.name)
+    .bind(pipeline)
     .bind(filter.class.as_deref())
     .bind(from)
     .bind(to)
     .fetch_all(pool)
     .await?;
-    let write_sql = WriteSql::new(&pipeline.table, &pipeline.encoder);
     let mut report = Report::default();
     let mut line = Vec::new();
     for id in ids {
@@ -142,7 +150,8 @@ pub async fn replay(pool: &PgPool, pipeline: &Pipeline, filter: &Filter) -> Resu
         let marked = sqlx::query(
             "UPDATE sluice.dead_letters SET replayed_at = now() WHERE id = $1 AND replayed_at IS NULL \
              RETURNING topic, partition, \"offset\", \
-               round(extract(epoch FROM kafka_timestamp) * 1000)::int8 AS timestamp_ms, key, value",
+               round(extract(epoch FROM kafka_timestamp) * 1000)::int8 AS timestamp_ms, key, value, \
+               headers::text AS headers",
         )
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -155,6 +164,9 @@ pub async fn replay(pool: &PgPool, pipeline: &Pipeline, filter: &Filter) -> Resu
         let topic: String = row.try_get("topic")?;
         let key: Option<Vec<u8>> = row.try_get("key")?;
         let value: Option<Vec<u8>> = row.try_get("value")?;
+        let stored_headers: Option<String> = row.try_get("headers")?;
+        let owned_headers = headers_from_json(stored_headers.as_deref().unwrap_or("[]"));
+        let headers: Vec<HeaderRef<'_>> = owned_headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
         let record = RecordRef {
             topic: &topic,
             partition: row.try_get("partition")?,
@@ -162,9 +174,18 @@ pub async fn replay(pool: &PgPool, pipeline: &Pipeline, filter: &Filter) -> Resu
             timestamp_ms: row.try_get("timestamp_ms")?,
             key: key.as_deref(),
             value: value.as_deref(),
+            headers: &headers,
         };
+        let Some(target) = target(&topic) else {
+            tx.rollback().await?;
+            report
+                .still_bad
+                .push((id, format!("no table is planned for topic {topic:?}")));
+            continue;
+        };
+        let write_sql = &target.write_sql;
         line.clear();
-        if let Err(err) = pipeline.encoder.encode(&record, &mut line) {
+        if let Err(err) = target.encoder.encode(&record, &mut line) {
             tx.rollback().await?;
             report.still_bad.push((id, err.to_string()));
             continue;

@@ -5,7 +5,7 @@ use std::fmt;
 use sqlx::PgPool;
 
 use crate::mapping::{ColumnSource, PgType};
-use crate::sink::encode::ColumnPlan;
+use crate::sink::encode::{ColumnPlan, Constraints, Limit};
 
 /// A table, schema-qualified. Names are used exactly as written and always
 /// quoted, so they are case-sensitive.
@@ -40,6 +40,12 @@ pub struct LiveColumn {
     /// The type name (`pg_type.typname`), domains resolved to their base type.
     pub type_name: String,
     pub not_null: bool,
+    /// `pg_attribute.atttypmod`: `varchar(n)`'s length, `numeric(p,s)`'s
+    /// precision and scale; -1 for none.
+    pub typmod: i32,
+    /// The table has BEFORE INSERT or UPDATE row triggers, which may change
+    /// a row before its constraints are checked.
+    pub table_has_before_triggers: bool,
 }
 
 /// Reads the table's columns; `None` when the table does not exist.
@@ -55,10 +61,20 @@ pub async fn live_columns(pool: &PgPool, table: &TableRef) -> Result<Option<Vec<
     if exists.is_none() {
         return Ok(None);
     }
-    let rows: Vec<(String, String, bool)> = sqlx::query_as(
+    let triggers: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = $2 AND NOT g.tgisinternal \
+           AND (g.tgtype & 1) = 1 AND (g.tgtype & 2) = 2 AND (g.tgtype & (4 | 16)) <> 0)",
+    )
+    .bind(&table.schema)
+    .bind(&table.name)
+    .fetch_one(pool)
+    .await?;
+    let rows: Vec<(String, String, bool, i32)> = sqlx::query_as(
         "SELECT a.attname::text, \
                 (CASE WHEN t.typtype = 'd' THEN bt.typname ELSE t.typname END)::text, \
-                a.attnotnull \
+                a.attnotnull, a.atttypmod \
          FROM pg_attribute a \
          JOIN pg_class c ON c.oid = a.attrelid \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -73,10 +89,12 @@ pub async fn live_columns(pool: &PgPool, table: &TableRef) -> Result<Option<Vec<
     .await?;
     Ok(Some(
         rows.into_iter()
-            .map(|(name, type_name, not_null)| LiveColumn {
+            .map(|(name, type_name, not_null, typmod)| LiveColumn {
                 name,
                 type_name,
                 not_null,
+                typmod,
+                table_has_before_triggers: triggers,
             })
             .collect(),
     ))
@@ -165,12 +183,25 @@ pub fn plan_columns(
             name: column.clone(),
             source: source.clone(),
             ty,
+            constraints: constraints_of(col),
         });
     }
     if errors.is_empty() {
         Ok(plan)
     } else {
         Err(errors)
+    }
+}
+
+/// What the encoder checks ahead of Postgres for `col`: nothing when a
+/// BEFORE trigger may still change the row.
+fn constraints_of(col: &LiveColumn) -> Constraints {
+    if col.table_has_before_triggers {
+        return Constraints::default();
+    }
+    Constraints {
+        not_null: col.not_null,
+        limit: Limit::from_typmod(&col.type_name, col.typmod),
     }
 }
 
@@ -184,21 +215,29 @@ mod tests {
                 name: "id".into(),
                 type_name: "int8".into(),
                 not_null: true,
+                typmod: -1,
+                table_has_before_triggers: false,
             },
             LiveColumn {
                 name: "doc".into(),
                 type_name: "jsonb".into(),
                 not_null: false,
+                typmod: -1,
+                table_has_before_triggers: false,
             },
             LiveColumn {
                 name: "where".into(),
                 type_name: "point".into(),
                 not_null: false,
+                typmod: -1,
+                table_has_before_triggers: false,
             },
             LiveColumn {
                 name: "flag".into(),
                 type_name: "bool".into(),
                 not_null: false,
+                typmod: -1,
+                table_has_before_triggers: false,
             },
         ]
     }

@@ -33,7 +33,8 @@ use sqlx::{Executor as _, PgConnection, PgPool};
 use crate::sink::encode::RowEncoder;
 use crate::sink::schema::{quote_ident, TableRef};
 
-/// The staging table's name, as Postgres names it in COPY error contexts.
+/// The staging table's name (with a number per target), as Postgres names
+/// it in COPY error contexts.
 pub const STAGE: &str = "sluice_stage";
 
 /// The statements of one pipeline's writes.
@@ -46,6 +47,8 @@ pub enum WriteSql {
 /// The statements of an upsert flush.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpsertSql {
+    /// The staging table's name (unqualified, unquoted).
+    pub stage: String,
     /// Creates the staging table for this transaction.
     pub create: String,
     /// COPY into the staging table: the mapped columns, `_sluice_delete`, `_sluice_ord`.
@@ -59,9 +62,27 @@ pub struct UpsertSql {
 impl WriteSql {
     /// The statements for `table`, the encoder's columns and mode.
     pub fn new(table: &TableRef, encoder: &RowEncoder) -> WriteSql {
+        Self::with_stage(table, encoder, 0)
+    }
+
+    /// As [`WriteSql::new`], with staging table number `stage` (distinct
+    /// among the tables one transaction writes).
+    pub fn with_stage(table: &TableRef, encoder: &RowEncoder, stage: usize) -> WriteSql {
         let columns: Vec<&str> = encoder.columns().iter().map(|c| c.name.as_str()).collect();
         match encoder.key_columns() {
-            Some(key) => WriteSql::Upsert(UpsertSql::new(table, &columns, &key)),
+            Some(key) => {
+                let stage = match stage {
+                    0 => STAGE.to_owned(),
+                    n => format!("{STAGE}_{n}"),
+                };
+                WriteSql::Upsert(UpsertSql::staged(
+                    table,
+                    &columns,
+                    &key,
+                    encoder.version_column(),
+                    &stage,
+                ))
+            }
             None => WriteSql::Insert {
                 copy: format!(
                     "COPY {} ({}) FROM STDIN WITH (FORMAT text)",
@@ -73,10 +94,10 @@ impl WriteSql {
     }
 
     /// The relation named in the COPY's error context (for its line hints).
-    pub fn copy_target<'a>(&self, table: &'a TableRef) -> &'a str {
+    pub fn copy_target<'a>(&'a self, table: &'a TableRef) -> &'a str {
         match self {
             WriteSql::Insert { .. } => &table.name,
-            WriteSql::Upsert(_) => STAGE,
+            WriteSql::Upsert(sql) => &sql.stage,
         }
     }
 
@@ -126,16 +147,27 @@ impl WriteSql {
 
 impl UpsertSql {
     /// `columns` are the mapped columns in COPY order; `key` is a non-empty
-    /// subset of them.
-    pub fn new(table: &TableRef, columns: &[&str], key: &[&str]) -> UpsertSql {
+    /// subset of them; `version`, if any, another one of them.
+    pub fn new(table: &TableRef, columns: &[&str], key: &[&str], version: Option<&str>) -> UpsertSql {
+        Self::staged(table, columns, key, version, STAGE)
+    }
+
+    /// As [`UpsertSql::new`], staging in `pg_temp.{stage_name}`.
+    pub fn staged(
+        table: &TableRef,
+        columns: &[&str],
+        key: &[&str],
+        version: Option<&str>,
+        stage_name: &str,
+    ) -> UpsertSql {
         let target = table.quoted();
-        let stage = format!("pg_temp.{}", quote_ident(STAGE));
+        let stage = format!("pg_temp.{}", quote_ident(stage_name));
         let cols = quoted_list(columns);
         let keys = quoted_list(key);
         let create = format!(
             "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {cols}, NULL::boolean AS \"_sluice_delete\", \
              NULL::bigint AS \"_sluice_ord\" FROM {target} WITH NO DATA",
-            quote_ident(STAGE)
+            quote_ident(stage_name)
         );
         let copy = format!("COPY {stage} ({cols}, \"_sluice_delete\", \"_sluice_ord\") FROM STDIN WITH (FORMAT text)");
         let matches: Vec<String> = key
@@ -153,16 +185,45 @@ impl UpsertSql {
             format!("DO UPDATE SET {}", updates.join(", "))
         };
         let last_cols: Vec<String> = columns.iter().map(|c| format!("last.{}", quote_ident(c))).collect();
-        let apply = format!(
-            "WITH last AS (SELECT DISTINCT ON ({keys}) * FROM {stage} ORDER BY {keys}, \"_sluice_ord\" DESC), \
-             deleted AS (DELETE FROM {target} t USING last WHERE last.\"_sluice_delete\" AND {}) \
-             INSERT INTO {target} ({cols}) SELECT {} FROM last WHERE NOT last.\"_sluice_delete\" \
-             ON CONFLICT ({keys}) {on_conflict}",
-            matches.join(" AND "),
-            last_cols.join(", ")
-        );
+        let apply = match version {
+            // Per key the batch's last record counts: a row upserts, a
+            // tombstone deletes.
+            None => format!(
+                "WITH last AS (SELECT DISTINCT ON ({keys}) * FROM {stage} ORDER BY {keys}, \"_sluice_ord\" DESC), \
+                 deleted AS (DELETE FROM {target} t USING last WHERE last.\"_sluice_delete\" AND {}) \
+                 INSERT INTO {target} AS t ({cols}) SELECT {} FROM last WHERE NOT last.\"_sluice_delete\" \
+                 ON CONFLICT ({keys}) {on_conflict}",
+                matches.join(" AND "),
+                last_cols.join(", ")
+            ),
+            // With a version: a key with a tombstone in the batch is deleted
+            // first (its stored version no longer counts); then, per key,
+            // the greatest version among the records after its last
+            // tombstone is upserted, replacing only an older stored version.
+            // Two statements, so the upsert sees the delete.
+            Some(v) => {
+                let v = quote_ident(v);
+                let tomb_matches: Vec<String> = key
+                    .iter()
+                    .map(|k| format!("t.{q} = d.{q}", q = quote_ident(k)))
+                    .collect();
+                format!(
+                    "DELETE FROM {target} t USING (SELECT DISTINCT {keys} FROM {stage} WHERE \"_sluice_delete\") d \
+                     WHERE {}; \
+                     WITH last AS (SELECT DISTINCT ON ({keys}) * FROM (SELECT *, max(\"_sluice_ord\") FILTER \
+                     (WHERE \"_sluice_delete\") OVER (PARTITION BY {keys}) AS \"_sluice_tomb\" FROM {stage}) s \
+                     WHERE NOT \"_sluice_delete\" AND (\"_sluice_tomb\" IS NULL OR \"_sluice_ord\" > \"_sluice_tomb\") \
+                     ORDER BY {keys}, {v} DESC NULLS LAST, \"_sluice_ord\" DESC) \
+                     INSERT INTO {target} AS t ({cols}) SELECT {} FROM last \
+                     ON CONFLICT ({keys}) {on_conflict} WHERE t.{v} IS NULL OR EXCLUDED.{v} > t.{v}",
+                    tomb_matches.join(" AND "),
+                    last_cols.join(", ")
+                )
+            }
+        };
         let clear = format!("DELETE FROM {stage}");
         UpsertSql {
+            stage: stage_name.to_owned(),
             create,
             copy,
             apply,
@@ -224,7 +285,7 @@ mod tests {
 
     #[test]
     fn upsert_statements_quote_every_identifier() {
-        let sql = UpsertSql::new(&table(), &["id", "Region", "v\"x"], &["id", "Region"]);
+        let sql = UpsertSql::new(&table(), &["id", "Region", "v\"x"], &["id", "Region"], None);
         assert_eq!(
             sql.create,
             "CREATE TEMP TABLE \"sluice_stage\" ON COMMIT DROP AS SELECT \"id\", \"Region\", \"v\"\"x\", \
@@ -242,7 +303,7 @@ mod tests {
              ORDER BY \"id\", \"Region\", \"_sluice_ord\" DESC), \
              deleted AS (DELETE FROM \"My Schema\".\"or\"\"ders\" t USING last WHERE last.\"_sluice_delete\" \
              AND t.\"id\" = last.\"id\" AND t.\"Region\" = last.\"Region\") \
-             INSERT INTO \"My Schema\".\"or\"\"ders\" (\"id\", \"Region\", \"v\"\"x\") \
+             INSERT INTO \"My Schema\".\"or\"\"ders\" AS t (\"id\", \"Region\", \"v\"\"x\") \
              SELECT last.\"id\", last.\"Region\", last.\"v\"\"x\" FROM last WHERE NOT last.\"_sluice_delete\" \
              ON CONFLICT (\"id\", \"Region\") DO UPDATE SET \"v\"\"x\" = EXCLUDED.\"v\"\"x\""
         );
@@ -251,7 +312,7 @@ mod tests {
 
     #[test]
     fn a_table_of_only_key_columns_does_nothing_on_conflict() {
-        let sql = UpsertSql::new(&table(), &["id"], &["id"]);
+        let sql = UpsertSql::new(&table(), &["id"], &["id"], None);
         assert!(sql.apply.ends_with("ON CONFLICT (\"id\") DO NOTHING"), "{}", sql.apply);
     }
 
@@ -262,11 +323,13 @@ mod tests {
                 name: "id".into(),
                 source: ColumnSource::Pointer("/id".into()),
                 ty: PgType::Int8,
+                constraints: Default::default(),
             },
             ColumnPlan {
                 name: "v".into(),
                 source: ColumnSource::Pointer("/v".into()),
                 ty: PgType::Int8,
+                constraints: Default::default(),
             },
         ];
         let insert = WriteSql::new(&table(), &RowEncoder::new(columns.clone()));

@@ -36,14 +36,13 @@ use crate::kafka::offsets::{Covered, NextOffset};
 use crate::kafka::refetch::{Coordinates, Raw, Refetcher};
 use crate::kafka::{Topics, Tp};
 use crate::pipeline::buffer::{Batch, Entry};
-use crate::pipeline::{breaker_state, next_epoch, Counters, Pipeline};
+use crate::pipeline::{breaker_state, next_epoch, Counters, Pipeline, Target};
 use crate::sink::bisect::{Isolator, Refusal};
 use crate::sink::breaker::{Breaker, BreakerSettings, BreakerState, Permit};
 use crate::sink::dead_letter::{self, DeadLetter, DeadLetterClass, Stored};
 use crate::sink::error::{classify, ErrorClass};
 use crate::sink::flush_policy::FlushPolicy;
 use crate::sink::offset_store;
-use crate::sink::upsert::WriteSql;
 
 /// Requests to a writer.
 #[derive(Debug)]
@@ -136,22 +135,19 @@ impl Control {
 #[error("flush did not complete within {0:?}")]
 struct WriteTimedOut(Duration);
 
+/// A batch's rows for one table: (entry index, encoded row).
+type Rows<'a> = Vec<(usize, &'a [u8])>;
+
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Writer {
-    /// The statements for the pipeline's table, mapped columns and mode.
-    fn write_sql(&self) -> WriteSql {
-        WriteSql::new(&self.pipeline.table, &self.pipeline.encoder)
-    }
-
     pub async fn run(mut self) {
-        let write_sql = self.write_sql();
         let mut pending_acks: Vec<oneshot::Sender<()>> = Vec::new();
         loop {
             let (ready, wait) = self.readiness(Instant::now(), !pending_acks.is_empty());
             if ready {
-                self.flush_once(&write_sql, &mut pending_acks).await;
+                self.flush_once(&mut pending_acks).await;
                 continue;
             }
             if !pending_acks.is_empty() {
@@ -173,10 +169,9 @@ impl Writer {
 
     /// Flushes everything queued now, regardless of batch size or interval.
     pub async fn flush_pending(&mut self) {
-        let write_sql = self.write_sql();
         let mut acks = Vec::new();
         while self.readiness(Instant::now(), true).0 {
-            self.flush_once(&write_sql, &mut acks).await;
+            self.flush_once(&mut acks).await;
         }
     }
 
@@ -206,7 +201,7 @@ impl Writer {
         }
     }
 
-    async fn flush_once(&mut self, write_sql: &WriteSql, pending_acks: &mut Vec<oneshot::Sender<()>>) {
+    async fn flush_once(&mut self, pending_acks: &mut Vec<oneshot::Sender<()>>) {
         let batch_rows = self.control.policy.batch_rows();
         let batch_bytes = self.pipeline.settings.batch_bytes;
         let mut batch = self
@@ -228,14 +223,13 @@ impl Writer {
             let rows = batch.entries.iter().filter(|e| e.row.is_some()).count();
             let started = Instant::now();
             Counters::add(&self.pipeline.counters.attempts, 1);
-            let result =
-                match tokio::time::timeout(self.control.write_timeout, self.write(write_sql, &batch, &spans)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        WriteTimedOut(self.control.write_timeout),
-                    ))),
-                };
+            let result = match tokio::time::timeout(self.control.write_timeout, self.write(&batch, &spans)).await {
+                Ok(result) => result,
+                Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    WriteTimedOut(self.control.write_timeout),
+                ))),
+            };
             match result {
                 Ok(Outcome::Committed(written)) => {
                     let took = started.elapsed();
@@ -366,12 +360,7 @@ impl Writer {
         Some(spans)
     }
 
-    async fn write(
-        &self,
-        write_sql: &WriteSql,
-        batch: &Batch,
-        spans: &BTreeMap<Tp, Span>,
-    ) -> Result<Outcome, sqlx::Error> {
+    async fn write(&self, batch: &Batch, spans: &BTreeMap<Tp, Span>) -> Result<Outcome, sqlx::Error> {
         let tolerate = self.pipeline.settings.tolerance == Tolerance::All;
         if !tolerate {
             if let Some((entry, e)) = batch.entries.iter().enumerate().find(|(_, e)| e.dead_letter.is_some()) {
@@ -407,13 +396,31 @@ impl Writer {
             tx.rollback().await?;
             return Ok(Outcome::Fenced(fenced));
         }
-        let rows: Vec<(usize, &[u8])> = batch
-            .entries
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| e.row.as_deref().map(|r| (i, r)))
-            .collect();
-        let (refused, copies) = self.copy_isolating(&mut tx, write_sql, &rows).await?;
+        // Rows by target table (one, unless the pipeline has a table per
+        // topic), each group in batch order; all in this one transaction.
+        let mut groups: Vec<(Arc<Target>, Rows<'_>)> = Vec::new();
+        for (i, e) in batch.entries.iter().enumerate() {
+            let Some(row) = e.row.as_deref() else {
+                continue;
+            };
+            let target = self
+                .pipeline
+                .target(e.tp.topic)
+                .expect("a row is only encoded once its topic has a target");
+            match groups.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &target)) {
+                Some((_, rows)) => rows.push((i, row)),
+                None => groups.push((target, vec![(i, row)])),
+            }
+        }
+        let rows_total: usize = groups.iter().map(|(_, rows)| rows.len()).sum();
+        let mut refused = Vec::new();
+        let mut copies = 0;
+        for (target, rows) in &groups {
+            let (r, c) = self.copy_isolating(&mut tx, target, rows).await?;
+            refused.extend(r);
+            copies += c;
+        }
+        refused.sort_by_key(|(i, _)| *i);
         let stop = match (tolerate, refused.first()) {
             (false, Some((entry, refusal))) => {
                 Some((*entry, format!("SQLSTATE {}: {}", refusal.sqlstate, refusal.message)))
@@ -451,7 +458,7 @@ impl Writer {
         drop(letters);
         tx.commit().await?;
         Ok(Outcome::Committed(Written {
-            rows: rows.len() - refused.len(),
+            rows: rows_total - refused.len(),
             refused,
             dead_lettered,
             copies,
@@ -473,9 +480,10 @@ impl Writer {
     async fn copy_isolating(
         &self,
         tx: &mut PgConnection,
-        write_sql: &WriteSql,
+        target: &Target,
         rows: &[(usize, &[u8])],
     ) -> Result<(Vec<(usize, Refusal)>, usize), sqlx::Error> {
+        let write_sql = &target.write_sql;
         if rows.is_empty() {
             return Ok((Vec::new(), 0));
         }
@@ -484,7 +492,7 @@ impl Writer {
         tx.execute("SET CONSTRAINTS ALL IMMEDIATE").await?;
         write_sql.prepare(tx).await?;
         tx.execute("SAVEPOINT sluice_rows").await?;
-        let copy_target = write_sql.copy_target(&self.pipeline.table);
+        let copy_target = write_sql.copy_target(&target.table);
         let mut isolator = Isolator::new(rows.len());
         let mut data = Vec::with_capacity(rows.iter().map(|(_, r)| r.len() + 8).sum());
         while let Some(range) = isolator.next_range() {

@@ -627,3 +627,118 @@ async fn tolerance_none_stops_at_the_first_bad_record() {
     assert!(stored <= 150, "stored offset {stored} is past the bad record");
     assert_eq!(dead_letters(&pool, &topic).await, 0);
 }
+
+/// A message read from the dead-letter topic: value, key, headers.
+type DlqMessage = (Vec<u8>, Vec<u8>, HashMap<String, String>);
+
+/// `errors.dlq_topic`: every dead letter, from the encoder and from
+/// Postgres, also reaches the Kafka topic (at least once) with its raw
+/// value, key and the `sluice.*` headers; `sluice.dead_letters` has each
+/// exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_also_reach_the_kafka_dlq_topic() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let (topic, group, table) = (unique("dlqsrc"), unique("g"), unique("strict"));
+    let dlq = unique("dlq");
+    create_topic(&services.brokers, &topic, 1).await;
+    create_topic(&services.brokers, &dlq, 1).await;
+    create_strict_table(&pool, &table).await;
+    // 300 records; every 10th is bad: alternately not JSON (decode) and a
+    // CHECK violation (refused by Postgres).
+    let values: Vec<Vec<u8>> = (0..300u64)
+        .map(|i| match i % 20 {
+            9 => format!("{{not json {i}").into_bytes(),
+            19 => format!(r#"{{"id":{i},"qty":1,"name":"x","score":-{i}}}"#).into_bytes(),
+            _ => good(i),
+        })
+        .collect();
+    let bad: HashMap<i64, Vec<u8>> = values
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 10 == 9)
+        .map(|(i, v)| (i as i64, v.clone()))
+        .collect();
+    let (brokers, t, v) = (services.brokers.clone(), topic.clone(), values.clone());
+    tokio::task::spawn_blocking(move || produce_bytes(&brokers, &t, 1, &v))
+        .await
+        .unwrap();
+    let extra = format!("[pipelines.errors]\ndlq_topic = \"{dlq}\"");
+    let sluice = Sluice::start(&config(&services, &group, &topic, &table, COLUMNS, &extra));
+    await_rows(&pool, &table, 300 - bad.len() as u64, Duration::from_secs(90), || {
+        sluice.log_text()
+    })
+    .await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            dead_letters(&pool, &topic).await == bad.len() as i64
+        })
+        .await
+    );
+
+    // Read the dead-letter topic from the start.
+    let brokers = services.brokers.clone();
+    let (t, d) = (topic.clone(), dlq.clone());
+    let seen = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", unique("dlqreader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&d, 0, rdkafka::Offset::Beginning).unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut seen: HashMap<i64, DlqMessage> = HashMap::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while seen.len() < 30 && std::time::Instant::now() < deadline {
+            let Some(Ok(msg)) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let headers: HashMap<String, String> = msg
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            let v = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
+                            (h.key.to_owned(), v)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert_eq!(headers.get("sluice.topic"), Some(&t), "{headers:?}");
+            let offset: i64 = headers["sluice.offset"].parse().unwrap();
+            let entry = (
+                msg.payload().unwrap_or_default().to_vec(),
+                msg.key().unwrap_or_default().to_vec(),
+                headers,
+            );
+            seen.insert(offset, entry);
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    let mut offsets: Vec<i64> = seen.keys().copied().collect();
+    offsets.sort();
+    let mut want: Vec<i64> = bad.keys().copied().collect();
+    want.sort();
+    assert_eq!(offsets, want, "every dead letter reached the topic, and nothing else");
+    for (offset, (value, key, headers)) in &seen {
+        assert_eq!(value, &bad[offset], "offset {offset}: the raw value");
+        assert_eq!(key, offset.to_string().as_bytes(), "offset {offset}: the raw key");
+        assert_eq!(headers["sluice.pipeline"], "p");
+        assert_eq!(headers["sluice.partition"], "0");
+        if offset % 20 == 9 {
+            assert_eq!(headers["sluice.error_class"], "decode", "{headers:?}");
+            assert!(headers["sluice.error"].contains("invalid JSON"), "{headers:?}");
+        } else {
+            assert_eq!(headers["sluice.error_class"], "data", "{headers:?}");
+            assert_eq!(headers["sluice.sqlstate"], "23514", "{headers:?}");
+            assert!(headers["sluice.error"].contains("check constraint"), "{headers:?}");
+        }
+    }
+}

@@ -30,9 +30,15 @@ fn push(pipeline: &Pipeline, tp: Tp, topic: &str, offsets: std::ops::Range<i64>)
             timestamp_ms: None,
             key: None,
             value: Some(value.as_bytes()),
+            headers: &[],
         };
         let mut row = Vec::new();
-        pipeline.encoder.encode(&record, &mut row).unwrap();
+        pipeline
+            .target(tp.topic)
+            .unwrap()
+            .encoder
+            .encode(&record, &mut row)
+            .unwrap();
         state.buffer.push(
             Entry {
                 tp,
@@ -64,11 +70,13 @@ async fn a_fenced_flush_rolls_back_and_nothing_is_duplicated() {
             name: "id".into(),
             source: ColumnSource::Pointer("/id".into()),
             ty: PgType::Int8,
+            constraints: Default::default(),
         },
         ColumnPlan {
             name: "kafka_offset".into(),
             source: ColumnSource::Offset,
             ty: PgType::Int8,
+            constraints: Default::default(),
         },
     ];
     let settings = Settings {
@@ -99,9 +107,9 @@ async fn a_fenced_flush_rolls_back_and_nothing_is_duplicated() {
         name: table.clone(),
     };
     let pipeline = Arc::new(Pipeline::new("p".into(), target, RowEncoder::new(columns), settings));
-    let mut topics = Topics::default();
+    let topics = Topics::default();
     let tp = Tp {
-        topic: topics.insert(&topic, 0),
+        topic: topics.insert(&topic, 0).unwrap(),
         partition: 0,
     };
     let (cmd_tx, cmd_rx) = mpsc::channel();

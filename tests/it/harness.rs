@@ -318,11 +318,16 @@ pub async fn await_rows(pool: &PgPool, table: &str, rows: u64, timeout: Duration
     );
 }
 
+/// Rows in `table`; 0 while it does not exist (sluice may create it).
 pub async fn count(pool: &PgPool, table: &str) -> i64 {
-    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+    match sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
         .fetch_one(pool)
         .await
-        .expect("count")
+    {
+        Ok(n) => n,
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => 0,
+        Err(err) => panic!("count {table}: {err}"),
+    }
 }
 
 /// Asserts that `table` (with `kafka_partition`, `kafka_offset` columns)

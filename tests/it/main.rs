@@ -7,6 +7,7 @@ mod dead_letters;
 mod delivery;
 mod fencing;
 mod harness;
+mod mappings;
 mod outage;
 mod telemetry;
 mod upsert;
