@@ -167,7 +167,16 @@ impl Shared {
         }
         for (topic, partitions) in by_topic {
             let Some((topic_id, index)) = self.topics.route(&topic) else {
-                warn!(%topic, "assigned a topic no pipeline maps; ignoring it");
+                if self.topics.matches_pattern(&topic) {
+                    // Matched, but no topic id was left: its records would
+                    // be ignored for ever, so stop instead.
+                    self.fail(format!(
+                        "topic {topic:?} matches a pattern, but sluice already reads {} topics, its maximum",
+                        crate::kafka::MAX_TOPICS
+                    ));
+                } else {
+                    warn!(%topic, "assigned a topic no pipeline maps; ignoring it");
+                }
                 continue;
             };
             let pipeline = &self.pipelines[index];

@@ -85,6 +85,11 @@ impl Topics {
         Some((id, *pipeline))
     }
 
+    /// Whether `name` matches a pattern (registered or not).
+    pub fn matches_pattern(&self, name: &str) -> bool {
+        self.patterns.iter().any(|(_, re, _)| re.is_match(name))
+    }
+
     /// The name of a registered topic.
     pub fn name(&self, id: TopicId) -> &str {
         self.names[id.0 as usize]
