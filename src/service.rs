@@ -26,7 +26,7 @@ use crate::sink::dlq::DlqProducer;
 use crate::sink::encode::{ColumnPlan, RowEncoder};
 use crate::sink::flush_policy::FlushSettings;
 use crate::sink::schema::{live_columns, plan_columns, MappingError, TableRef};
-use crate::sink::upsert::has_unique_key;
+use crate::sink::upsert::{has_unique_key, unique_keys};
 use crate::sink::writer::{Control, Writer, WriterCommand};
 use crate::telemetry::{Observed, Telemetry};
 
@@ -181,6 +181,12 @@ pub async fn plan_table(
         return Ok(Err(bad_constants));
     }
     let mut encoder = RowEncoder::new(columns);
+    if p.mode == WriteMode::Insert {
+        let keys = unique_keys(pool, table)
+            .await
+            .with_context(|| format!("reading the unique indexes of {table}"))?;
+        encoder = encoder.with_unique_keys(&keys);
+    }
     if p.mode == WriteMode::Upsert {
         // `Config::validate` checked that the key columns are mapped.
         encoder = encoder

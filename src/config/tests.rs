@@ -654,7 +654,7 @@ fn consumer_properties_set_what_sluice_owns() {
         // Half of the 16MiB default prefetch budget each for queue and fetch.
         ("fetch.max.bytes", "8388608"),
         ("group.id", "sluice"),
-        ("max.partition.fetch.bytes", "1048576"),
+        ("max.partition.fetch.bytes", "8388608"),
         ("partition.assignment.strategy", "range,roundrobin"),
         ("queued.max.messages.kbytes", "8192"),
         ("session.timeout.ms", "10000"),

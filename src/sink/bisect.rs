@@ -16,8 +16,10 @@
 //! [`Isolator`] is the pure decision part: which range to copy next, and
 //! what a refusal means. The writer does the I/O.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
+
+use crate::sink::encode::{ColumnPlan, UniqueKey};
 
 /// The database's refusal of a COPY for a data reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +137,89 @@ impl Isolator {
     }
 }
 
+/// A row whose unique key repeats an earlier row of the same batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repeat {
+    /// Its position in the rows given to [`repeats`].
+    pub row: usize,
+    /// The position of the earlier row with the same key.
+    pub first: usize,
+    /// What Postgres would say once the earlier row is in.
+    pub refusal: Refusal,
+}
+
+/// Finds the rows (COPY text lines of `columns`) whose key under one of
+/// `keys` equals an earlier row's: Postgres would refuse each of them with
+/// 23505 if the earlier row lands. Copying them apart, after the others,
+/// spares a failed COPY per duplicate. Keys with a NULL are never equal.
+/// Equal encodings are equal values; equal values with other encodings
+/// (`1.0` and `1.00`) are not found here and are left to Postgres.
+pub fn repeats(keys: &[UniqueKey], columns: &[ColumnPlan], rows: &[&[u8]]) -> Vec<Repeat> {
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    let mut seen: Vec<HashMap<Vec<u8>, usize>> = vec![HashMap::new(); keys.len()];
+    let mut found = Vec::new();
+    let mut key_bytes: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len());
+    for (pos, row) in rows.iter().enumerate() {
+        let line = row.strip_suffix(b"\n").unwrap_or(row);
+        let fields: Vec<&[u8]> = line.split(|b| *b == b'\t').collect();
+        key_bytes.clear();
+        for key in keys {
+            let mut bytes = Vec::new();
+            let mut null = false;
+            for (n, &c) in key.columns.iter().enumerate() {
+                let field = fields.get(c).copied().unwrap_or(b"\\N");
+                null |= field == b"\\N";
+                if n > 0 {
+                    bytes.push(b'\t');
+                }
+                bytes.extend_from_slice(field);
+            }
+            key_bytes.push((!null).then_some(bytes));
+        }
+        let earlier = key_bytes
+            .iter()
+            .zip(&seen)
+            .enumerate()
+            .find_map(|(k, (bytes, map))| Some((k, *map.get(bytes.as_ref()?)?)));
+        match earlier {
+            Some((k, first)) => {
+                let key = &keys[k];
+                let names: Vec<&str> = key.columns.iter().map(|&c| columns[c].name.as_str()).collect();
+                let values: Vec<String> = key
+                    .columns
+                    .iter()
+                    .map(|&c| String::from_utf8_lossy(fields.get(c).copied().unwrap_or_default()).into_owned())
+                    .collect();
+                found.push(Repeat {
+                    row: pos,
+                    first,
+                    refusal: Refusal {
+                        sqlstate: "23505".into(),
+                        message: format!(
+                            "duplicate key value violates unique constraint \"{}\": Key ({})=({}) already exists \
+                             (an earlier record of the same batch)",
+                            key.name,
+                            names.join(", "),
+                            values.join(", ")
+                        ),
+                        line: None,
+                    },
+                });
+            }
+            None => {
+                for (bytes, map) in key_bytes.iter_mut().zip(seen.iter_mut()) {
+                    if let Some(bytes) = bytes.take() {
+                        map.insert(bytes, pos);
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -189,6 +274,51 @@ mod tests {
         assert_eq!(refused, vec![777]);
         assert_eq!(landed.len(), 1023);
         assert!(attempts <= 1 + 2 * 10, "{attempts} copies");
+    }
+
+    #[test]
+    fn repeats_within_a_batch_are_found_by_their_encoded_keys() {
+        use crate::mapping::{ColumnSource, PgType};
+        let col = |name: &str| ColumnPlan {
+            name: name.into(),
+            source: ColumnSource::Pointer(format!("/{name}")),
+            ty: PgType::Text,
+            constraints: Default::default(),
+        };
+        let columns = vec![col("id"), col("region"), col("email")];
+        let keys = vec![
+            UniqueKey {
+                name: "t_pkey".into(),
+                columns: vec![0, 1],
+            },
+            UniqueKey {
+                name: "t_email_key".into(),
+                columns: vec![2],
+            },
+        ];
+        let rows: Vec<&[u8]> = vec![
+            b"1\teu\ta@x\n",
+            b"1\tus\tb@x\n",
+            b"1\teu\tc@x\n",  // repeats row 0 on the primary key
+            b"2\teu\tb@x\n",  // repeats row 1 on email
+            b"3\t\\N\t\\N\n", // NULLs never repeat
+            b"3\t\\N\t\\N\n",
+            b"1\teu\ta@x\n", // repeats row 0 (not row 2, which is itself a repeat)
+        ];
+        let found = repeats(&keys, &columns, &rows);
+        let pairs: Vec<(usize, usize)> = found.iter().map(|r| (r.row, r.first)).collect();
+        assert_eq!(pairs, vec![(2, 0), (3, 1), (6, 0)]);
+        assert_eq!(found[0].refusal.sqlstate, "23505");
+        assert!(
+            found[0]
+                .refusal
+                .message
+                .starts_with("duplicate key value violates unique constraint \"t_pkey\": Key (id, region)=(1, eu)"),
+            "{}",
+            found[0].refusal.message
+        );
+        assert!(found[1].refusal.message.contains("\"t_email_key\": Key (email)=(b@x)"));
+        assert!(repeats(&[], &columns, &rows).is_empty());
     }
 
     #[test]

@@ -115,6 +115,8 @@ mod tests {
                 not_null: false,
                 typmod: -1,
                 table_has_before_triggers: false,
+                deterministic: true,
+                checks: Vec::new(),
             })
             .collect()
     }

@@ -19,6 +19,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Timelike};
 use serde_json::Value;
 
 use crate::mapping::{ColumnSource, PgType};
+use crate::sink::check::SimpleCheck;
 
 /// One column of the target table: name, where its value comes from, its
 /// live Postgres type, and what the table forbids that sluice checks first.
@@ -36,12 +37,14 @@ pub struct ColumnPlan {
 /// is set aside alone. It is reported with the SQLSTATE Postgres would raise,
 /// as a `data` dead letter. Empty when the table has BEFORE row triggers,
 /// which may change a row before the constraints apply.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Constraints {
     /// `NOT NULL`: SQLSTATE 23502.
     pub not_null: bool,
     /// A length or precision limit of the type: SQLSTATE 22001 or 22003.
     pub limit: Option<Limit>,
+    /// CHECKs comparing this column with a constant: SQLSTATE 23514.
+    pub checks: Vec<SimpleCheck>,
 }
 
 /// A type modifier sluice checks.
@@ -165,6 +168,18 @@ pub struct RowEncoder {
     reads_value: bool,
     reads_headers: bool,
     upsert: Option<Upsert>,
+    /// The table's unique keys whose columns are all mapped (insert mode
+    /// uses them to find duplicates within a batch before Postgres does).
+    unique_keys: Vec<UniqueKey>,
+}
+
+/// A unique index (or primary key) of the live table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UniqueKey {
+    /// The index's name, as Postgres names it in 23505 errors.
+    pub name: String,
+    /// Indexes into the encoder's columns, in the index's column order.
+    pub columns: Vec<usize>,
 }
 
 /// Upsert mode: the columns that identify a row, and what a tombstone does.
@@ -261,6 +276,7 @@ impl RowEncoder {
             reads_value,
             reads_headers,
             upsert: None,
+            unique_keys: Vec::new(),
         }
     }
 
@@ -303,6 +319,30 @@ impl RowEncoder {
         }
         upsert.version = Some(index);
         Ok(self)
+    }
+
+    /// Sets the table's unique keys (see [`UniqueKey`]); names of columns
+    /// that are not mapped make that key unusable, so it is skipped.
+    pub fn with_unique_keys(mut self, keys: &[(String, Vec<String>)]) -> Self {
+        self.unique_keys = keys
+            .iter()
+            .filter_map(|(name, cols)| {
+                let columns = cols
+                    .iter()
+                    .map(|c| self.columns.iter().position(|p| &p.name == c))
+                    .collect::<Option<Vec<usize>>>()?;
+                Some(UniqueKey {
+                    name: name.clone(),
+                    columns,
+                })
+            })
+            .collect();
+        self
+    }
+
+    /// The unique keys set by [`RowEncoder::with_unique_keys`].
+    pub fn unique_keys(&self) -> &[UniqueKey] {
+        &self.unique_keys
     }
 
     /// In upsert mode with a version column, its name.
@@ -379,7 +419,7 @@ impl RowEncoder {
                 other => write_meta(out, other, rec, col.ty),
             };
             written.map_err(|reason| DecodeError::for_column(&col.name, col.ty, reason))?;
-            if col.constraints != Constraints::default() {
+            if col.constraints.not_null || col.constraints.limit.is_some() || !col.constraints.checks.is_empty() {
                 check_constraints(col, &out[at..])?;
             }
             if let Some(u) = &self.upsert {
@@ -467,6 +507,19 @@ fn check_constraints(col: &ColumnPlan, encoded: &[u8]) -> Result<(), DecodeError
             )),
             false => Ok(()),
         };
+    }
+    if let Some(check) = col.constraints.checks.iter().find(|c| c.violated(encoded)) {
+        return Err(DecodeError::constraint(
+            &col.name,
+            col.ty,
+            "23514",
+            format!(
+                "{} violates check constraint \"{}\" ({})",
+                show_bytes(&unescape_head(encoded)),
+                check.name,
+                check.shown
+            ),
+        ));
     }
     match col.constraints.limit {
         None => Ok(()),
@@ -1135,7 +1188,7 @@ const EXP_CAP: i64 = 1 << 40;
 /// A decimal literal: optional sign, digits, optional fraction, optional
 /// exponent (a superset of JSON's number grammar, matching what Postgres'
 /// numeric and integer inputs accept).
-struct Decimal<'a> {
+pub(crate) struct Decimal<'a> {
     negative: bool,
     int: &'a [u8],
     frac: &'a [u8],
@@ -1143,7 +1196,7 @@ struct Decimal<'a> {
 }
 
 impl<'a> Decimal<'a> {
-    fn parse(s: &'a str) -> Option<Self> {
+    pub(crate) fn parse(s: &'a str) -> Option<Self> {
         let b = s.as_bytes();
         let mut i = 0;
         let negative = match b.first() {
@@ -1255,6 +1308,43 @@ impl<'a> Decimal<'a> {
             v = -v;
         }
         i64::try_from(v).map_err(|_| NumError::OutOfRange)
+    }
+
+    /// Compares two values exactly (any number of digits, any exponent).
+    pub(crate) fn cmp_value(&self, other: &Decimal<'_>) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        // (sign, exponent of the leading digit, significant digits)
+        let key = |d: &Decimal<'_>| {
+            d.significant().map(|(first, last)| {
+                let lead = d.int.len() as i64 + d.exp - first as i64 - 1;
+                let digits: Vec<u8> = (first..=last).map(|k| d.digit(k)).collect();
+                (d.negative, lead, digits)
+            })
+        };
+        let magnitude = |a: &(bool, i64, Vec<u8>), b: &(bool, i64, Vec<u8>)| a.1.cmp(&b.1).then_with(|| a.2.cmp(&b.2));
+        match (key(self), key(other)) {
+            (None, None) => Ordering::Equal,
+            (None, Some(b)) => {
+                if b.0 {
+                    Ordering::Greater
+                } else {
+                    Ordering::Less
+                }
+            }
+            (Some(a), None) => {
+                if a.0 {
+                    Ordering::Less
+                } else {
+                    Ordering::Greater
+                }
+            }
+            (Some(a), Some(b)) => match (a.0, b.0) {
+                (false, true) => Ordering::Greater,
+                (true, false) => Ordering::Less,
+                (false, false) => magnitude(&a, &b),
+                (true, true) => magnitude(&b, &a),
+            },
+        }
     }
 
     /// Whether the value, rounded to `scale` decimals (half away from zero,
@@ -1747,7 +1837,7 @@ mod tests {
             Text,
             Constraints {
                 not_null: true,
-                limit: None,
+                ..Default::default()
             },
         );
         for doc in [&br#"{"x":null}"#[..], br#"{}"#] {
@@ -1760,8 +1850,8 @@ mod tests {
         let enc = constrained(
             Text,
             Constraints {
-                not_null: false,
                 limit: Some(Limit::Chars(3)),
+                ..Default::default()
             },
         );
         let ok = |doc: &str| line(&enc, &rec(Some(doc.as_bytes()), None));
@@ -1788,8 +1878,8 @@ mod tests {
         let enc = constrained(
             Numeric,
             Constraints {
-                not_null: false,
                 limit: Some(Limit::Numeric { precision: 8, scale: 2 }),
+                ..Default::default()
             },
         );
         let num = |n: &str| line(&enc, &rec(Some(format!(r#"{{"x":{n}}}"#).as_bytes()), None));
@@ -1810,6 +1900,26 @@ mod tests {
             assert_eq!(e.sqlstate, Some("22003"), "{over}");
             assert!(e.to_string().contains("numeric field overflow"), "{e}");
         }
+        let enc = constrained(
+            Int4,
+            Constraints {
+                checks: vec![SimpleCheck::parse("t_x_check", "c", Int4, true, "CHECK ((c >= 0))").unwrap()],
+                ..Default::default()
+            },
+        );
+        let e = line(&enc, &rec(Some(br#"{"x":-3}"#), None)).unwrap_err();
+        assert_eq!(e.sqlstate, Some("23514"));
+        assert!(
+            e.to_string()
+                .contains(r#"violates check constraint "t_x_check" (c >= 0)"#),
+            "{e}"
+        );
+        assert_eq!(line(&enc, &rec(Some(br#"{"x":3}"#), None)).unwrap(), "3");
+        assert_eq!(
+            line(&enc, &rec(Some(br#"{"x":null}"#), None)).unwrap(),
+            r"\N",
+            "NULL passes a CHECK"
+        );
         // An unconstrained column leaves it all to Postgres.
         assert!(conv(Numeric, "12345678.5").is_ok());
         assert_eq!(conv(Text, "null").unwrap(), r"\N");

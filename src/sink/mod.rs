@@ -4,6 +4,7 @@
 
 pub mod bisect;
 pub mod breaker;
+pub mod check;
 pub mod ddl;
 pub mod dead_letter;
 pub mod dlq;

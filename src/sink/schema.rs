@@ -5,6 +5,7 @@ use std::fmt;
 use sqlx::PgPool;
 
 use crate::mapping::{ColumnSource, PgType};
+use crate::sink::check::SimpleCheck;
 use crate::sink::encode::{ColumnPlan, Constraints, Limit};
 
 /// A table, schema-qualified. Names are used exactly as written and always
@@ -46,6 +47,11 @@ pub struct LiveColumn {
     /// The table has BEFORE INSERT or UPDATE row triggers, which may change
     /// a row before its constraints are checked.
     pub table_has_before_triggers: bool,
+    /// The column's collation compares bytes (every default one does).
+    pub deterministic: bool,
+    /// CHECK constraints on this column alone: (name, definition as
+    /// `pg_get_constraintdef` shows it).
+    pub checks: Vec<(String, String)>,
 }
 
 /// Reads the table's columns; `None` when the table does not exist.
@@ -71,15 +77,28 @@ pub async fn live_columns(pool: &PgPool, table: &TableRef) -> Result<Option<Vec<
     .bind(&table.name)
     .fetch_one(pool)
     .await?;
-    let rows: Vec<(String, String, bool, i32)> = sqlx::query_as(
+    let checks: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT a.attname::text, k.conname::text, pg_get_constraintdef(k.oid) \
+         FROM pg_constraint k \
+         JOIN pg_class c ON c.oid = k.conrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1] \
+         WHERE n.nspname = $1 AND c.relname = $2 AND k.contype = 'c' AND cardinality(k.conkey) = 1",
+    )
+    .bind(&table.schema)
+    .bind(&table.name)
+    .fetch_all(pool)
+    .await?;
+    let rows: Vec<(String, String, bool, i32, bool)> = sqlx::query_as(
         "SELECT a.attname::text, \
                 (CASE WHEN t.typtype = 'd' THEN bt.typname ELSE t.typname END)::text, \
-                a.attnotnull, a.atttypmod \
+                a.attnotnull, a.atttypmod, COALESCE(co.collisdeterministic, true) \
          FROM pg_attribute a \
          JOIN pg_class c ON c.oid = a.attrelid \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_type t ON t.oid = a.atttypid \
          LEFT JOIN pg_type bt ON bt.oid = t.typbasetype \
+         LEFT JOIN pg_collation co ON co.oid = a.attcollation \
          WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
          ORDER BY a.attnum",
     )
@@ -89,12 +108,18 @@ pub async fn live_columns(pool: &PgPool, table: &TableRef) -> Result<Option<Vec<
     .await?;
     Ok(Some(
         rows.into_iter()
-            .map(|(name, type_name, not_null, typmod)| LiveColumn {
+            .map(|(name, type_name, not_null, typmod, deterministic)| LiveColumn {
+                checks: checks
+                    .iter()
+                    .filter(|(column, _, _)| *column == name)
+                    .map(|(_, con, def)| (con.clone(), def.clone()))
+                    .collect(),
                 name,
                 type_name,
                 not_null,
                 typmod,
                 table_has_before_triggers: triggers,
+                deterministic,
             })
             .collect(),
     ))
@@ -183,7 +208,7 @@ pub fn plan_columns(
             name: column.clone(),
             source: source.clone(),
             ty,
-            constraints: constraints_of(col),
+            constraints: constraints_of(col, ty),
         });
     }
     if errors.is_empty() {
@@ -195,13 +220,18 @@ pub fn plan_columns(
 
 /// What the encoder checks ahead of Postgres for `col`: nothing when a
 /// BEFORE trigger may still change the row.
-fn constraints_of(col: &LiveColumn) -> Constraints {
+fn constraints_of(col: &LiveColumn, ty: PgType) -> Constraints {
     if col.table_has_before_triggers {
         return Constraints::default();
     }
     Constraints {
         not_null: col.not_null,
         limit: Limit::from_typmod(&col.type_name, col.typmod),
+        checks: col
+            .checks
+            .iter()
+            .filter_map(|(con, def)| SimpleCheck::parse(con, &col.name, ty, col.deterministic, def))
+            .collect(),
     }
 }
 
@@ -217,6 +247,8 @@ mod tests {
                 not_null: true,
                 typmod: -1,
                 table_has_before_triggers: false,
+                deterministic: true,
+                checks: Vec::new(),
             },
             LiveColumn {
                 name: "doc".into(),
@@ -224,6 +256,8 @@ mod tests {
                 not_null: false,
                 typmod: -1,
                 table_has_before_triggers: false,
+                deterministic: true,
+                checks: Vec::new(),
             },
             LiveColumn {
                 name: "where".into(),
@@ -231,6 +265,8 @@ mod tests {
                 not_null: false,
                 typmod: -1,
                 table_has_before_triggers: false,
+                deterministic: true,
+                checks: Vec::new(),
             },
             LiveColumn {
                 name: "flag".into(),
@@ -238,6 +274,8 @@ mod tests {
                 not_null: false,
                 typmod: -1,
                 table_has_before_triggers: false,
+                deterministic: true,
+                checks: Vec::new(),
             },
         ]
     }

@@ -270,6 +270,33 @@ pub async fn has_unique_key(pool: &PgPool, table: &TableRef, key: &[String]) -> 
     .await
 }
 
+/// The table's usable unique keys for spotting duplicates ahead of
+/// Postgres: valid, immediate, not partial, no expressions, and not on a
+/// table with BEFORE row triggers (which could change the key). Each is
+/// (index name, key columns in index order).
+pub async fn unique_keys(pool: &PgPool, table: &TableRef) -> Result<Vec<(String, Vec<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT ic.relname::text, \
+                (SELECT array_agg(a.attname::text ORDER BY k.n) \
+                 FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                 WHERE k.n <= i.indnkeyatts) \
+         FROM pg_index i \
+         JOIN pg_class c ON c.oid = i.indrelid \
+         JOIN pg_class ic ON ic.oid = i.indexrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = $2 \
+           AND i.indisunique AND i.indisvalid AND i.indimmediate \
+           AND i.indpred IS NULL AND i.indexprs IS NULL \
+           AND NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal \
+                           AND (g.tgtype & 3) = 3 AND (g.tgtype & (4 | 16)) <> 0)",
+    )
+    .bind(&table.schema)
+    .bind(&table.name)
+    .fetch_all(pool)
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

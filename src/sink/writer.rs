@@ -21,7 +21,7 @@
 //! first such record stops the pipeline instead, before anything past it
 //! commits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,12 +37,13 @@ use crate::kafka::refetch::{Coordinates, Raw, Refetcher};
 use crate::kafka::{Topics, Tp};
 use crate::pipeline::buffer::{Batch, Entry};
 use crate::pipeline::{breaker_state, next_epoch, Counters, Pipeline, Target};
-use crate::sink::bisect::{Isolator, Refusal};
+use crate::sink::bisect::{self, Isolator, Refusal};
 use crate::sink::breaker::{Breaker, BreakerSettings, BreakerState, Permit};
 use crate::sink::dead_letter::{self, DeadLetter, DeadLetterClass, Stored};
 use crate::sink::error::{classify, ErrorClass};
 use crate::sink::flush_policy::FlushPolicy;
 use crate::sink::offset_store;
+use crate::sink::upsert::WriteSql;
 
 /// Requests to a writer.
 #[derive(Debug)]
@@ -413,10 +414,33 @@ impl Writer {
             }
         }
         let rows_total: usize = groups.iter().map(|(_, rows)| rows.len()).sum();
+        // Insert mode: rows repeating an earlier row's unique key (see
+        // `bisect::repeats`). Their raw records are read back from Kafka
+        // while the COPY runs, for the dead letters most of them become.
+        let mut repeats = Vec::with_capacity(groups.len());
+        let mut prefetch_at: Vec<Coordinates> = Vec::new();
+        for (target, rows) in &groups {
+            let found = match target.write_sql {
+                WriteSql::Insert { .. } => {
+                    let lines: Vec<&[u8]> = rows.iter().map(|(_, r)| *r).collect();
+                    bisect::repeats(target.encoder.unique_keys(), target.encoder.columns(), &lines)
+                }
+                WriteSql::Upsert(_) => Vec::new(),
+            };
+            prefetch_at.extend(found.iter().map(|r| self.coordinates(&batch.entries[rows[r.row].0])));
+            repeats.push(found);
+        }
+        let prefetch = (!prefetch_at.is_empty()).then(|| {
+            let refetch = self.refetch.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut refetch = refetch.lock().unwrap_or_else(|e| e.into_inner());
+                refetch.fetch(&prefetch_at, REFETCH_TIMEOUT)
+            })
+        });
         let mut refused = Vec::new();
         let mut copies = 0;
-        for (target, rows) in &groups {
-            let (r, c) = self.copy_isolating(&mut tx, target, rows).await?;
+        for ((target, rows), repeats) in groups.iter().zip(repeats) {
+            let (r, c) = self.copy_isolating(&mut tx, target, rows, repeats).await?;
             refused.extend(r);
             copies += c;
         }
@@ -432,7 +456,11 @@ impl Writer {
             return Ok(Outcome::Stopped { entry, error });
         }
         let refetch_started = Instant::now();
-        let refused = self.refused_letters(batch, refused).await;
+        let prefetched = match prefetch {
+            Some(task) => task.await.unwrap_or_default(),
+            None => HashMap::new(),
+        };
+        let refused = self.refused_letters(batch, refused, prefetched).await;
         let refetch = refetch_started.elapsed();
         let letters: Vec<Stored<'_>> = batch
             .entries
@@ -482,6 +510,7 @@ impl Writer {
         tx: &mut PgConnection,
         target: &Target,
         rows: &[(usize, &[u8])],
+        repeats: Vec<bisect::Repeat>,
     ) -> Result<(Vec<(usize, Refusal)>, usize), sqlx::Error> {
         let write_sql = &target.write_sql;
         if rows.is_empty() {
@@ -492,6 +521,48 @@ impl Writer {
         tx.execute("SET CONSTRAINTS ALL IMMEDIATE").await?;
         write_sql.prepare(tx).await?;
         tx.execute("SAVEPOINT sluice_rows").await?;
+        // Rows repeating an earlier row's unique key (`repeats`, positions
+        // in `rows`) go after the others, and are refused without a COPY
+        // when that row landed.
+        if repeats.is_empty() {
+            return self.isolate(tx, target, rows).await;
+        }
+        let is_repeat: std::collections::HashSet<usize> = repeats.iter().map(|r| r.row).collect();
+        let first_pass: Vec<(usize, &[u8])> = (0..rows.len())
+            .filter(|p| !is_repeat.contains(p))
+            .map(|p| rows[p])
+            .collect();
+        let (mut refused, mut copies) = self.isolate(tx, target, &first_pass).await?;
+        let refused_entries: std::collections::HashSet<usize> = refused.iter().map(|(e, _)| *e).collect();
+        let mut second_pass = Vec::new();
+        for repeat in repeats {
+            if refused_entries.contains(&rows[repeat.first].0) {
+                // The earlier row did not land: this one may.
+                second_pass.push(rows[repeat.row]);
+            } else {
+                refused.push((rows[repeat.row].0, repeat.refusal));
+            }
+        }
+        if !second_pass.is_empty() {
+            tx.execute("RELEASE SAVEPOINT sluice_rows; SAVEPOINT sluice_rows")
+                .await?;
+            let (more, c) = self.isolate(tx, target, &second_pass).await?;
+            refused.extend(more);
+            copies += c;
+        }
+        refused.sort_by_key(|(e, _)| *e);
+        Ok((refused, copies))
+    }
+
+    /// Copies `rows` under savepoint `sluice_rows` (which must exist),
+    /// isolating the refused ones; the savepoint exists again afterwards.
+    async fn isolate(
+        &self,
+        tx: &mut PgConnection,
+        target: &Target,
+        rows: &[(usize, &[u8])],
+    ) -> Result<(Vec<(usize, Refusal)>, usize), sqlx::Error> {
+        let write_sql = &target.write_sql;
         let copy_target = write_sql.copy_target(&target.table);
         let mut isolator = Isolator::new(rows.len());
         let mut data = Vec::with_capacity(rows.iter().map(|(_, r)| r.len() + 8).sum());
@@ -524,23 +595,30 @@ impl Writer {
     /// The dead letters of refused rows, with their raw records read back
     /// from Kafka. One that cannot be read back is stored without its value,
     /// and says so.
-    async fn refused_letters(&self, batch: &Batch, refused: Vec<(usize, Refusal)>) -> Vec<(usize, DeadLetter)> {
+    async fn refused_letters(
+        &self,
+        batch: &Batch,
+        refused: Vec<(usize, Refusal)>,
+        prefetched: HashMap<Coordinates, Raw>,
+    ) -> Vec<(usize, DeadLetter)> {
         if refused.is_empty() {
             return Vec::new();
         }
-        let mut wanted: Vec<Coordinates> = Vec::with_capacity(refused.len());
-        for (i, _) in &refused {
-            let e = &batch.entries[*i];
-            wanted.push((self.topics.name(e.tp.topic).to_owned(), e.tp.partition, e.offset));
+        let wanted: Vec<Coordinates> = refused
+            .iter()
+            .map(|(i, _)| self.coordinates(&batch.entries[*i]))
+            .collect();
+        let mut found = prefetched;
+        let asked: Vec<Coordinates> = wanted.iter().filter(|at| !found.contains_key(*at)).cloned().collect();
+        if !asked.is_empty() {
+            let refetch = self.refetch.clone();
+            let fetched = tokio::task::spawn_blocking(move || {
+                let mut refetch = refetch.lock().unwrap_or_else(|e| e.into_inner());
+                refetch.fetch(&asked, REFETCH_TIMEOUT)
+            })
+            .await;
+            found.extend(fetched.unwrap_or_default());
         }
-        let refetch = self.refetch.clone();
-        let asked = wanted.clone();
-        let fetched = tokio::task::spawn_blocking(move || {
-            let mut refetch = refetch.lock().unwrap_or_else(|e| e.into_inner());
-            refetch.fetch(&asked, REFETCH_TIMEOUT)
-        })
-        .await;
-        let mut found = fetched.unwrap_or_default();
         refused
             .into_iter()
             .zip(wanted)
@@ -565,6 +643,11 @@ impl Writer {
                 (i, letter)
             })
             .collect()
+    }
+
+    /// Where an entry's record is in Kafka.
+    fn coordinates(&self, e: &Entry) -> Coordinates {
+        (self.topics.name(e.tp.topic).to_owned(), e.tp.partition, e.offset)
     }
 
     /// `errors.tolerance = "none"` met a record that can never be written:
