@@ -198,6 +198,14 @@ impl KafkaConfig {
         for (k, v) in owned {
             props.insert(k.to_owned(), v);
         }
+        // When its local queue is over `queued.max.messages.kbytes` (small
+        // here: it is part of the memory budget), librdkafka postpones the
+        // partition's next fetch by this much; its default, 1 s, idles the
+        // partition long after the queue drained (measured: a 5 MB record
+        // stalled a partition ~0.7 s). A default, so it can be overridden.
+        props
+            .entry("fetch.queue.backoff.ms".to_owned())
+            .or_insert_with(|| "50".to_owned());
         props
     }
 }
@@ -224,11 +232,12 @@ impl KafkaConfig {
         Prefetch {
             queue_bytes: half.max(1024),
             fetch_bytes,
-            // The whole fetch for one partition if need be: a record larger
-            // than the per-partition limit makes librdkafka grow its request
-            // in steps, one fetch round each (~0.7 s for a 5 MB record at
-            // 1 MiB here). The response stays capped by `fetch.max.bytes`.
-            partition_fetch_bytes: fetch_bytes,
+            // 1 MiB per partition keeps partitions interleaved in a fetch
+            // (with the whole fetch for one partition, a backlog is read a
+            // partition at a time). The cost: a record above 1 MiB makes
+            // librdkafka grow its request in steps, one fetch round each
+            // (measured: ~0.7 s for a 5 MB record, bench/RESULTS.md).
+            partition_fetch_bytes: fetch_bytes.min(1024 * 1024),
         }
     }
 }

@@ -365,7 +365,15 @@ impl Writer {
         let tolerate = self.pipeline.settings.tolerance == Tolerance::All;
         if !tolerate {
             if let Some((entry, e)) = batch.entries.iter().enumerate().find(|(_, e)| e.dead_letter.is_some()) {
-                let error = e.dead_letter.as_ref().map(|d| d.error.to_string()).unwrap_or_default();
+                let error = match e.dead_letter.as_deref() {
+                    Some(DeadLetter {
+                        sqlstate: Some(state),
+                        error,
+                        ..
+                    }) => format!("SQLSTATE {state}: {error}"),
+                    Some(d) => d.error.to_string(),
+                    None => String::new(),
+                };
                 return Ok(Outcome::Stopped { entry, error });
             }
         }

@@ -742,3 +742,71 @@ async fn dead_letters_also_reach_the_kafka_dlq_topic() {
         }
     }
 }
+
+/// offset, sqlstate, error, length(value).
+type LetterRow = (i64, Option<String>, String, Option<i32>);
+
+/// Rows repeating an earlier row's key in one batch are copied after the
+/// others: refused without a COPY when the earlier row landed, and written
+/// when it was refused (here by a two-column CHECK only Postgres knows),
+/// exactly as Postgres would have decided row by row.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_key_lands_when_the_earlier_row_was_refused() {
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let (topic, group, table) = (unique("repeat"), unique("g"), unique("rep"));
+    create_topic(&services.brokers, &topic, 1).await;
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, qty int, score int, kafka_offset bigint, CHECK (score <= qty))"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Offsets: 0 refused (CHECK), 1 repeats 0 and lands, 2 repeats 0 and is
+    // refused as a duplicate of 1, 3 lands, 4 repeats 3 and is refused.
+    let values: Vec<Vec<u8>> = [
+        r#"{"id":1,"qty":1,"score":5}"#,
+        r#"{"id":1,"qty":1,"score":0}"#,
+        r#"{"id":1,"qty":2,"score":0}"#,
+        r#"{"id":2,"qty":1,"score":1}"#,
+        r#"{"id":2,"qty":9,"score":9}"#,
+    ]
+    .iter()
+    .map(|v| v.as_bytes().to_vec())
+    .collect();
+    let (brokers, t) = (services.brokers.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || produce_bytes(&brokers, &t, 1, &values))
+        .await
+        .unwrap();
+    let columns = "id = \"/id\"\nqty = \"/qty\"\nscore = \"/score\"\nkafka_offset = \"@offset\"";
+    let sluice = Sluice::start(&config(&services, &group, &topic, &table, columns, ""));
+    let done = eventually(Duration::from_secs(60), || async {
+        stored_offsets(&pool, &group, &topic)
+            .await
+            .iter()
+            .map(|(_, o)| o)
+            .sum::<i64>()
+            >= 5
+    })
+    .await;
+    assert!(done, "log:\n{}", sluice.log_text());
+    let rows: Vec<(i64, i64)> = sqlx::query_as(&format!("SELECT id, kafka_offset FROM {table} ORDER BY id"))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![(1, 1), (2, 3)]);
+    let letters: Vec<LetterRow> = sqlx::query_as(
+        "SELECT \"offset\", sqlstate, error, length(value) FROM sluice.dead_letters WHERE topic = $1 ORDER BY \"offset\"",
+    )
+    .bind(&topic)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let got: Vec<(i64, Option<&str>)> = letters.iter().map(|l| (l.0, l.1.as_deref())).collect();
+    assert_eq!(got, vec![(0, Some("23514")), (2, Some("23505")), (4, Some("23505"))]);
+    assert!(
+        letters.iter().all(|l| l.3.unwrap_or(0) > 0),
+        "raw values stored: {letters:?}"
+    );
+    assert!(letters[2].2.contains("Key (id)=(2) already exists"), "{}", letters[2].2);
+}
