@@ -78,6 +78,10 @@ struct Written {
     copies: usize,
     /// Time spent reading refused records back from Kafka.
     refetch: Duration,
+    /// Time spent writing the rows (the COPYs, with any isolation).
+    copy: Duration,
+    /// Time spent inserting the dead letters.
+    letters: Duration,
 }
 
 /// How long a flush waits to read refused records back from Kafka.
@@ -447,12 +451,14 @@ impl Writer {
         });
         let mut refused = Vec::new();
         let mut copies = 0;
+        let copy_started = Instant::now();
         for ((target, rows), repeats) in groups.iter().zip(repeats) {
             let (r, c) = self.copy_isolating(&mut tx, target, rows, repeats).await?;
             refused.extend(r);
             copies += c;
         }
         refused.sort_by_key(|(i, _)| *i);
+        let copy = copy_started.elapsed();
         let stop = match (tolerate, refused.first()) {
             (false, Some((entry, refusal))) => {
                 Some((*entry, format!("SQLSTATE {}: {}", refusal.sqlstate, refusal.message)))
@@ -483,7 +489,9 @@ impl Writer {
                 letter,
             })
             .collect();
+        let letters_started = Instant::now();
         let dead_lettered = dead_letter::insert(&mut tx, &self.pipeline.name, &letters).await?;
+        let letters_took = letters_started.elapsed();
         if let (Some(dlq), false) = (&self.dlq, letters.is_empty()) {
             // Before COMMIT, so that a crash repeats rather than loses (see `dlq`).
             if let Err(why) = dlq.send(&self.pipeline.name, &letters).await {
@@ -499,6 +507,8 @@ impl Writer {
             dead_lettered,
             copies,
             refetch,
+            copy,
+            letters: letters_took,
         }))
     }
 
@@ -701,7 +711,9 @@ impl Writer {
                 .map(|d| d.error.to_string());
             warn!(pipeline = %self.pipeline.name, decode, refused = written.refused.len(),
                 stored = written.dead_lettered, copies = written.copies,
-                refetch_ms = written.refetch.as_millis() as u64, took_ms = took.as_millis() as u64, first = first.as_deref().unwrap_or(""),
+                copy_ms = written.copy.as_millis() as u64, refetch_ms = written.refetch.as_millis() as u64,
+                insert_ms = written.letters.as_millis() as u64, took_ms = took.as_millis() as u64,
+                first = first.as_deref().unwrap_or(""),
                 "records dead-lettered");
         }
         for (tp, span) in spans {
