@@ -181,7 +181,9 @@ pub async fn plan_table(
         return Ok(Err(bad_constants));
     }
     let mut encoder = RowEncoder::new(columns);
-    if p.mode == WriteMode::Insert {
+    // A BEFORE trigger may change a row's key: then leave duplicates to Postgres.
+    let before_triggers = live.iter().flatten().any(|c| c.table_has_before_triggers);
+    if p.mode == WriteMode::Insert && !before_triggers {
         let keys = unique_keys(pool, table)
             .await
             .with_context(|| format!("reading the unique indexes of {table}"))?;

@@ -161,9 +161,12 @@ pub fn repeats(keys: &[UniqueKey], columns: &[ColumnPlan], rows: &[&[u8]]) -> Ve
     let mut seen: Vec<HashMap<Vec<u8>, usize>> = vec![HashMap::new(); keys.len()];
     let mut found = Vec::new();
     let mut key_bytes: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len());
+    // Reused for every row: this runs over each row of each insert-mode flush.
+    let mut fields: Vec<&[u8]> = Vec::new();
     for (pos, row) in rows.iter().enumerate() {
         let line = row.strip_suffix(b"\n").unwrap_or(row);
-        let fields: Vec<&[u8]> = line.split(|b| *b == b'\t').collect();
+        fields.clear();
+        fields.extend(line.split(|b| *b == b'\t'));
         key_bytes.clear();
         for key in keys {
             let mut bytes = Vec::new();
@@ -279,12 +282,7 @@ mod tests {
     #[test]
     fn repeats_within_a_batch_are_found_by_their_encoded_keys() {
         use crate::mapping::{ColumnSource, PgType};
-        let col = |name: &str| ColumnPlan {
-            name: name.into(),
-            source: ColumnSource::Pointer(format!("/{name}")),
-            ty: PgType::Text,
-            constraints: Default::default(),
-        };
+        let col = |name: &str| ColumnPlan::new(name, ColumnSource::Pointer(format!("/{name}")), PgType::Text);
         let columns = vec![col("id"), col("region"), col("email")];
         let keys = vec![
             UniqueKey {

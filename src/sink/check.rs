@@ -15,7 +15,7 @@
 use std::cmp::Ordering;
 
 use crate::mapping::PgType;
-use crate::sink::encode::Decimal;
+use crate::sink::encode::{copy_unescaped, Decimal};
 
 /// `column op constant`, from one CHECK constraint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +89,7 @@ impl SimpleCheck {
                 value.cmp_value(&constant)
             }
             Constant::Text(t) => {
-                if unescape(encoded) == t.as_bytes() {
+                if copy_unescaped(encoded).eq(t.bytes()) {
                     Ordering::Equal
                 } else {
                     // Only = and <> are accepted for text: any inequality will do.
@@ -183,26 +183,6 @@ fn parse_constant(s: &str) -> Option<Constant> {
         None => s,
     };
     Decimal::parse(bare).map(|_| Constant::Number(bare.to_owned()))
-}
-
-/// COPY text escapes undone (`\t`, `\n`, `\r`, `\\`).
-fn unescape(encoded: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(encoded.len());
-    let mut bytes = encoded.iter();
-    while let Some(&b) = bytes.next() {
-        if b == b'\\' {
-            match bytes.next() {
-                Some(b'n') => out.push(b'\n'),
-                Some(b'r') => out.push(b'\r'),
-                Some(b't') => out.push(b'\t'),
-                Some(&other) => out.push(other),
-                None => {}
-            }
-        } else {
-            out.push(b);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

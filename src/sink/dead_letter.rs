@@ -18,7 +18,7 @@ use std::fmt;
 
 use sqlx::PgConnection;
 
-use crate::sink::encode::DecodeError;
+use crate::sink::encode::{header_value_json, DecodeError};
 
 /// Why a record is a dead letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,15 +136,11 @@ fn capped(bytes: &[u8], max: usize) -> Box<[u8]> {
 /// `{"key": k, "value": v}` where `v` is the value as a string when it is
 /// UTF-8, `{"base64": …}` when not, and `null` for a null header.
 pub fn headers_json<'a>(headers: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>) -> Box<str> {
-    use base64::Engine as _;
     let items: Vec<serde_json::Value> = headers
         .map(|(key, value)| {
-            let value = match value {
-                None => serde_json::Value::Null,
-                Some(v) => match std::str::from_utf8(v) {
-                    Ok(s) => serde_json::Value::String(no_nul(s)),
-                    Err(_) => serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(v) }),
-                },
+            let value = match header_value_json(value) {
+                serde_json::Value::String(s) => serde_json::Value::String(no_nul(&s)),
+                other => other,
             };
             serde_json::json!({ "key": no_nul(key), "value": value })
         })

@@ -31,6 +31,18 @@ pub struct ColumnPlan {
     pub constraints: Constraints,
 }
 
+impl ColumnPlan {
+    /// A column with no constraints checked ahead of Postgres.
+    pub fn new(name: impl Into<String>, source: ColumnSource, ty: PgType) -> Self {
+        Self {
+            name: name.into(),
+            source,
+            ty,
+            constraints: Constraints::default(),
+        }
+    }
+}
+
 /// Constraints of a live column that the encoder checks before Postgres
 /// does. A row breaking one would fail its whole COPY batch, to be isolated
 /// by re-copying parts of it (see `sink::bisect`); checked here, the record
@@ -45,6 +57,13 @@ pub struct Constraints {
     pub limit: Option<Limit>,
     /// CHECKs comparing this column with a constant: SQLSTATE 23514.
     pub checks: Vec<SimpleCheck>,
+}
+
+impl Constraints {
+    /// Whether there is nothing to check.
+    pub fn is_empty(&self) -> bool {
+        !self.not_null && self.limit.is_none() && self.checks.is_empty()
+    }
 }
 
 /// A type modifier sluice checks.
@@ -419,7 +438,7 @@ impl RowEncoder {
                 other => write_meta(out, other, rec, col.ty),
             };
             written.map_err(|reason| DecodeError::for_column(&col.name, col.ty, reason))?;
-            if col.constraints.not_null || col.constraints.limit.is_some() || !col.constraints.checks.is_empty() {
+            if !col.constraints.is_empty() {
                 check_constraints(col, &out[at..])?;
             }
             if let Some(u) = &self.upsert {
@@ -578,22 +597,25 @@ fn chars_over(encoded: &[u8], n: usize) -> bool {
 
 /// The start of COPY-escaped text, unescaped, for a message.
 fn unescape_head(encoded: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut bytes = encoded.iter().take(SHOW_CHARS * 4 + 2);
-    while let Some(&b) = bytes.next() {
-        if b == b'\\' {
-            out.push(match bytes.next() {
-                Some(b'n') => b'\n',
-                Some(b'r') => b'\r',
-                Some(b't') => b'\t',
-                Some(&other) => other,
-                None => break,
-            });
-        } else {
-            out.push(b);
+    copy_unescaped(&encoded[..encoded.len().min(SHOW_CHARS * 4 + 2)]).collect()
+}
+
+/// The bytes of one COPY text field with its escapes (`\t`, `\n`, `\r`,
+/// `\\`) undone, as [`push_escaped`] wrote them; no allocation.
+pub(crate) fn copy_unescaped(encoded: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let mut bytes = encoded.iter();
+    std::iter::from_fn(move || {
+        let b = *bytes.next()?;
+        if b != b'\\' {
+            return Some(b);
         }
-    }
-    out
+        Some(match *bytes.next()? {
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            other => other,
+        })
+    })
 }
 
 /// A tombstone's Kafka key, read for its key columns.
@@ -676,24 +698,30 @@ fn write_key_pointer(out: &mut Vec<u8>, path: &Path, key: Option<&[u8]>, ty: PgT
     }
 }
 
+/// A header's value as JSON: a string when it is UTF-8, `{"base64": …}`
+/// when not, `null` for a null header (as `@headers` and the dead-letter
+/// store show them).
+pub fn header_value_json(value: Option<&[u8]>) -> Value {
+    use base64::Engine as _;
+    match value {
+        None => Value::Null,
+        Some(v) => match std::str::from_utf8(v) {
+            Ok(s) => Value::String(s.to_owned()),
+            Err(_) => serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(v) }),
+        },
+    }
+}
+
 /// Every header as a JSON object, name → value: the value as a string when
 /// it is UTF-8, `{"base64": …}` when not, `null` for a null header; the last
 /// one wins when a name repeats.
 fn write_headers(out: &mut Vec<u8>, headers: &[HeaderRef<'_>], ty: PgType) -> Conv {
-    use base64::Engine as _;
     if !matches!(ty, PgType::Json | PgType::Jsonb | PgType::Text) {
         return Err(unsupported("@headers", ty));
     }
     let mut object = serde_json::Map::new();
     for (name, value) in headers {
-        let value = match value {
-            None => Value::Null,
-            Some(v) => match std::str::from_utf8(v) {
-                Ok(s) => Value::String(s.to_owned()),
-                Err(_) => serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(v) }),
-            },
-        };
-        object.insert((*name).to_owned(), value);
+        object.insert((*name).to_owned(), header_value_json(*value));
     }
     let v = Value::Object(object);
     if has_nul(&v) {
@@ -1310,39 +1338,30 @@ impl<'a> Decimal<'a> {
         i64::try_from(v).map_err(|_| NumError::OutOfRange)
     }
 
-    /// Compares two values exactly (any number of digits, any exponent).
+    /// Compares two values exactly (any number of digits, any exponent),
+    /// without allocating: it runs once per record for a CHECK.
     pub(crate) fn cmp_value(&self, other: &Decimal<'_>) -> std::cmp::Ordering {
         use std::cmp::Ordering;
-        // (sign, exponent of the leading digit, significant digits)
-        let key = |d: &Decimal<'_>| {
-            d.significant().map(|(first, last)| {
-                let lead = d.int.len() as i64 + d.exp - first as i64 - 1;
-                let digits: Vec<u8> = (first..=last).map(|k| d.digit(k)).collect();
-                (d.negative, lead, digits)
+        // Magnitudes: the exponent of the leading digit, then the
+        // significant digits (no trailing zeros) in order.
+        let magnitude = |a: &Decimal<'_>, (fa, la): (usize, usize), b: &Decimal<'_>, (fb, lb): (usize, usize)| {
+            let lead = |d: &Decimal<'_>, first: usize| d.int.len() as i64 + d.exp - first as i64;
+            lead(a, fa).cmp(&lead(b, fb)).then_with(|| {
+                let da = (fa..=la).map(|k| a.digit(k));
+                da.cmp((fb..=lb).map(|k| b.digit(k)))
             })
         };
-        let magnitude = |a: &(bool, i64, Vec<u8>), b: &(bool, i64, Vec<u8>)| a.1.cmp(&b.1).then_with(|| a.2.cmp(&b.2));
-        match (key(self), key(other)) {
+        match (self.significant(), other.significant()) {
             (None, None) => Ordering::Equal,
-            (None, Some(b)) => {
-                if b.0 {
-                    Ordering::Greater
-                } else {
-                    Ordering::Less
-                }
-            }
-            (Some(a), None) => {
-                if a.0 {
-                    Ordering::Less
-                } else {
-                    Ordering::Greater
-                }
-            }
-            (Some(a), Some(b)) => match (a.0, b.0) {
+            (None, Some(_)) if other.negative => Ordering::Greater,
+            (None, Some(_)) => Ordering::Less,
+            (Some(_), None) if self.negative => Ordering::Less,
+            (Some(_), None) => Ordering::Greater,
+            (Some(a), Some(b)) => match (self.negative, other.negative) {
                 (false, true) => Ordering::Greater,
                 (true, false) => Ordering::Less,
-                (false, false) => magnitude(&a, &b),
-                (true, true) => magnitude(&b, &a),
+                (false, false) => magnitude(self, a, other, b),
+                (true, true) => magnitude(other, b, self, a),
             },
         }
     }
@@ -1604,12 +1623,7 @@ mod tests {
     ];
 
     fn col(name: &str, spec: &str, ty: PgType) -> ColumnPlan {
-        ColumnPlan {
-            name: name.to_owned(),
-            source: ColumnSource::parse(spec).unwrap(),
-            ty,
-            constraints: Constraints::default(),
-        }
+        ColumnPlan::new(name, ColumnSource::parse(spec).unwrap(), ty)
     }
 
     fn rec<'a>(value: Option<&'a [u8]>, key: Option<&'a [u8]>) -> RecordRef<'a> {
@@ -1722,12 +1736,7 @@ mod tests {
         ]);
         assert_eq!(line(&enc, &rec(Some(doc), None)).unwrap(), "one\t10\t\\N\ts");
         // A pointer without the leading slash never matches (like Value::pointer).
-        let enc = RowEncoder::new(vec![ColumnPlan {
-            name: "x".into(),
-            source: ColumnSource::Pointer("arr".into()),
-            ty: Text,
-            constraints: Default::default(),
-        }]);
+        let enc = RowEncoder::new(vec![ColumnPlan::new("x", ColumnSource::Pointer("arr".into()), Text)]);
         assert_eq!(line(&enc, &rec(Some(doc), None)).unwrap(), r"\N");
     }
 
@@ -1740,12 +1749,7 @@ mod tests {
             let compact = r#"{"a":null,"b":[1,2.50,"x\\ty"]}"#;
             assert_eq!(out, format!("{compact}\t{compact}"));
         }
-        let enc = RowEncoder::new(vec![ColumnPlan {
-            name: "n".into(),
-            source: ColumnSource::Pointer("/".into()),
-            ty: Int8,
-            constraints: Default::default(),
-        }]);
+        let enc = RowEncoder::new(vec![ColumnPlan::new("n", ColumnSource::Pointer("/".into()), Int8)]);
         assert_eq!(line(&enc, &rec(Some(b"17"), None)).unwrap(), "17");
         assert_eq!(line(&enc, &rec(Some(b"null"), None)).unwrap(), r"\N");
     }

@@ -271,9 +271,9 @@ pub async fn has_unique_key(pool: &PgPool, table: &TableRef, key: &[String]) -> 
 }
 
 /// The table's usable unique keys for spotting duplicates ahead of
-/// Postgres: valid, immediate, not partial, no expressions, and not on a
-/// table with BEFORE row triggers (which could change the key). Each is
-/// (index name, key columns in index order).
+/// Postgres: valid, immediate, not partial, no expressions. Each is (index
+/// name, key columns in index order). The caller skips them for a table
+/// with BEFORE row triggers, which could change the key.
 pub async fn unique_keys(pool: &PgPool, table: &TableRef) -> Result<Vec<(String, Vec<String>)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT ic.relname::text, \
@@ -287,9 +287,7 @@ pub async fn unique_keys(pool: &PgPool, table: &TableRef) -> Result<Vec<(String,
          JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = $1 AND c.relname = $2 \
            AND i.indisunique AND i.indisvalid AND i.indimmediate \
-           AND i.indpred IS NULL AND i.indexprs IS NULL \
-           AND NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal \
-                           AND (g.tgtype & 3) = 3 AND (g.tgtype & (4 | 16)) <> 0)",
+           AND i.indpred IS NULL AND i.indexprs IS NULL",
     )
     .bind(&table.schema)
     .bind(&table.name)
@@ -346,18 +344,8 @@ mod tests {
     #[test]
     fn modes_and_framing() {
         let columns = vec![
-            ColumnPlan {
-                name: "id".into(),
-                source: ColumnSource::Pointer("/id".into()),
-                ty: PgType::Int8,
-                constraints: Default::default(),
-            },
-            ColumnPlan {
-                name: "v".into(),
-                source: ColumnSource::Pointer("/v".into()),
-                ty: PgType::Int8,
-                constraints: Default::default(),
-            },
+            ColumnPlan::new("id", ColumnSource::Pointer("/id".into()), PgType::Int8),
+            ColumnPlan::new("v", ColumnSource::Pointer("/v".into()), PgType::Int8),
         ];
         let insert = WriteSql::new(&table(), &RowEncoder::new(columns.clone()));
         assert_eq!(

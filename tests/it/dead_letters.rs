@@ -53,19 +53,11 @@ fn produce_bytes(brokers: &str, topic: &str, partitions: i32, values: &[Vec<u8>]
         .expect("producer");
     for (n, value) in values.iter().enumerate() {
         let key = n.to_string();
-        let mut record = BaseRecord::to(topic)
+        let record = BaseRecord::to(topic)
             .key(&key)
             .payload(value)
             .partition(n as i32 % partitions);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
+        send_retrying(&producer, record);
     }
     producer.flush(Duration::from_secs(120)).expect("producer flush");
     assert_eq!(acks.failed.load(Ordering::Relaxed), 0, "delivery failures");

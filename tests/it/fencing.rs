@@ -66,18 +66,8 @@ async fn a_fenced_flush_rolls_back_and_nothing_is_duplicated() {
         .unwrap();
 
     let columns = vec![
-        ColumnPlan {
-            name: "id".into(),
-            source: ColumnSource::Pointer("/id".into()),
-            ty: PgType::Int8,
-            constraints: Default::default(),
-        },
-        ColumnPlan {
-            name: "kafka_offset".into(),
-            source: ColumnSource::Offset,
-            ty: PgType::Int8,
-            constraints: Default::default(),
-        },
+        ColumnPlan::new("id", ColumnSource::Pointer("/id".into()), PgType::Int8),
+        ColumnPlan::new("kafka_offset", ColumnSource::Offset, PgType::Int8),
     ];
     let settings = Settings {
         batch_size: 1000,

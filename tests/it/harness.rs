@@ -141,15 +141,7 @@ pub fn produce_records(
         if let Some(value) = &value {
             record = record.payload(value);
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
+        send_retrying(&producer, record);
     }
     producer.flush(Duration::from_secs(60)).expect("producer flush");
     assert_eq!(deliveries.failed.load(Ordering::Relaxed), 0, "delivery failures");
@@ -158,6 +150,24 @@ pub fn produce_records(
         total,
         "every record acknowledged"
     );
+}
+
+/// Sends `record`, waiting while librdkafka's local queue is full.
+pub fn send_retrying<C, K, P>(producer: &ThreadedProducer<C>, mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>)
+where
+    C: ProducerContext + 'static,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
 }
 
 /// A `sluice` process with its own config file and log.

@@ -29,20 +29,12 @@ fn produce_with_headers(brokers: &str, topic: &str, records: &[Record]) {
                 value: v.as_deref(),
             });
         }
-        let mut record = BaseRecord::to(topic)
+        let record = BaseRecord::to(topic)
             .key(key)
             .payload(value)
             .partition(0)
             .headers(owned);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
+        send_retrying(&producer, record);
     }
     producer.flush(Duration::from_secs(60)).expect("producer flush");
 }
