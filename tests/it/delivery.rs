@@ -198,7 +198,17 @@ async fn sigterm_drains_commits_and_exits_zero_within_the_deadline() {
         ORDER_COLUMNS,
         "batch_size = 2000",
     ));
-    assert!(eventually(Duration::from_secs(60), || async { count(&pool, &table).await > 5_000 }).await);
+    // Mid-load, and every partition written to already (librdkafka may
+    // read one partition's backlog before another's).
+    let mid_load = eventually(Duration::from_secs(60), || async {
+        let partitions: i64 = sqlx::query_scalar(&format!("SELECT count(DISTINCT kafka_partition) FROM {table}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        count(&pool, &table).await > 5_000 && partitions == 3
+    })
+    .await;
+    assert!(mid_load, "log:\n{}", sluice.log_text());
     let sent = Instant::now();
     sluice.sigterm();
     // shutdown_timeout is 10 s in the test config.
