@@ -14,6 +14,11 @@
 //!  "items": [{"sku": "SKU-0042", "qty": 2, "unit_price": "36.75"}]}
 //! ```
 //!
+//! `--corpus strict` produces instead the good events of the dead-letter
+//! tests' strict table (`examples/common/poison_corpus.rs`), and `--corpus
+//! poison` the same with 1 % bad records of every kind mixed in (`--count`
+//! counts the good ones); record `n` goes to partition `n % partitions`.
+//!
 //! The topic is created with `--partitions` partitions when it does not exist
 //! yet. Every message's delivery report is checked; the program exits non-zero
 //! when any message was not delivered.
@@ -40,6 +45,20 @@ use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::ClientContext;
 use serde_json::json;
+
+#[path = "common/poison_corpus.rs"]
+mod poison_corpus;
+
+/// What to produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Corpus {
+    /// Sample order events (see above).
+    Orders,
+    /// The good events of the poison corpus.
+    Strict,
+    /// The poison corpus: the strict events with 1 % bad records.
+    Poison,
+}
 
 /// Produce sample JSON order events to a Kafka topic.
 #[derive(Debug, Parser)]
@@ -74,6 +93,19 @@ struct Args {
     /// distinct. The Kafka key is the id, so a key stays in one partition.
     #[arg(long, default_value_t = 0)]
     keys: u64,
+
+    /// What to produce: order events, or the dead-letter tests' corpus.
+    #[arg(long, value_enum, default_value_t = Corpus::Orders)]
+    corpus: Corpus,
+
+    /// Print the CREATE TABLE statement of the corpus' strict table under
+    /// this name, and exit.
+    #[arg(long, value_name = "TABLE")]
+    print_ddl: Option<String>,
+
+    /// Print the strict table's `[pipelines.columns]` mapping, and exit.
+    #[arg(long)]
+    print_columns: bool,
 
     /// Events per second; 0 = as fast as possible.
     #[arg(long, default_value_t = 0)]
@@ -145,6 +177,14 @@ fn main() -> ExitCode {
 
 /// Returns whether every event was delivered.
 fn run(args: Args) -> anyhow::Result<bool> {
+    if let Some(table) = &args.print_ddl {
+        println!("{}", poison_corpus::strict_table_ddl(table));
+        return Ok(true);
+    }
+    if args.print_columns {
+        println!("{}", poison_corpus::COLUMNS.trim());
+        return Ok(true);
+    }
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &args.brokers);
     for property in &args.properties {
@@ -160,8 +200,10 @@ fn run(args: Args) -> anyhow::Result<bool> {
     // Batch for throughput (~100k msg/s against a local broker) while keeping
     // latency low; idempotence so that internal retries cannot duplicate or
     // reorder events. -X properties win, also when given under an alias name.
-    let defaults: [(&[&str], &str); 8] = [
+    let defaults: [(&[&str], &str); 9] = [
         (&["enable.idempotence"], "true"),
+        // The poison corpus holds 5 MB records.
+        (&["message.max.bytes"], "8388608"),
         (&["queue.buffering.max.ms", "linger.ms"], "5"),
         (&["batch.num.messages"], "10000"),
         (&["batch.size"], "1000000"),
@@ -195,11 +237,19 @@ fn run(args: Args) -> anyhow::Result<bool> {
         return Ok(true);
     }
 
+    // The corpus records, when producing one; else order events made on the fly.
+    let records: Option<Vec<Vec<u8>>> = match args.corpus {
+        Corpus::Orders => None,
+        Corpus::Strict => Some((0..args.count).map(poison_corpus::good).collect()),
+        Corpus::Poison => Some(poison_corpus::corpus(args.count, partitions as u64).0),
+    };
+    let total = records.as_ref().map_or(args.count, |r| r.len() as u64);
+
     let started = Instant::now();
     let mut last_progress = started;
     let mut rng = rand::rng();
     let mut enqueue_failed = 0u64;
-    for n in 0..args.count {
+    for n in 0..total {
         if args.rate > 0 {
             // Pace against the start time (no drift). Sleep rather than poll with
             // a timeout: librdkafka timeouts are whole milliseconds, so sub-ms
@@ -212,11 +262,21 @@ fn run(args: Args) -> anyhow::Result<bool> {
             }
         }
 
-        let id = args.start_id + if args.keys > 0 { n % args.keys } else { n };
-        let key = id.to_string();
-        let payload = serde_json::to_vec(&order_event(id, &mut rng))?;
+        let (key, payload, partition) = match &records {
+            None => {
+                let id = args.start_id + if args.keys > 0 { n % args.keys } else { n };
+                (id.to_string(), serde_json::to_vec(&order_event(id, &mut rng))?, None)
+            }
+            Some(records) => (
+                n.to_string(),
+                records[n as usize].clone(),
+                Some((n % partitions as u64) as i32),
+            ),
+        };
         loop {
-            match producer.send(BaseRecord::<_, _, ()>::to(&args.topic).key(&key).payload(&payload)) {
+            let mut record = BaseRecord::<_, _, ()>::to(&args.topic).key(&key).payload(&payload);
+            record.partition = partition;
+            match producer.send(record) {
                 Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     // librdkafka's queue is full: serve delivery reports, then retry.
@@ -259,12 +319,18 @@ fn run(args: Args) -> anyhow::Result<bool> {
         .collect::<Vec<_>>()
         .join(" ");
     let rate = delivered as f64 / elapsed.as_secs_f64().max(1e-9);
+    let what = match args.corpus {
+        Corpus::Orders => format!(
+            "ids {}..={}",
+            args.start_id,
+            (args.start_id + args.count).saturating_sub(1)
+        ),
+        Corpus::Strict => format!("{} strict events", args.count),
+        Corpus::Poison => format!("{} strict events, {} poison", args.count, total - args.count),
+    };
     println!(
-        "produce: delivered {delivered} of {} events to {} (ids {}..={}) in {:.2}s, {rate:.0} msg/s [{per_partition}]",
-        args.count,
+        "produce: delivered {delivered} of {total} events to {} ({what}) in {:.2}s, {rate:.0} msg/s [{per_partition}]",
         args.topic,
-        args.start_id,
-        (args.start_id + args.count).saturating_sub(1),
         elapsed.as_secs_f64(),
     );
     if failed > 0 {

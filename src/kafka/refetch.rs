@@ -24,6 +24,29 @@ pub struct Raw {
     pub headers: Box<str>,
 }
 
+impl Raw {
+    /// What a dead letter keeps of a consumed record.
+    pub fn of_message<M: Message>(msg: &M) -> Raw {
+        let headers = match msg.headers() {
+            Some(h) => headers_json(h.iter().map(|h| (h.key, h.value))),
+            None => headers_json(std::iter::empty()),
+        };
+        Raw {
+            key: msg.key().map(Box::from),
+            value: msg.payload().map(Box::from),
+            headers,
+        }
+    }
+
+    /// Bytes it holds, for the buffer's accounting.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Raw>()
+            + self.key.as_ref().map_or(0, |k| k.len())
+            + self.value.as_ref().map_or(0, |v| v.len())
+            + self.headers.len()
+    }
+}
+
 /// `(topic, partition, offset)`.
 pub type Coordinates = (String, i32, i64);
 
@@ -107,19 +130,8 @@ impl Refetcher {
                 Some(Err(err)) => tracing::debug!(error = %err, "refetch: consumer error"),
                 Some(Ok(msg)) => {
                     let (t, p, o) = (msg.topic(), msg.partition(), msg.offset());
-                    if wanted_set.iter().any(|w| *w == (t, p, o)) {
-                        let headers = match msg.headers() {
-                            Some(h) => headers_json(h.iter().map(|h| (h.key, h.value))),
-                            None => headers_json(std::iter::empty()),
-                        };
-                        found.insert(
-                            (t.to_owned(), p, o),
-                            Raw {
-                                key: msg.key().map(Box::from),
-                                value: msg.payload().map(Box::from),
-                                headers,
-                            },
-                        );
+                    if wanted_set.contains(&(t, p, o)) {
+                        found.insert((t.to_owned(), p, o), Raw::of_message(&msg));
                     }
                     let done = ranges
                         .iter()

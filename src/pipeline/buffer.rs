@@ -10,14 +10,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
+use crate::kafka::refetch::Raw;
 use crate::kafka::Tp;
 use crate::sink::dead_letter::DeadLetter;
 use crate::telemetry::{RecordMeta, TraceParent};
 
 /// Bookkeeping bytes charged per entry on top of the row itself, so that a
 /// flood of tiny rows still counts against `max_buffer_bytes`: the entry
-/// itself (72 bytes).
-pub const ENTRY_OVERHEAD_BYTES: usize = 72;
+/// itself (80 bytes).
+pub const ENTRY_OVERHEAD_BYTES: usize = 80;
 
 /// One consumed record: its encoded COPY row, or `None` for a marker. A
 /// marker either carries a dead letter (the record cannot become a row; its
@@ -40,6 +41,10 @@ pub struct Entry {
     /// Only for a record that cannot become a row: what the dead-letter
     /// store keeps of it. Boxed, so a good record pays one pointer.
     pub dead_letter: Option<Box<DeadLetter>>,
+    /// Only for a row that will most likely be refused as a duplicate key
+    /// (see [`crate::sink::bisect::RecentKeys`]): its raw record, for the
+    /// dead letter, so that it need not be read back from Kafka.
+    pub raw: Option<Box<Raw>>,
 }
 
 impl Entry {
@@ -53,6 +58,7 @@ impl Entry {
             timestamp_ms: meta.timestamp_ms,
             trace: meta.trace,
             dead_letter: None,
+            raw: None,
         }
     }
 
@@ -77,7 +83,8 @@ impl Entry {
             0
         };
         let dead_letter = self.dead_letter.as_ref().map_or(0, |d| d.bytes());
-        ENTRY_OVERHEAD_BYTES + trace + dead_letter + self.row.as_ref().map_or(0, |r| r.len())
+        let raw = self.raw.as_ref().map_or(0, |r| r.bytes());
+        ENTRY_OVERHEAD_BYTES + trace + dead_letter + raw + self.row.as_ref().map_or(0, |r| r.len())
     }
 }
 
@@ -183,6 +190,7 @@ impl Buffer {
                     timestamp_ms: None,
                     trace: None,
                     dead_letter: None,
+                    raw: None,
                 },
                 now,
             );
@@ -194,6 +202,7 @@ impl Buffer {
         let (before, was_record, had_row) = (tail.cost(), tail.is_record(), tail.row.is_some());
         tail.row = None;
         tail.dead_letter = None;
+        tail.raw = None;
         tail.offset = offset;
         tail.epoch = epoch;
         self.queued_bytes -= before - tail.cost();
@@ -333,6 +342,7 @@ mod tests {
             timestamp_ms: None,
             trace: None,
             dead_letter: None,
+            raw: None,
         }
     }
 

@@ -474,7 +474,7 @@ mod model_tests {
                             continue;
                         }
                         let offset = next[p as usize];
-                        let entry = Entry { tp: tp(p), epoch: 1, offset, row: Some(vec![b'x'; len].into_boxed_slice()), timestamp_ms: None, trace: None, dead_letter: None };
+                        let entry = Entry { tp: tp(p), epoch: 1, offset, row: Some(vec![b'x'; len].into_boxed_slice()), timestamp_ms: None, trace: None, dead_letter: None, raw: None };
                         match state.admit(entry, &s, now) {
                             Admission::Refused => {
                                 prop_assert_eq!(strategy, crate::config::Strategy::Block, "only block refuses");

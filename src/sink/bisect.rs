@@ -16,7 +16,8 @@
 //! [`Isolator`] is the pure decision part: which range to copy next, and
 //! what a refusal means. The writer does the I/O.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::ops::Range;
 
 use crate::sink::encode::{ColumnPlan, UniqueKey};
@@ -223,6 +224,105 @@ pub fn repeats(keys: &[UniqueKey], columns: &[ColumnPlan], rows: &[&[u8]]) -> Ve
     found
 }
 
+/// Hashes of the unique keys of one encoded row (a COPY text line of the
+/// encoder's columns), one per key that has no NULL, into `out`, which is
+/// cleared first. `fields` is scratch space, reused across rows. `table`
+/// tells tables apart, so that equal keys of different tables don't match.
+pub fn key_hashes(table: usize, keys: &[UniqueKey], row: &[u8], fields: &mut Vec<(usize, usize)>, out: &mut Vec<u64>) {
+    out.clear();
+    if keys.is_empty() {
+        return;
+    }
+    let line = row.strip_suffix(b"\n").unwrap_or(row);
+    fields.clear();
+    let mut start = 0;
+    for (i, &b) in line.iter().enumerate() {
+        if b == b'\t' {
+            fields.push((start, i));
+            start = i + 1;
+        }
+    }
+    fields.push((start, line.len()));
+    'keys: for (k, key) in keys.iter().enumerate() {
+        let mut hasher = std::hash::DefaultHasher::new();
+        (table, k).hash(&mut hasher);
+        for &c in &key.columns {
+            let Some(&(from, to)) = fields.get(c) else {
+                continue 'keys;
+            };
+            let field = &line[from..to];
+            if field == b"\\N" {
+                continue 'keys;
+            }
+            field.hash(&mut hasher);
+        }
+        out.push(hasher.finish());
+    }
+}
+
+/// The unique keys of the most recent rows of a pipeline, as hashes: at
+/// least the last `window` rows' and at most twice that many. The consumer
+/// loop asks it about every row of an insert-mode table with a unique key;
+/// a row whose key is among them will most likely be refused as a
+/// duplicate (in its own batch, or the one before), so its raw record is
+/// kept for the dead letter instead of being read back from Kafka. A miss
+/// only costs that read; a hash collision only keeps bytes that are not
+/// needed.
+///
+/// Memory: two hash sets of at most `window` `u64`s each, about
+/// 32 × `window` bytes in all.
+#[derive(Debug)]
+pub struct RecentKeys {
+    window: usize,
+    current: HashSet<u64, BuildHasherDefault<PreHashed>>,
+    previous: HashSet<u64, BuildHasherDefault<PreHashed>>,
+}
+
+impl RecentKeys {
+    pub fn new(window: usize) -> RecentKeys {
+        RecentKeys {
+            window: window.max(1),
+            current: HashSet::default(),
+            previous: HashSet::default(),
+        }
+    }
+
+    /// Remembers `hashes`; returns whether any of them was seen recently.
+    pub fn seen(&mut self, hashes: &[u64]) -> bool {
+        let mut seen = false;
+        for h in hashes {
+            seen |= self.previous.contains(h) || !self.current.insert(*h);
+        }
+        if self.current.len() >= self.window {
+            // The older generation goes; its allocation is reused.
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.clear();
+        }
+        seen
+    }
+}
+
+/// The hasher of sets of hashes: the value is its own hash.
+#[derive(Debug, Default)]
+pub struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64s are hashed with it; fold anything else in anyway.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -317,6 +417,57 @@ mod tests {
         );
         assert!(found[1].refusal.message.contains("\"t_email_key\": Key (email)=(b@x)"));
         assert!(repeats(&[], &columns, &rows).is_empty());
+    }
+
+    #[test]
+    fn recent_keys_flag_every_repeat_the_batch_scan_finds_within_the_window() {
+        let keys = vec![
+            UniqueKey {
+                name: "t_pkey".into(),
+                columns: vec![0, 1],
+            },
+            UniqueKey {
+                name: "t_email_key".into(),
+                columns: vec![2],
+            },
+        ];
+        let rows: Vec<&[u8]> = vec![
+            b"1\teu\ta@x\n",
+            b"1\tus\tb@x\n",
+            b"1\teu\tc@x\n",
+            b"2\teu\tb@x\n",
+            b"3\t\\N\t\\N\n",
+            b"3\t\\N\t\\N\n",
+            b"1\teu\ta@x\n",
+        ];
+        let (mut fields, mut hashes) = (Vec::new(), Vec::new());
+        let mut recent = RecentKeys::new(100);
+        let flagged: Vec<usize> = (0..rows.len())
+            .filter(|&i| {
+                key_hashes(0, &keys, rows[i], &mut fields, &mut hashes);
+                recent.seen(&hashes)
+            })
+            .collect();
+        // Exactly the rows `repeats` finds (see the test above).
+        assert_eq!(flagged, vec![2, 3, 6]);
+        // NULL keys hash to nothing; another table's equal key is not a repeat.
+        key_hashes(0, &keys, b"3\t\\N\t\\N\n", &mut fields, &mut hashes);
+        assert!(hashes.is_empty());
+        key_hashes(1, &keys, b"1\teu\ta@x\n", &mut fields, &mut hashes);
+        assert_eq!(hashes.len(), 2);
+        assert!(!recent.seen(&hashes));
+    }
+
+    #[test]
+    fn recent_keys_remember_at_least_the_window_and_at_most_twice_it() {
+        let mut recent = RecentKeys::new(10);
+        for n in 0..35u64 {
+            assert!(!recent.seen(&[n]), "{n} is new");
+        }
+        // 35 inserted: generations [20, 30) and [30, 35) remain.
+        assert!(recent.seen(&[34]) && recent.seen(&[25]) && recent.seen(&[20]));
+        assert!(!recent.seen(&[19]) && !recent.seen(&[0]));
+        assert!(recent.current.len() + recent.previous.len() <= 20);
     }
 
     #[test]

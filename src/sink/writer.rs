@@ -439,7 +439,14 @@ impl Writer {
                 }
                 WriteSql::Upsert(_) => Vec::new(),
             };
-            prefetch_at.extend(found.iter().map(|r| self.coordinates(&batch.entries[rows[r.row].0])));
+            // Those whose raw record the consumer kept need no reading back.
+            prefetch_at.extend(
+                found
+                    .iter()
+                    .map(|r| &batch.entries[rows[r.row].0])
+                    .filter(|e| e.raw.is_none())
+                    .map(|e| self.coordinates(e)),
+            );
             repeats.push(found);
         }
         let prefetch = (!prefetch_at.is_empty()).then(|| {
@@ -610,9 +617,9 @@ impl Writer {
         Ok((refused.into_iter().map(|(i, r)| (rows[i].0, r)).collect(), copies))
     }
 
-    /// The dead letters of refused rows, with their raw records read back
-    /// from Kafka. One that cannot be read back is stored without its value,
-    /// and says so.
+    /// The dead letters of refused rows, with their raw records: kept by the
+    /// consumer for likely duplicates, else read back from Kafka. One that
+    /// cannot be read back is stored without its value, and says so.
     async fn refused_letters(
         &self,
         batch: &Batch,
@@ -627,6 +634,11 @@ impl Writer {
             .map(|(i, _)| self.coordinates(&batch.entries[*i]))
             .collect();
         let mut found = prefetched;
+        for ((i, _), at) in refused.iter().zip(&wanted) {
+            if let Some(raw) = &batch.entries[*i].raw {
+                found.insert(at.clone(), Raw::clone(raw));
+            }
+        }
         let asked: Vec<Coordinates> = wanted.iter().filter(|at| !found.contains_key(*at)).cloned().collect();
         if !asked.is_empty() {
             let refetch = self.refetch.clone();

@@ -554,6 +554,7 @@ mod tests {
             timestamp_ms: ts,
             trace: trace.map(Box::new),
             dead_letter: None,
+            raw: None,
         }
     }
 

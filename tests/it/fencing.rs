@@ -48,6 +48,7 @@ fn push(pipeline: &Pipeline, tp: Tp, topic: &str, offsets: std::ops::Range<i64>)
                 timestamp_ms: None,
                 trace: None,
                 dead_letter: None,
+                raw: None,
             },
             Instant::now(),
         );
