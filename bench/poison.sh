@@ -113,10 +113,12 @@ clean_rates=() poison_rates=()
 for round in $(seq "$rounds"); do
     read -r c rows < <(catch_up "$clean" "$events")
     [ "$rows" = "$events" ] || { echo "clean run: $rows rows, expected $events" >&2; exit 1; }
+    before=$(sql "select count(*) from sluice.dead_letters where topic = '$poisoned'")
     read -r p rows < <(catch_up "$poisoned" "$poisoned_records")
     [ "$rows" = "$events" ] || { echo "poisoned run: $rows rows, expected $events" >&2; exit 1; }
-    letters=$(sql "select count(*) from sluice.dead_letters where topic = '$poisoned'")
-    echo "round $round: clean $c rows/s, poisoned $p rows/s ($((100 * p / c)) %); $letters dead letters stored for the topic" >&2
+    letters=$(($(sql "select count(*) from sluice.dead_letters where topic = '$poisoned'") - before))
+    [ "$letters" = "$((events / 100))" ] || { echo "poisoned run: $letters dead letters, expected $((events / 100))" >&2; exit 1; }
+    echo "round $round: clean $c rows/s, poisoned $p rows/s ($((100 * p / c)) %); $letters dead letters" >&2
     clean_rates+=("$c") poison_rates+=("$p")
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
