@@ -11,10 +11,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::sink::dead_letter::headers_json;
+use crate::sink::dead_letter::message_headers;
 
 /// A record as read back.
 #[derive(Debug, Clone)]
@@ -27,14 +27,10 @@ pub struct Raw {
 impl Raw {
     /// What a dead letter keeps of a consumed record.
     pub fn of_message<M: Message>(msg: &M) -> Raw {
-        let headers = match msg.headers() {
-            Some(h) => headers_json(h.iter().map(|h| (h.key, h.value))),
-            None => headers_json(std::iter::empty()),
-        };
         Raw {
             key: msg.key().map(Box::from),
             value: msg.payload().map(Box::from),
-            headers,
+            headers: message_headers(msg),
         }
     }
 

@@ -163,25 +163,22 @@ pub fn repeats(keys: &[UniqueKey], columns: &[ColumnPlan], rows: &[&[u8]]) -> Ve
     let mut found = Vec::new();
     let mut key_bytes: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len());
     // Reused for every row: this runs over each row of each insert-mode flush.
-    let mut fields: Vec<&[u8]> = Vec::new();
+    let mut fields = Vec::new();
     for (pos, row) in rows.iter().enumerate() {
-        let line = row.strip_suffix(b"\n").unwrap_or(row);
-        fields.clear();
-        fields.extend(line.split(|b| *b == b'\t'));
+        let line = field_ranges(row, &mut fields);
         key_bytes.clear();
-        for key in keys {
-            let mut bytes = Vec::new();
-            let mut null = false;
-            for (n, &c) in key.columns.iter().enumerate() {
-                let field = fields.get(c).copied().unwrap_or(b"\\N");
-                null |= field == b"\\N";
-                if n > 0 {
-                    bytes.push(b'\t');
+        key_bytes.extend(keys.iter().map(|key| {
+            key_fields(line, &fields, key).map(|parts| {
+                let mut bytes = Vec::new();
+                for (n, part) in parts.enumerate() {
+                    if n > 0 {
+                        bytes.push(b'\t');
+                    }
+                    bytes.extend_from_slice(part);
                 }
-                bytes.extend_from_slice(field);
-            }
-            key_bytes.push((!null).then_some(bytes));
-        }
+                bytes
+            })
+        }));
         let earlier = key_bytes
             .iter()
             .zip(&seen)
@@ -191,10 +188,10 @@ pub fn repeats(keys: &[UniqueKey], columns: &[ColumnPlan], rows: &[&[u8]]) -> Ve
             Some((k, first)) => {
                 let key = &keys[k];
                 let names: Vec<&str> = key.columns.iter().map(|&c| columns[c].name.as_str()).collect();
-                let values: Vec<String> = key
-                    .columns
-                    .iter()
-                    .map(|&c| String::from_utf8_lossy(fields.get(c).copied().unwrap_or_default()).into_owned())
+                let values: Vec<String> = key_fields(line, &fields, key)
+                    .into_iter()
+                    .flatten()
+                    .map(|part| String::from_utf8_lossy(part).into_owned())
                     .collect();
                 found.push(Repeat {
                     row: pos,
@@ -224,6 +221,38 @@ pub fn repeats(keys: &[UniqueKey], columns: &[ColumnPlan], rows: &[&[u8]]) -> Ve
     found
 }
 
+/// Splits a COPY text row into its fields' byte ranges (into `out`, which
+/// is cleared first); returns the line without its newline, which the
+/// ranges index.
+fn field_ranges<'a>(row: &'a [u8], out: &mut Vec<(usize, usize)>) -> &'a [u8] {
+    let line = row.strip_suffix(b"\n").unwrap_or(row);
+    out.clear();
+    let mut start = 0;
+    for (i, &b) in line.iter().enumerate() {
+        if b == b'\t' {
+            out.push((start, i));
+            start = i + 1;
+        }
+    }
+    out.push((start, line.len()));
+    line
+}
+
+/// The fields of `key` in a line split by [`field_ranges`], in the key's
+/// column order; `None` when one is NULL (or missing): such a key never
+/// equals another.
+fn key_fields<'a>(
+    line: &'a [u8],
+    fields: &'a [(usize, usize)],
+    key: &'a UniqueKey,
+) -> Option<impl Iterator<Item = &'a [u8]> + 'a> {
+    let field = move |c: usize| fields.get(c).map(|&(from, to)| &line[from..to]);
+    key.columns
+        .iter()
+        .all(|&c| field(c).is_some_and(|f| f != b"\\N"))
+        .then(|| key.columns.iter().filter_map(move |&c| field(c)))
+}
+
 /// Hashes of the unique keys of one encoded row (a COPY text line of the
 /// encoder's columns), one per key that has no NULL, into `out`, which is
 /// cleared first. `fields` is scratch space, reused across rows. `table`
@@ -233,30 +262,14 @@ pub fn key_hashes(table: usize, keys: &[UniqueKey], row: &[u8], fields: &mut Vec
     if keys.is_empty() {
         return;
     }
-    let line = row.strip_suffix(b"\n").unwrap_or(row);
-    fields.clear();
-    let mut start = 0;
-    for (i, &b) in line.iter().enumerate() {
-        if b == b'\t' {
-            fields.push((start, i));
-            start = i + 1;
+    let line = field_ranges(row, fields);
+    for (k, key) in keys.iter().enumerate() {
+        if let Some(parts) = key_fields(line, fields, key) {
+            let mut hasher = std::hash::DefaultHasher::new();
+            (table, k).hash(&mut hasher);
+            parts.for_each(|part| part.hash(&mut hasher));
+            out.push(hasher.finish());
         }
-    }
-    fields.push((start, line.len()));
-    'keys: for (k, key) in keys.iter().enumerate() {
-        let mut hasher = std::hash::DefaultHasher::new();
-        (table, k).hash(&mut hasher);
-        for &c in &key.columns {
-            let Some(&(from, to)) = fields.get(c) else {
-                continue 'keys;
-            };
-            let field = &line[from..to];
-            if field == b"\\N" {
-                continue 'keys;
-            }
-            field.hash(&mut hasher);
-        }
-        out.push(hasher.finish());
     }
 }
 
@@ -382,11 +395,9 @@ mod tests {
         assert!(attempts <= 1 + 2 * 10, "{attempts} copies");
     }
 
-    #[test]
-    fn repeats_within_a_batch_are_found_by_their_encoded_keys() {
-        use crate::mapping::{ColumnSource, PgType};
-        let col = |name: &str| ColumnPlan::new(name, ColumnSource::Pointer(format!("/{name}")), PgType::Text);
-        let columns = vec![col("id"), col("region"), col("email")];
+    /// A primary key on (id, region), a unique email, and rows of those
+    /// three columns: rows 2, 3 and 6 repeat an earlier row's key.
+    fn keyed_rows() -> (Vec<UniqueKey>, Vec<&'static [u8]>) {
         let keys = vec![
             UniqueKey {
                 name: "t_pkey".into(),
@@ -406,6 +417,15 @@ mod tests {
             b"3\t\\N\t\\N\n",
             b"1\teu\ta@x\n", // repeats row 0 (not row 2, which is itself a repeat)
         ];
+        (keys, rows)
+    }
+
+    #[test]
+    fn repeats_within_a_batch_are_found_by_their_encoded_keys() {
+        use crate::mapping::{ColumnSource, PgType};
+        let col = |name: &str| ColumnPlan::new(name, ColumnSource::Pointer(format!("/{name}")), PgType::Text);
+        let columns = vec![col("id"), col("region"), col("email")];
+        let (keys, rows) = keyed_rows();
         let found = repeats(&keys, &columns, &rows);
         let pairs: Vec<(usize, usize)> = found.iter().map(|r| (r.row, r.first)).collect();
         assert_eq!(pairs, vec![(2, 0), (3, 1), (6, 0)]);
@@ -424,25 +444,7 @@ mod tests {
 
     #[test]
     fn recent_keys_flag_every_repeat_the_batch_scan_finds_within_the_window() {
-        let keys = vec![
-            UniqueKey {
-                name: "t_pkey".into(),
-                columns: vec![0, 1],
-            },
-            UniqueKey {
-                name: "t_email_key".into(),
-                columns: vec![2],
-            },
-        ];
-        let rows: Vec<&[u8]> = vec![
-            b"1\teu\ta@x\n",
-            b"1\tus\tb@x\n",
-            b"1\teu\tc@x\n",
-            b"2\teu\tb@x\n",
-            b"3\t\\N\t\\N\n",
-            b"3\t\\N\t\\N\n",
-            b"1\teu\ta@x\n",
-        ];
+        let (keys, rows) = keyed_rows();
         let (mut fields, mut hashes) = (Vec::new(), Vec::new());
         let mut recent = RecentKeys::new(100);
         let flagged: Vec<usize> = (0..rows.len())

@@ -99,11 +99,7 @@ impl DeadLetter {
     /// The dead letter of a consumed record: `error` from the encoder, or
     /// `None` when the value is above `max_record_bytes` (not decoded).
     pub fn of_message<M: rdkafka::Message>(msg: &M, error: Option<&DecodeError>, max_record_bytes: usize) -> Self {
-        use rdkafka::message::Headers;
-        let headers = match msg.headers() {
-            Some(h) => headers_json(h.iter().map(|h| (h.key, h.value))),
-            None => headers_json(std::iter::empty()),
-        };
+        let headers = message_headers(msg);
         match (error, msg.payload()) {
             (Some(error), value) => Self::decode(msg.key(), value, headers, error, max_record_bytes),
             (None, Some(value)) => Self::oversized(msg.key(), value, headers, max_record_bytes),
@@ -130,6 +126,15 @@ impl DeadLetter {
 
 fn capped(bytes: &[u8], max: usize) -> Box<[u8]> {
     Box::from(&bytes[..bytes.len().min(max)])
+}
+
+/// A consumed record's headers, as [`headers_json`] stores them.
+pub fn message_headers<M: rdkafka::Message>(msg: &M) -> Box<str> {
+    use rdkafka::message::Headers;
+    match msg.headers() {
+        Some(h) => headers_json(h.iter().map(|h| (h.key, h.value))),
+        None => headers_json(std::iter::empty()),
+    }
 }
 
 /// Record headers as stored in `headers`: a JSON array, in order, of

@@ -427,17 +427,22 @@ impl Writer {
         }
         let rows_total: usize = groups.iter().map(|(_, rows)| rows.len()).sum();
         // Insert mode: rows repeating an earlier row's unique key (see
-        // `bisect::repeats`). Their raw records are read back from Kafka
-        // while the COPY runs, for the dead letters most of them become.
+        // `bisect::repeats`). The consumer already flagged every row whose
+        // key repeats one of its last `batch_size` rows' by keeping its raw
+        // record (`RecentKeys`): a batch without such a row is not scanned.
+        // (A repeat further apart is still refused by Postgres, row by row.)
+        // Raw records not kept are read back from Kafka while the COPY runs,
+        // for the dead letters most repeats become.
         let mut repeats = Vec::with_capacity(groups.len());
         let mut prefetch_at: Vec<Coordinates> = Vec::new();
         for (target, rows) in &groups {
+            let flagged = rows.iter().any(|(i, _)| batch.entries[*i].raw.is_some());
             let found = match target.write_sql {
-                WriteSql::Insert { .. } => {
+                WriteSql::Insert { .. } if flagged => {
                     let lines: Vec<&[u8]> = rows.iter().map(|(_, r)| *r).collect();
                     bisect::repeats(target.encoder.unique_keys(), target.encoder.columns(), &lines)
                 }
-                WriteSql::Upsert(_) => Vec::new(),
+                _ => Vec::new(),
             };
             // Those whose raw record the consumer kept need no reading back.
             prefetch_at.extend(
