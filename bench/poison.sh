@@ -22,55 +22,24 @@
 # psql COPYing the same N rows, in batches of 10,000, one transaction each,
 # into an identical empty strict table.
 #
-# Prints a block to paste into bench/RESULTS.md. Uses scripts/services.sh.
+# Prints a block to paste into bench/RESULTS.md. Set-up: bench/common.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-# shellcheck source=scripts/services.sh
-source scripts/services.sh
 
 events=${SLUICE_BENCH_EVENTS:-100000}
 rounds=${SLUICE_BENCH_ROUNDS:-5}
 reuse=${SLUICE_BENCH_REUSE:-}
 unset SLUICE_BENCH_EVENTS SLUICE_BENCH_ROUNDS SLUICE_BENCH_REUSE
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/sluice-target}"
-cargo build --release --bin sluice --example produce >&2
-sluice="$CARGO_TARGET_DIR/release/sluice"
-produce="$CARGO_TARGET_DIR/release/examples/produce"
-admin=$SLUICE_TEST_DATABASE_URL
-db_url="${admin%/*}/sluice_bench"
-psql "$admin" -XqtAc "select 1 from pg_database where datname = 'sluice_bench'" | grep -q 1 ||
-    psql "$admin" -Xqc "create database sluice_bench"
-sql() { psql "$db_url" -XqtA -v ON_ERROR_STOP=1 -c "$1"; }
-run_id=$(date +%s)
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# shellcheck source=bench/common.sh
+source bench/common.sh
 
 # The strict table and its mapping, as the test has them.
 strict_ddl() { "$produce" --print-ddl "$1"; }
 cols="id, qty, price, name, score, kafka_partition, kafka_offset"
-config() { # group topic table [pipeline]
-    cat <<TOML
-shutdown_timeout = "30s"
-[kafka]
-brokers = "$SLUICE_KAFKA_BROKERS"
-group_id = "$1"
-session_timeout = "6s"
-[postgres]
-url = "$db_url"
-[telemetry]
-http_addr = "off"
-[[pipelines]]
-name = "${4:-bench}"
-topics = ["$2"]
-table = "$3"
-[pipelines.columns]
-$("$produce" --print-columns)
-TOML
-}
 
 # Runs sluice on a topic of `records` records until the stored offsets cover
 # them all; prints good rows per second (database clock, first row written to
-# the commit covering the last record) and the flush count.
+# the commit covering the last record) and the rows in the table.
 catch_up() { # topic records
     local group="bench-$1-$RANDOM$RANDOM" table="t_$RANDOM$RANDOM"
     sql "$(strict_ddl "$table")"
@@ -79,7 +48,7 @@ catch_up() { # topic records
     sql "checkpoint"
     # A pipeline name of its own: dead letters are stored once per pipeline
     # and record, so a second run under the same name would skip inserting them.
-    config "$group" "$1" "$table" "p$RANDOM$RANDOM" >"$work/$group.toml"
+    sluice_config "$group" "$1" "$table" off "p$RANDOM$RANDOM" "$("$produce" --print-columns)" >"$work/$group.toml"
     "$sluice" run --config "$work/$group.toml" 2>"$work/$group.log" &
     local pid=$!
     while [ "$(sql "select coalesce(sum(next_offset), 0) from sluice.offsets where group_id = '$group'")" -lt "$2" ]; do
@@ -97,8 +66,6 @@ catch_up() { # topic records
     echo "$table" >"$work/last_table"
 }
 
-config g migrate migrate >"$work/migrate.toml"
-"$sluice" migrate --config "$work/migrate.toml" >/dev/null
 
 clean="bench_clean_${reuse:-$run_id}"
 poisoned="bench_poison_${reuse:-$run_id}"

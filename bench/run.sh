@@ -13,26 +13,14 @@
 #    which precedes the commit that makes it visible by the commit's own
 #    duration), p50 and p99.
 #
-# Prints a block to paste into bench/RESULTS.md. Uses scripts/services.sh.
+# Prints a block to paste into bench/RESULTS.md. Set-up: bench/common.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-# shellcheck source=scripts/services.sh
-source scripts/services.sh
 
 events=${SLUICE_BENCH_EVENTS:-1000000}
 unset SLUICE_BENCH_EVENTS
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/sluice-target}"
-cargo build --release --bin sluice --example produce >&2
-sluice="$CARGO_TARGET_DIR/release/sluice"
-produce="$CARGO_TARGET_DIR/release/examples/produce"
-admin=$SLUICE_TEST_DATABASE_URL
-db_url="${admin%/*}/sluice_bench"
-psql "$admin" -XqtAc "select 1 from pg_database where datname = 'sluice_bench'" | grep -q 1 ||
-    psql "$admin" -Xqc "create database sluice_bench"
-sql() { psql "$db_url" -XqtA -v ON_ERROR_STOP=1 -c "$1"; }
-run_id=$(date +%s)
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# shellcheck source=bench/common.sh
+source bench/common.sh
 
 table_ddl() {
     echo "create table $1 (order_id bigint primary key, customer text, amount numeric(12,2),
@@ -40,34 +28,17 @@ table_ddl() {
           inserted_at timestamptz not null default clock_timestamp())"
 }
 
-config() { # topic table port
-    cat <<TOML
-shutdown_timeout = "30s"
-[kafka]
-brokers = "$SLUICE_KAFKA_BROKERS"
-group_id = "bench-$run_id-$1"
-session_timeout = "6s"
-[postgres]
-url = "$db_url"
-[telemetry]
-http_addr = "127.0.0.1:$3"
-[[pipelines]]
-name = "bench"
-topics = ["$1"]
-table = "$2"
-[pipelines.columns]
-order_id = "/id"
+columns='order_id = "/id"
 customer = "/customer/name"
 amount = "/amount"
 created_at = "/ts"
 doc = "/"
 kafka_offset = "@offset"
-kafka_ts = "@timestamp"
-TOML
+kafka_ts = "@timestamp"'
+config() { # topic table port
+    sluice_config "bench-$run_id-$1" "$1" "$2" "127.0.0.1:$3" bench "$columns"
 }
 
-config migrate migrate 0 >"$work/migrate.toml"
-"$sluice" migrate --config "$work/migrate.toml" >/dev/null
 
 # --- 2. catch-up ---------------------------------------------------------------
 topic="bench_catchup_$run_id"

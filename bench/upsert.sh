@@ -15,27 +15,15 @@
 #    statement sluice runs (DISTINCT ON the key, last offset wins,
 #    INSERT ... ON CONFLICT DO UPDATE) into an identical empty table.
 #
-# Prints a block to paste into bench/RESULTS.md. Uses scripts/services.sh.
+# Prints a block to paste into bench/RESULTS.md. Set-up: bench/common.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-# shellcheck source=scripts/services.sh
-source scripts/services.sh
 
 events=${SLUICE_BENCH_EVENTS:-1000000}
 keys=${SLUICE_BENCH_KEYS:-100000}
 unset SLUICE_BENCH_EVENTS SLUICE_BENCH_KEYS
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/sluice-target}"
-cargo build --release --bin sluice --example produce >&2
-sluice="$CARGO_TARGET_DIR/release/sluice"
-produce="$CARGO_TARGET_DIR/release/examples/produce"
-admin=$SLUICE_TEST_DATABASE_URL
-db_url="${admin%/*}/sluice_bench"
-psql "$admin" -XqtAc "select 1 from pg_database where datname = 'sluice_bench'" | grep -q 1 ||
-    psql "$admin" -Xqc "create database sluice_bench"
-sql() { psql "$db_url" -XqtA -v ON_ERROR_STOP=1 -c "$1"; }
-run_id=$(date +%s)
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# shellcheck source=bench/common.sh
+source bench/common.sh
 
 cols="order_id, customer, amount, created_at, doc, kafka_offset"
 table_ddl() { # name [primary key?]
@@ -43,30 +31,14 @@ table_ddl() { # name [primary key?]
           created_at timestamptz, doc jsonb, kafka_offset bigint)"
 }
 
-config() { # group topic table port mode
-    cat <<TOML
-shutdown_timeout = "30s"
-[kafka]
-brokers = "$SLUICE_KAFKA_BROKERS"
-group_id = "$1"
-session_timeout = "6s"
-[postgres]
-url = "$db_url"
-[telemetry]
-http_addr = "127.0.0.1:$4"
-[[pipelines]]
-name = "bench"
-topics = ["$2"]
-table = "$3"
-$5
-[pipelines.columns]
-order_id = "/id"
+columns='order_id = "/id"
 customer = "/customer/name"
 amount = "/amount"
 created_at = "/ts"
 doc = "/"
-kafka_offset = "@offset"
-TOML
+kafka_offset = "@offset"'
+config() { # group topic table port mode
+    sluice_config "$1" "$2" "$3" "127.0.0.1:$4" bench "$columns" "$5"
 }
 
 covered() { # group topic
@@ -89,8 +61,6 @@ catch_up() { # group topic table port mode
     echo "$(echo "$events / ($t1 - $t0)" | bc -l) $batch"
 }
 
-config g migrate migrate 0 "" >"$work/migrate.toml"
-"$sluice" migrate --config "$work/migrate.toml" >/dev/null
 
 topic="bench_upsert_$run_id"
 "$produce" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$topic" --partitions 3 --count "$events" --keys "$keys" >&2
