@@ -1182,11 +1182,14 @@ impl PipelineConfig {
                 ),
             ));
         }
-        if self.max_record_bytes < ByteSize::kib(1) || self.max_record_bytes > self.max_buffer_bytes {
+        // A record's entry (its row, or its dead letter: value, key and
+        // headers up to max_record_bytes each, or a row plus its raw copy)
+        // must fit in half the buffer, whatever the escaping; see `Entry::fit`.
+        if self.max_record_bytes < ByteSize::kib(1) || self.max_record_bytes.0 > self.max_buffer_bytes.0 / 4 {
             return Err((
                 at("max_record_bytes"),
                 format!(
-                    "must be at least 1KiB and at most max_buffer_bytes ({}), found {}",
+                    "must be at least 1KiB and at most a quarter of max_buffer_bytes ({}), found {}",
                     self.max_buffer_bytes, self.max_record_bytes
                 ),
             ));

@@ -461,7 +461,7 @@ fn other_pipeline_rules() {
         }),
         ("max_record_bytes", |p| p.max_record_bytes = ByteSize(1023)),
         ("max_record_bytes", |p| {
-            p.max_record_bytes = ByteSize(p.max_buffer_bytes.bytes() + 1)
+            p.max_record_bytes = ByteSize(p.max_buffer_bytes.bytes() / 4 + 1)
         }),
         ("errors.dlq_topic", |p| p.errors.dlq_topic = Some("bad topic".into())),
     ];
@@ -474,7 +474,7 @@ fn other_pipeline_rules() {
     let mut c = valid();
     let p = &mut c.pipelines[0];
     p.batch_bytes = ByteSize::kib(1);
-    p.max_buffer_bytes = ByteSize::kib(1);
+    p.max_buffer_bytes = ByteSize::kib(4);
     p.max_record_bytes = ByteSize::kib(1);
     p.batch_size = 1;
     p.max_buffer_records = 1;

@@ -26,14 +26,14 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{PipelineConfig, Strategy};
-use crate::kafka::offsets::{is_new, start_position, NextOffset};
+use crate::kafka::offsets::{start_position, NextOffset};
 use crate::kafka::refetch::Raw;
 use crate::kafka::{TopicId, Topics, Tp};
 use crate::pipeline::buffer::Entry;
-use crate::pipeline::{next_epoch, pause_decision, Admission, Counters, PartState, PauseDecision, Pipeline, Target};
+use crate::pipeline::{pause_decision, Admission, Counters, Offer, PartState, PauseDecision, Pipeline, Target};
 use crate::sink::bisect::{self, RecentKeys};
 use crate::sink::dead_letter::DeadLetter;
-use crate::sink::encode::{HeaderRef, RecordRef};
+use crate::sink::encode::{DecodeError, HeaderRef, RecordRef};
 use crate::sink::upsert::WriteSql;
 use crate::sink::writer::WriterCommand;
 
@@ -200,15 +200,7 @@ impl Shared {
                     topic: topic_id,
                     partition,
                 };
-                state.partitions.insert(
-                    tp,
-                    PartState {
-                        epoch: next_epoch(),
-                        stored,
-                        expected: stored,
-                        awaiting_seek: false,
-                    },
-                );
+                state.assign(tp, stored);
                 if let Err(err) =
                     tpl.set_partition_offset(&topic, partition, start_position(stored, self.reset_earliest))
                 {
@@ -279,9 +271,7 @@ impl Shared {
                 topic,
                 partition: elem.partition(),
             };
-            let mut state = self.pipelines[index].lock();
-            state.partitions.remove(&tp);
-            forgotten += state.buffer.purge(tp);
+            forgotten += self.pipelines[index].lock().revoke(tp);
         }
         self.assigned.store(0, Ordering::Relaxed);
         info!(partitions = tpl.count(), forgotten, "partitions revoked");
@@ -416,11 +406,7 @@ impl LoopState {
                     epoch,
                     next,
                 } => {
-                    let held = shared.pipelines[pipeline]
-                        .lock()
-                        .partitions
-                        .get(&tp)
-                        .is_some_and(|p| p.epoch == epoch);
+                    let held = shared.pipelines[pipeline].lock().holds(tp, epoch);
                     if held {
                         self.pending_commits.insert((pipeline, tp), next.0);
                     }
@@ -439,7 +425,7 @@ impl LoopState {
         let seeks = std::mem::take(&mut self.pending_seeks);
         for (index, tp, epoch, to) in seeks {
             let pipeline = &shared.pipelines[index];
-            if pipeline.lock().partitions.get(&tp).is_none_or(|p| p.epoch != epoch) {
+            if !pipeline.lock().holds(tp, epoch) {
                 continue;
             }
             let topic = shared.topics.name(tp.topic);
@@ -448,12 +434,8 @@ impl LoopState {
             // here on everything polled for the partition starts at `to`.
             match consumer.seek(topic, tp.partition, offset, Duration::from_secs(5)) {
                 Ok(()) => {
-                    if let Some(p) = pipeline.lock().partitions.get_mut(&tp) {
-                        if p.epoch == epoch {
-                            p.awaiting_seek = false;
-                        }
-                    }
-                    debug!(%topic, partition = tp.partition, ?offset, "seeked after fence");
+                    pipeline.lock().seeked(tp, epoch);
+                    debug!(%topic, partition = tp.partition, ?offset, "seeked to re-read");
                 }
                 Err(err) => {
                     warn!(%topic, partition = tp.partition, error = %err, "seek failed; retrying");
@@ -542,40 +524,30 @@ impl LoopState {
             debug!(pipeline = %pipeline.name, topic = %record.topic, partition = record.partition, offset,
                 error = %d.error, "record cannot become a row: dead letter");
         }
-        let (wake, pause, admission) = {
+        let meta = crate::telemetry::RecordMeta::of(msg);
+        let mut entry = Entry::new(tp, 0, offset, row, meta);
+        entry.dead_letter = dead_letter.map(Box::new);
+        entry.raw = raw;
+        // No entry may cost more than half the buffer: it could never be
+        // admitted under `block`, and `drop_oldest` would evict everything for it.
+        entry.fit(s.limits.max_bytes / 2, |why| {
+            DeadLetter::of_message(msg, Some(&DecodeError::for_record(why)), s.max_record_bytes)
+        });
+        let (wake, pause, offer) = {
             let mut state = pipeline.lock();
             let state = &mut *state;
-            if state.draining {
-                // Shutdown set this under the lock before asking the writer
-                // for its final flush: a record admitted now could land in
-                // the buffer after that flush, uncommitted, and make the
-                // drain look incomplete. Not buffered, re-read by the next owner.
-                return;
-            }
-            let Some(part) = state.partitions.get_mut(&tp) else {
-                return;
-            };
-            if part.awaiting_seek || !is_new(part.expected, offset) {
-                return;
-            }
-            let epoch = part.epoch;
-            let meta = crate::telemetry::RecordMeta::of(msg);
-            let mut entry = Entry::new(tp, epoch, offset, row, meta);
-            entry.dead_letter = dead_letter.map(Box::new);
-            entry.raw = raw;
-            let admission = state.admit(entry, s, Instant::now());
-            let part = state.partitions.get_mut(&tp).expect("checked above");
-            if admission == Admission::Refused {
-                // BLOCKED: the record is neither buffered nor covered. Have
-                // librdkafka fetch the partition again from it; until then
-                // everything still arriving for it is ignored.
-                part.awaiting_seek = true;
-                part.expected = Some(NextOffset(offset));
-                self.pending_seeks.push((index, tp, epoch, Some(NextOffset(offset))));
-                info!(pipeline = %pipeline.name, topic = %record.topic, partition = record.partition, offset,
-                    "buffer full: record refused, the partition will be re-read from it");
-            } else {
-                part.expected = Some(NextOffset(offset + 1));
+            let offer = state.offer(entry, s, Instant::now());
+            match offer {
+                Offer::Ignored => return,
+                Offer::Refused { epoch, seek_to } => {
+                    // BLOCKED: the record is neither buffered nor covered. Have
+                    // librdkafka fetch the partition again from it; until then
+                    // everything still arriving for it is ignored.
+                    self.pending_seeks.push((index, tp, epoch, Some(seek_to)));
+                    info!(pipeline = %pipeline.name, topic = %record.topic, partition = record.partition, offset,
+                        "buffer full: record refused, the partition will be re-read from it");
+                }
+                Offer::Taken(_) => {}
             }
             pipeline.refresh_state(state);
             let queued = state.buffer.queued_records();
@@ -594,15 +566,18 @@ impl LoopState {
             (
                 wake,
                 pause.then(|| partition_list(shared, state.partitions.keys())),
-                admission,
+                offer,
             )
         };
-        match admission {
-            Admission::Buffered { evicted } => Counters::add(&pipeline.counters.dropped, evicted),
-            Admission::Dropped { rows } => Counters::add(&pipeline.counters.dropped, rows),
-            Admission::Refused => return,
+        match offer {
+            Offer::Taken(Admission::Buffered { evicted }) => Counters::add(&pipeline.counters.dropped, evicted),
+            Offer::Taken(Admission::Dropped { rows }) => Counters::add(&pipeline.counters.dropped, rows),
+            // Not taken, but the pause it may have decided still applies.
+            Offer::Taken(Admission::Refused) | Offer::Refused { .. } | Offer::Ignored => {}
         }
-        Counters::add(&pipeline.counters.consumed, 1);
+        if matches!(offer, Offer::Taken(_)) {
+            Counters::add(&pipeline.counters.consumed, 1);
+        }
         if wake {
             pipeline.wake_writer.notify_one();
         }

@@ -6,6 +6,12 @@
 //! offset safely. Records taken by the writer stay accounted (as in-flight)
 //! until their transaction ends, so utilization bounds everything this
 //! pipeline holds, not only what is waiting.
+//!
+//! Every entry says which offsets it accounts for: `[from, offset]`, where
+//! `from` is the offset the consumer expected when the record arrived (the
+//! offsets in between do not exist: compaction, transaction markers). So a
+//! batch can prove it is gap-free: per partition, its pieces chain without a
+//! hole from the stored position (see `PipelineState::spans`).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -17,8 +23,8 @@ use crate::telemetry::{RecordMeta, TraceParent};
 
 /// Bookkeeping bytes charged per entry on top of the row itself, so that a
 /// flood of tiny rows still counts against `max_buffer_bytes`: the entry
-/// itself (80 bytes).
-pub const ENTRY_OVERHEAD_BYTES: usize = 80;
+/// itself (88 bytes).
+pub const ENTRY_OVERHEAD_BYTES: usize = 88;
 
 /// One consumed record: its encoded COPY row, or `None` for a marker. A
 /// marker either carries a dead letter (the record cannot become a row; its
@@ -30,6 +36,10 @@ pub struct Entry {
     pub tp: Tp,
     /// The assignment this record was read under (see `PartState::epoch`).
     pub epoch: u64,
+    /// The first offset this entry accounts for: the offset the consumer
+    /// expected when the record arrived (offsets in `from..offset` do not
+    /// exist in the log). A drop marker accounts for `[from, offset]`.
+    pub from: i64,
     pub offset: i64,
     pub row: Option<Box<[u8]>>,
     /// The record's Kafka timestamp (ms since the epoch), for end-to-end latency.
@@ -53,6 +63,7 @@ impl Entry {
         Entry {
             tp,
             epoch,
+            from: offset,
             offset,
             row,
             timestamp_ms: meta.timestamp_ms,
@@ -74,6 +85,35 @@ impl Entry {
     /// a marker for dropped records.
     pub fn is_record(&self) -> bool {
         self.row.is_some() || self.dead_letter.is_some()
+    }
+
+    /// Makes the entry cost at most `limit` bytes, so that it can always be
+    /// buffered (and `drop_oldest` never evicts a whole queue for it): first
+    /// without its raw copy (an optimisation: a refused row is read back
+    /// from Kafka instead), then a row still too large becomes a dead letter
+    /// (`as_letter` builds it from the record, given the reason), and a dead
+    /// letter is stored truncated. `limit` must be at least 2KiB.
+    pub fn fit(&mut self, limit: usize, as_letter: impl FnOnce(String) -> DeadLetter) {
+        if self.cost() <= limit {
+            return;
+        }
+        self.raw = None;
+        if self.cost() > limit {
+            if let Some(row) = self.row.take() {
+                let why = format!(
+                    "the encoded row is {} bytes, more than one pipeline buffer entry may hold ({limit} bytes, \
+                     half of max_buffer_bytes)",
+                    row.len()
+                );
+                self.dead_letter = Some(Box::new(as_letter(why)));
+            }
+        }
+        let cost = self.cost();
+        if let Some(letter) = self.dead_letter.as_deref_mut().filter(|_| cost > limit) {
+            let others = cost - letter.bytes();
+            letter.shrink_to(limit.saturating_sub(others));
+        }
+        debug_assert!(self.cost() <= limit, "{} > {limit}", self.cost());
     }
 
     pub fn cost(&self) -> usize {
@@ -106,18 +146,42 @@ pub struct Buffer {
     inflight_bytes: usize,
     /// When the oldest queued entry arrived: drives the flush interval.
     oldest_since: Option<Instant>,
-    /// Per partition, the last offset evicted from the head: covered, and
-    /// before every queued entry of that partition. `(epoch, offset)`.
-    covered_ahead: HashMap<Tp, (u64, i64)>,
+    /// Per partition, the offsets evicted from the head (or dropped with
+    /// nothing of the partition queued): covered, and before every queued
+    /// entry of that partition.
+    covered_ahead: HashMap<Tp, Ahead>,
+}
+
+/// Offsets of one partition covered without an entry: `[from, last]`,
+/// read under `epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ahead {
+    pub tp: Tp,
+    pub epoch: u64,
+    pub from: i64,
+    pub last: i64,
+}
+
+impl Ahead {
+    fn merge(slot: &mut Option<Ahead>, next: Ahead) {
+        *slot = Some(match *slot {
+            Some(a) if a.epoch == next.epoch => Ahead {
+                from: a.from.min(next.from),
+                last: a.last.max(next.last),
+                ..a
+            },
+            _ => next,
+        });
+    }
 }
 
 /// What [`Buffer::take_batch`] hands the writer.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub entries: Vec<Entry>,
-    /// Offsets dropped from the head, per partition `(tp, epoch, offset)`:
-    /// covered by this batch although no entry carries them.
-    pub covered: Vec<(Tp, u64, i64)>,
+    /// Offsets dropped from the head, per partition: covered by this batch
+    /// although no entry carries them; they come before its entries.
+    pub covered: Vec<Ahead>,
 }
 
 impl Buffer {
@@ -154,8 +218,12 @@ impl Buffer {
         let e = self.queue.pop_front()?;
         self.queued_bytes -= e.cost();
         self.queued_rows -= usize::from(e.row.is_some());
-        let slot = self.covered_ahead.entry(e.tp).or_insert((e.epoch, e.offset));
-        *slot = (e.epoch, slot.1.max(e.offset));
+        self.cover_ahead(Ahead {
+            tp: e.tp,
+            epoch: e.epoch,
+            from: e.from,
+            last: e.offset,
+        });
         if self.queue.is_empty() {
             self.oldest_since = None;
         }
@@ -167,11 +235,15 @@ impl Buffer {
     /// room; in a full buffer it turns the partition's newest queued row into
     /// the marker instead (that row is dropped too). Returns how many
     /// *buffered* rows were dropped to make this work (0 or 1).
-    pub fn drop_newest(&mut self, tp: Tp, epoch: u64, offset: i64, now: Instant) -> u64 {
+    pub fn drop_newest(&mut self, tp: Tp, epoch: u64, from: i64, offset: i64, now: Instant) -> u64 {
         let Some(last) = self.queue.iter().rposition(|e| e.tp == tp) else {
             // Nothing of this partition queued: "ahead of everything queued" holds.
-            let slot = self.covered_ahead.entry(tp).or_insert((epoch, offset));
-            *slot = (epoch, slot.1.max(offset));
+            self.cover_ahead(Ahead {
+                tp,
+                epoch,
+                from,
+                last: offset,
+            });
             return 0;
         };
         let tail = &self.queue[last];
@@ -185,6 +257,7 @@ impl Buffer {
                 Entry {
                     tp,
                     epoch,
+                    from,
                     offset,
                     row: None,
                     timestamp_ms: None,
@@ -203,11 +276,20 @@ impl Buffer {
         tail.row = None;
         tail.dead_letter = None;
         tail.raw = None;
+        // The marker keeps the row's `from`: it accounts for both.
         tail.offset = offset;
         tail.epoch = epoch;
         self.queued_bytes -= before - tail.cost();
         self.queued_rows -= usize::from(had_row);
         u64::from(was_record)
+    }
+
+    fn cover_ahead(&mut self, ahead: Ahead) {
+        let mut slot = self.covered_ahead.remove(&ahead.tp);
+        Ahead::merge(&mut slot, ahead);
+        if let Some(a) = slot {
+            self.covered_ahead.insert(a.tp, a);
+        }
     }
 
     pub fn push(&mut self, entry: Entry, now: Instant) {
@@ -272,11 +354,7 @@ impl Buffer {
         // The remaining entries have waited since at most now; restarting the
         // clock here keeps a steady stream flushing at batch size, not early.
         self.oldest_since = if self.queue.is_empty() { None } else { Some(now) };
-        let covered = self
-            .covered_ahead
-            .drain()
-            .map(|(tp, (epoch, offset))| (tp, epoch, offset))
-            .collect();
+        let covered = self.covered_ahead.drain().map(|(_, a)| a).collect();
         Batch {
             entries: batch,
             covered,
@@ -291,6 +369,24 @@ impl Buffer {
     /// Whether head-evicted offsets wait to be covered by a batch.
     pub fn has_covered_ahead(&self) -> bool {
         !self.covered_ahead.is_empty()
+    }
+
+    /// Puts in-flight entries back at the head of the queue, in order (the
+    /// tail of a batch that is being split): they are taken again by the
+    /// next batch. Their accounting moves from in flight to queued.
+    pub fn unshift(&mut self, entries: Vec<Entry>, now: Instant) {
+        for e in entries.into_iter().rev() {
+            let cost = e.cost();
+            let row = usize::from(e.row.is_some());
+            self.inflight_rows -= row;
+            self.inflight_bytes -= cost;
+            self.queued_rows += row;
+            self.queued_bytes += cost;
+            self.queue.push_front(e);
+        }
+        if !self.queue.is_empty() && self.oldest_since.is_none() {
+            self.oldest_since = Some(now);
+        }
     }
 
     /// Ends the accounting of in-flight entries (committed or discarded).
@@ -337,6 +433,7 @@ mod tests {
                 partition,
             },
             epoch: 1,
+            from: offset,
             offset,
             row: Some(vec![b'x'; len].into_boxed_slice()),
             timestamp_ms: None,
@@ -349,6 +446,71 @@ mod tests {
     #[test]
     fn entry_overhead_covers_the_entry() {
         assert!(std::mem::size_of::<Entry>() <= ENTRY_OVERHEAD_BYTES);
+    }
+
+    fn letter(key: usize, value: usize, headers: usize) -> DeadLetter {
+        DeadLetter {
+            key: Some(vec![b'k'; key].into_boxed_slice()),
+            value: Some(vec![b'v'; value].into_boxed_slice()),
+            headers: format!("[{}]", "h".repeat(headers)).into(),
+            class: crate::sink::dead_letter::DeadLetterClass::Decode,
+            sqlstate: None,
+            error: "bad".into(),
+        }
+    }
+
+    /// Defect 3 of "Lossless means lossless": an entry costing more than the
+    /// buffer was refused forever under `block`.
+    #[test]
+    fn every_entry_fits_its_limit() {
+        let limit = 4_096;
+        // A row with a large raw copy keeps the row, loses the copy.
+        let mut e = entry(0, 0, 1_000);
+        e.raw = Some(Box::new(Raw {
+            key: None,
+            value: Some(vec![0; 10_000].into_boxed_slice()),
+            headers: "[]".into(),
+        }));
+        e.fit(limit, |_| unreachable!("the row fits without its copy"));
+        assert!(e.row.is_some() && e.raw.is_none());
+        // A row too large for any entry becomes a dead letter saying why.
+        let mut e = entry(0, 1, 5_000);
+        let mut why = String::new();
+        e.fit(limit, |reason| {
+            why = reason;
+            letter(10, 100, 0)
+        });
+        assert!(e.row.is_none() && e.dead_letter.is_some());
+        assert_eq!(
+            why,
+            "the encoded row is 5000 bytes, more than one pipeline buffer entry may hold (4096 bytes, half of \
+             max_buffer_bytes)"
+        );
+        // A dead letter with huge headers and key is stored truncated.
+        let mut e = entry(0, 2, 0);
+        e.row = None;
+        e.dead_letter = Some(Box::new(letter(3_000, 3_000, 50_000)));
+        e.fit(limit, |_| unreachable!());
+        assert!(e.cost() <= limit, "{}", e.cost());
+        let d = e.dead_letter.as_deref().unwrap();
+        assert_eq!(&*d.headers, "[]");
+        assert!(
+            d.error.starts_with("bad (stored truncated to fit the buffer:"),
+            "{}",
+            d.error
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn fit_always_fits(row in 0usize..20_000, raw in 0usize..20_000, key in 0usize..9_000,
+                           value in 0usize..9_000, headers in 0usize..9_000, limit in 2_048usize..16_384) {
+            let mut e = entry(0, 0, row);
+            e.raw = Some(Box::new(Raw { key: None, value: Some(vec![0; raw].into_boxed_slice()), headers: "[]".into() }));
+            e.fit(limit, |_| letter(key, value, headers));
+            prop_assert!(e.cost() <= limit);
+            prop_assert!(e.row.is_some() || e.dead_letter.is_some(), "a record stays a record");
+        }
     }
 
     #[test]

@@ -7,6 +7,9 @@
 
 pub mod backpressure;
 pub mod buffer;
+pub mod core;
+#[cfg(test)]
+mod sim;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -16,38 +19,13 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::config::Strategy;
-use crate::kafka::offsets::NextOffset;
 use crate::kafka::{TopicId, Tp};
 use crate::sink::encode::RowEncoder;
 use crate::sink::schema::TableRef;
 use crate::sink::upsert::WriteSql;
 use backpressure::BpState;
 use buffer::{Buffer, Entry, Limits};
-
-/// What the writer needs to know about a partition this instance owns.
-#[derive(Debug, Clone)]
-pub struct PartState {
-    /// Bumped on every assignment. A batch remembers the epoch its records
-    /// were read under; once the partition is revoked or re-assigned, the
-    /// batch's view of the stored offset is stale and must not be applied.
-    pub epoch: u64,
-    /// `next_offset` in `sluice.offsets` as this instance last saw or wrote
-    /// it; `None` when there is no row yet. The fencing condition.
-    pub stored: Option<NextOffset>,
-    /// The next offset the buffer expects from Kafka (`None`: take whatever
-    /// comes first). Records below it are redeliveries and are ignored.
-    pub expected: Option<NextOffset>,
-    /// Set after a fence: everything polled for this partition is ignored
-    /// until the consumer loop has seeked it back to `stored`.
-    pub awaiting_seek: bool,
-}
-
-static EPOCHS: AtomicU64 = AtomicU64::new(1);
-
-/// A fresh epoch for an assignment or a re-read after a fence.
-pub fn next_epoch() -> u64 {
-    EPOCHS.fetch_add(1, Ordering::Relaxed)
-}
+pub use core::{Gap, Offer, PartState, Span, Spans};
 
 /// Batch and buffer settings of a pipeline.
 #[derive(Debug, Clone)]
@@ -96,20 +74,35 @@ pub struct PipelineState {
     pub draining: bool,
     /// Records seen while sampling, to keep 1 in `sample_rate`.
     sample_seq: u64,
+    /// The last epoch handed out (see [`PartState::epoch`]).
+    epochs: u64,
 }
 
 impl PipelineState {
+    /// An empty state: no partitions, nothing buffered, flowing.
+    pub fn new(limits: Limits) -> PipelineState {
+        PipelineState {
+            buffer: Buffer::new(limits),
+            partitions: HashMap::new(),
+            paused: false,
+            bp: BpState::Normal,
+            draining: false,
+            sample_seq: 0,
+            epochs: 0,
+        }
+    }
+
     /// Offers a record to the buffer under the pipeline's strategy. The
     /// buffer never exceeds its limits: `block` refuses what would not fit,
     /// the others drop (counted by the caller) and keep the offsets covered.
     pub fn admit(&mut self, entry: Entry, s: &Settings, now: std::time::Instant) -> Admission {
         let cost = entry.cost();
         let has_row = entry.row.is_some();
-        let (tp, epoch, offset) = (entry.tp, entry.epoch, entry.offset);
+        let (tp, epoch, from, offset) = (entry.tp, entry.epoch, entry.from, entry.offset);
         if s.strategy == Strategy::Sample && entry.row.is_some() && self.bp > BpState::Normal {
             self.sample_seq += 1;
             if self.sample_seq % u64::from(s.sample_rate) != 0 {
-                let rows = 1 + self.buffer.drop_newest(tp, epoch, offset, now);
+                let rows = 1 + self.buffer.drop_newest(tp, epoch, from, offset, now);
                 return Admission::Dropped { rows };
             }
         }
@@ -131,7 +124,7 @@ impl PipelineState {
             Strategy::Block => Admission::Refused,
             _ => {
                 let incoming = u64::from(entry.is_record());
-                let rows = evicted + incoming + self.buffer.drop_newest(tp, epoch, offset, now);
+                let rows = evicted + incoming + self.buffer.drop_newest(tp, epoch, from, offset, now);
                 Admission::Dropped { rows }
             }
         }
@@ -166,6 +159,11 @@ pub struct Counters {
     pub attempts: AtomicU64,
     pub flushes: AtomicU64,
     pub fenced: AtomicU64,
+    /// Batches refused for a partition whose share did not start at its
+    /// stored position (`sluice_offset_gaps_total`): each would have
+    /// committed a hole; the partition was re-read instead. Always 0 unless
+    /// sluice has a bug.
+    pub gaps: AtomicU64,
     /// Records written to the dead-letter store, counted when their
     /// transaction commits (`sluice_records_dead_lettered_total`).
     pub dead_lettered: AtomicU64,
@@ -313,14 +311,7 @@ impl Pipeline {
     }
 
     fn build(name: String, table: TableRef, single: Option<Arc<Target>>, settings: Settings) -> Self {
-        let state = PipelineState {
-            buffer: Buffer::new(settings.limits),
-            partitions: HashMap::new(),
-            paused: false,
-            bp: BpState::Normal,
-            draining: false,
-            sample_seq: 0,
-        };
+        let state = PipelineState::new(settings.limits);
         let flush_interval_us = AtomicU64::new(settings.flush_interval.as_micros().min(u64::MAX as u128) as u64);
         Self {
             name,
@@ -374,7 +365,7 @@ mod tests {
 /// the way the consumer loop and the writer drive them.
 #[cfg(test)]
 mod model_tests {
-    use std::collections::{BTreeMap, HashMap, HashSet};
+    use std::collections::{BTreeMap, HashSet};
     use std::time::Instant;
 
     use proptest::prelude::{prop_assert, prop_assert_eq, prop_oneof, proptest, Just, ProptestConfig};
@@ -446,14 +437,7 @@ mod model_tests {
             ops in ops(),
         ) {
             let s = settings(strategy, max_records, max_bytes);
-            let mut state = PipelineState {
-                buffer: Buffer::new(s.limits),
-                partitions: HashMap::new(),
-                paused: false,
-                bp: BpState::Normal,
-                draining: false,
-                sample_seq: 0,
-            };
+            let mut state = PipelineState::new(s.limits);
             let tp = |p: i32| Tp { topic: TopicId(0), partition: p };
             let now = Instant::now();
             // Model: next offset each partition delivers (a refused record is
@@ -474,7 +458,7 @@ mod model_tests {
                             continue;
                         }
                         let offset = next[p as usize];
-                        let entry = Entry { tp: tp(p), epoch: 1, offset, row: Some(vec![b'x'; len].into_boxed_slice()), timestamp_ms: None, trace: None, dead_letter: None, raw: None };
+                        let entry = Entry { tp: tp(p), epoch: 1, from: offset, offset, row: Some(vec![b'x'; len].into_boxed_slice()), timestamp_ms: None, trace: None, dead_letter: None, raw: None };
                         match state.admit(entry, &s, now) {
                             Admission::Refused => {
                                 prop_assert_eq!(strategy, crate::config::Strategy::Block, "only block refuses");
@@ -599,7 +583,11 @@ mod model_tests {
             pub fn spans(&self) -> BTreeMap<i32, (i64, i64)> {
                 let mut spans: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
                 let entries = self.batch.entries.iter().map(|e| (e.tp.partition, e.offset));
-                let covered = self.batch.covered.iter().map(|(tp, _, o)| (tp.partition, *o));
+                let covered = self
+                    .batch
+                    .covered
+                    .iter()
+                    .flat_map(|a| [(a.tp.partition, a.from), (a.tp.partition, a.last)]);
                 for (p, o) in entries.chain(covered) {
                     let span = spans.entry(p).or_insert((o, o));
                     span.0 = span.0.min(o);

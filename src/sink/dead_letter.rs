@@ -124,6 +124,54 @@ impl DeadLetter {
     }
 }
 
+impl DeadLetter {
+    /// Truncates what is stored so that [`DeadLetter::bytes`] is at most
+    /// `budget` (at least ~1KiB): headers first, then the error text, key
+    /// and value; the error says what was cut.
+    pub fn shrink_to(&mut self, budget: usize) {
+        if self.bytes() <= budget {
+            return;
+        }
+        let before = (
+            self.key.as_ref().map_or(0, |k| k.len()),
+            self.value.as_ref().map_or(0, |v| v.len()),
+            self.headers.len(),
+        );
+        self.headers = "[]".into();
+        let mut error = String::from(&*self.error);
+        if error.len() > 512 {
+            let mut cut = 512;
+            while !error.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            error.truncate(cut);
+        }
+        error.push_str(&format!(
+            " (stored truncated to fit the buffer: key {} bytes, value {} bytes, headers {} bytes)",
+            before.0, before.1, before.2
+        ));
+        self.error = error.into();
+        let fixed = std::mem::size_of::<DeadLetter>()
+            + self.headers.len()
+            + self.sqlstate.as_ref().map_or(0, |s| s.len())
+            + self.error.len();
+        let mut room = budget.saturating_sub(fixed);
+        for part in [&mut self.key, &mut self.value] {
+            if let Some(bytes) = part.as_mut() {
+                if bytes.len() > room / 2 {
+                    *bytes = capped(bytes, room / 2);
+                }
+            }
+        }
+        room = room.saturating_sub(self.key.as_ref().map_or(0, |k| k.len()));
+        if let Some(v) = self.value.as_mut() {
+            if v.len() > room {
+                *v = capped(v, room);
+            }
+        }
+    }
+}
+
 fn capped(bytes: &[u8], max: usize) -> Box<[u8]> {
     Box::from(&bytes[..bytes.len().min(max)])
 }

@@ -32,11 +32,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Tolerance;
 use crate::kafka::consumer::ConsumerCommand;
-use crate::kafka::offsets::{Covered, NextOffset};
 use crate::kafka::refetch::{Coordinates, Raw, Refetcher};
 use crate::kafka::{Topics, Tp};
 use crate::pipeline::buffer::{Batch, Entry};
-use crate::pipeline::{breaker_state, next_epoch, Counters, Pipeline, Target};
+use crate::pipeline::{breaker_state, Counters, Pipeline, Span, Target};
 use crate::sink::bisect::{self, Isolator, Refusal};
 use crate::sink::breaker::{Breaker, BreakerSettings, BreakerState, Permit};
 use crate::sink::dead_letter::{self, DeadLetter, DeadLetterClass, Stored};
@@ -86,15 +85,6 @@ struct Written {
 
 /// How long a flush waits to read refused records back from Kafka.
 const REFETCH_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// One partition's share of a batch.
-#[derive(Debug, Clone, Copy)]
-struct Span {
-    epoch: u64,
-    covered: Covered,
-    /// The stored position the batch starts from: the fencing condition.
-    from: Option<NextOffset>,
-}
 
 pub struct Writer {
     pub index: usize,
@@ -215,8 +205,10 @@ impl Writer {
             .buffer
             .take_batch(batch_rows, batch_bytes, Instant::now());
         let mut failures = 0u32;
+        // Consecutive attempts of this batch that ran out of time.
+        let mut timeouts = 0u32;
         loop {
-            let Some(spans) = self.current_spans(&mut batch) else {
+            let Some(spans) = self.current_spans(&mut batch).await else {
                 return;
             };
             if let Permit::Wait(until) = self.control.breaker.permit(Instant::now(), &self.pipeline.name) {
@@ -227,14 +219,16 @@ impl Writer {
             self.publish_breaker();
             let rows = batch.entries.iter().filter(|e| e.row.is_some()).count();
             let started = Instant::now();
+            let deadline = started + self.control.write_timeout;
             Counters::add(&self.pipeline.counters.attempts, 1);
-            let result = match tokio::time::timeout(self.control.write_timeout, self.write(&batch, &spans)).await {
-                Ok(result) => result,
-                Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    WriteTimedOut(self.control.write_timeout),
-                ))),
-            };
+            let result =
+                match tokio::time::timeout(self.control.write_timeout, self.write(&batch, &spans, deadline)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        WriteTimedOut(self.control.write_timeout),
+                    ))),
+                };
             match result {
                 Ok(Outcome::Committed(written)) => {
                     let took = started.elapsed();
@@ -252,7 +246,9 @@ impl Writer {
                     self.control.breaker.on_success(&self.pipeline.name);
                     Counters::add(&self.pipeline.counters.fenced, tps.len() as u64);
                     for tp in tps {
-                        self.refence(tp, spans[&tp].epoch).await;
+                        info!(pipeline = %self.pipeline.name, topic = %self.topics.name(tp.topic), partition = tp.partition,
+                            "fenced: the stored offset moved under this instance; re-reading from it");
+                        self.reread(tp, spans[&tp].epoch).await;
                     }
                     // The other partitions' records are still good: retry them.
                 }
@@ -260,14 +256,18 @@ impl Writer {
                     failures += 1;
                     let class = classify(&err);
                     crate::telemetry::flush_failed(&self.pipeline, &batch, spans.len(), started.elapsed(), class);
-                    let delay = backoff(failures);
+                    if is_timeout(&err) {
+                        timeouts += 1;
+                    } else {
+                        timeouts = 0;
+                    }
                     match class {
                         ErrorClass::Transient => {
                             self.control
                                 .breaker
                                 .on_transient_failure(Instant::now(), &self.pipeline.name);
                             warn!(
-                                pipeline = %self.pipeline.name, rows, failures, retry_in = ?delay, error = %err,
+                                pipeline = %self.pipeline.name, rows, failures, error = %err,
                                 "flush failed, retrying"
                             )
                         }
@@ -277,12 +277,22 @@ impl Writer {
                         // backpressure pauses the pipeline's partitions.
                         ErrorClass::Data | ErrorClass::Config => error!(
                             pipeline = %self.pipeline.name, table = %self.pipeline.table, rows, failures,
-                            retry_in = ?delay, error = %err, "flush refused by the database, operator action needed"
+                            error = %err, "flush refused by the database, operator action needed"
                         ),
                     }
                     self.publish_breaker();
-                    // While the breaker is open its own wait replaces the backoff.
-                    if matches!(self.control.breaker.state(), BreakerState::Closed { .. }) {
+                    if timeouts >= SPLIT_AFTER_TIMEOUTS && batch.entries.len() > 1 {
+                        // The same batch keeps running out of time: a smaller
+                        // one may not. The tail goes back to the head of the
+                        // queue, in order, for the next batch.
+                        let keep = batch.entries.len() / 2;
+                        let tail = batch.entries.split_off(keep);
+                        warn!(pipeline = %self.pipeline.name, timeouts, records = keep, returned = tail.len(),
+                            "flush keeps timing out: splitting the batch");
+                        self.pipeline.lock().buffer.unshift(tail, Instant::now());
+                        timeouts = 0;
+                    }
+                    if let Some(delay) = retry_wait(self.control.breaker.state(), failures) {
                         tokio::time::sleep(delay).await;
                     }
                 }
@@ -325,47 +335,38 @@ impl Writer {
             .store(interval, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Drops the entries whose partition was revoked, re-assigned or fenced
-    /// since they were read, and returns, per remaining partition, the range
-    /// the batch covers and the stored position it starts from. `None` when
-    /// nothing is left to write.
-    fn current_spans(&self, batch: &mut Batch) -> Option<BTreeMap<Tp, Span>> {
-        let mut state = self.pipeline.lock();
-        let state = &mut *state;
-        let held = |tp: &Tp, epoch: u64| {
-            state
-                .partitions
-                .get(tp)
-                .is_some_and(|p| p.epoch == epoch && !p.awaiting_seek)
-        };
-        if batch.entries.iter().any(|e| !held(&e.tp, e.epoch)) {
-            let (keep, stale): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut batch.entries)
-                .into_iter()
-                .partition(|e| held(&e.tp, e.epoch));
-            state.buffer.release(&stale);
-            debug!(pipeline = %self.pipeline.name, dropped = stale.len(), "dropped stale records from batch");
-            batch.entries = keep;
+    /// Drops the entries whose partition was revoked or re-read since they
+    /// were read, and returns, per remaining partition, the range the batch
+    /// covers and the stored position it starts from. `None` when nothing is
+    /// left to write. A partition whose share of the batch does not chain
+    /// from its stored position is never written: that would commit a hole
+    /// (or a repeat). It is logged, counted and re-read from the store, like
+    /// a fence.
+    async fn current_spans(&self, batch: &mut Batch) -> Option<BTreeMap<Tp, Span>> {
+        loop {
+            let spans = self.pipeline.lock().spans(batch);
+            if spans.gaps.is_empty() {
+                return (!spans.spans.is_empty()).then_some(spans.spans);
+            }
+            for gap in &spans.gaps {
+                Counters::add(&self.pipeline.counters.gaps, 1);
+                error!(pipeline = %self.pipeline.name, topic = %self.topics.name(gap.tp.topic),
+                    partition = gap.tp.partition, expected = ?gap.expected, found = gap.found,
+                    "batch does not start at the stored position: not written, re-reading the partition");
+                self.reread(gap.tp, gap.epoch).await;
+            }
         }
-        batch.covered.retain(|(tp, epoch, _)| held(tp, *epoch));
-        if batch.entries.is_empty() && batch.covered.is_empty() {
-            return None;
-        }
-        let mut spans: BTreeMap<Tp, Span> = BTreeMap::new();
-        let covered = batch.covered.iter().copied();
-        for (tp, epoch, offset) in batch.entries.iter().map(|e| (e.tp, e.epoch, e.offset)).chain(covered) {
-            spans
-                .entry(tp)
-                .and_modify(|s| s.covered.include(offset))
-                .or_insert_with(|| Span {
-                    epoch,
-                    covered: Covered::single(offset),
-                    from: state.partitions[&tp].stored,
-                });
-        }
-        Some(spans)
     }
 
-    async fn write(&self, batch: &Batch, spans: &BTreeMap<Tp, Span>) -> Result<Outcome, sqlx::Error> {
+    /// One flush transaction. Every wait inside it ends by `deadline` (the
+    /// attempt's `write_timeout`), so that an attempt that times out leaves
+    /// nothing running behind it.
+    async fn write(
+        &self,
+        batch: &Batch,
+        spans: &BTreeMap<Tp, Span>,
+        deadline: Instant,
+    ) -> Result<Outcome, sqlx::Error> {
         let tolerate = self.pipeline.settings.tolerance == Tolerance::All;
         if !tolerate {
             if let Some((entry, e)) = batch.entries.iter().enumerate().find(|(_, e)| e.dead_letter.is_some()) {
@@ -458,7 +459,7 @@ impl Writer {
             let refetch = self.refetch.clone();
             tokio::task::spawn_blocking(move || {
                 let mut refetch = refetch.lock().unwrap_or_else(|e| e.into_inner());
-                refetch.fetch(&prefetch_at, REFETCH_TIMEOUT)
+                refetch.fetch(&prefetch_at, refetch_timeout(deadline))
             })
         });
         let mut refused = Vec::new();
@@ -486,7 +487,7 @@ impl Writer {
             Some(task) => task.await.unwrap_or_default(),
             None => HashMap::new(),
         };
-        let refused = self.refused_letters(batch, refused, prefetched).await;
+        let refused = self.refused_letters(batch, refused, prefetched, deadline).await;
         let refetch = refetch_started.elapsed();
         let letters: Vec<Stored<'_>> = batch
             .entries
@@ -550,36 +551,34 @@ impl Writer {
         // surfaces at the COPY that caused it, not at COMMIT.
         tx.execute("SET CONSTRAINTS ALL IMMEDIATE").await?;
         write_sql.prepare(tx).await?;
-        tx.execute("SAVEPOINT sluice_rows").await?;
         // Rows repeating an earlier row's unique key (`repeats`, positions
-        // in `rows`) go after the others, and are refused without a COPY
-        // when that row landed.
+        // in `rows`) are left out of the first pass, and refused without a
+        // COPY when that earlier row landed.
         if repeats.is_empty() {
+            tx.execute("SAVEPOINT sluice_rows").await?;
             return self.isolate(tx, target, rows).await;
         }
+        tx.execute("SAVEPOINT sluice_ordered; SAVEPOINT sluice_rows").await?;
         let is_repeat: std::collections::HashSet<usize> = repeats.iter().map(|r| r.row).collect();
         let first_pass: Vec<(usize, &[u8])> = (0..rows.len())
             .filter(|p| !is_repeat.contains(p))
             .map(|p| rows[p])
             .collect();
-        let (mut refused, mut copies) = self.isolate(tx, target, &first_pass).await?;
+        let (mut refused, copies) = self.isolate(tx, target, &first_pass).await?;
         let refused_entries: std::collections::HashSet<usize> = refused.iter().map(|(e, _)| *e).collect();
-        let mut second_pass = Vec::new();
-        for repeat in repeats {
-            if refused_entries.contains(&rows[repeat.first].0) {
-                // The earlier row did not land: this one may.
-                second_pass.push(rows[repeat.row]);
-            } else {
-                refused.push((rows[repeat.row].0, repeat.refusal));
-            }
-        }
-        if !second_pass.is_empty() {
-            tx.execute("RELEASE SAVEPOINT sluice_rows; SAVEPOINT sluice_rows")
+        if repeats.iter().any(|r| refused_entries.contains(&rows[r.first].0)) {
+            // Some earlier row did not land, so a row repeating its key may.
+            // Copied after the first pass it would land after later rows,
+            // and serial, identity or now() defaults would see it out of
+            // offset order: start over, every row in order, and let
+            // Postgres refuse the repeats.
+            tx.execute("ROLLBACK TO SAVEPOINT sluice_ordered; SAVEPOINT sluice_rows")
                 .await?;
-            let (more, c) = self.isolate(tx, target, &second_pass).await?;
-            refused.extend(more);
-            copies += c;
+            write_sql.reset(tx).await?;
+            let (refused, more) = self.isolate(tx, target, rows).await?;
+            return Ok((refused, copies + more));
         }
+        refused.extend(repeats.into_iter().map(|r| (rows[r.row].0, r.refusal)));
         refused.sort_by_key(|(e, _)| *e);
         Ok((refused, copies))
     }
@@ -630,6 +629,7 @@ impl Writer {
         batch: &Batch,
         refused: Vec<(usize, Refusal)>,
         prefetched: HashMap<Coordinates, Raw>,
+        deadline: Instant,
     ) -> Vec<(usize, DeadLetter)> {
         if refused.is_empty() {
             return Vec::new();
@@ -649,7 +649,7 @@ impl Writer {
             let refetch = self.refetch.clone();
             let fetched = tokio::task::spawn_blocking(move || {
                 let mut refetch = refetch.lock().unwrap_or_else(|e| e.into_inner());
-                refetch.fetch(&asked, REFETCH_TIMEOUT)
+                refetch.fetch(&asked, refetch_timeout(deadline))
             })
             .await;
             found.extend(fetched.unwrap_or_default());
@@ -703,14 +703,7 @@ impl Writer {
         let counters = &self.pipeline.counters;
         {
             let mut state = self.pipeline.lock();
-            for (tp, span) in spans {
-                if let Some(p) = state.partitions.get_mut(tp) {
-                    if p.epoch == span.epoch {
-                        p.stored = Some(span.covered.next());
-                    }
-                }
-            }
-            state.buffer.release(&batch.entries);
+            state.committed(spans, &batch.entries);
             self.pipeline.refresh_state(&mut state);
         }
         Counters::add(&counters.written, rows as u64);
@@ -746,9 +739,9 @@ impl Writer {
         crate::telemetry::flush_committed(&self.pipeline, batch, spans.len(), took);
     }
 
-    /// After a fence: read where the partition really is, forget what is
-    /// buffered for it, and have the consumer loop seek there.
-    async fn refence(&self, tp: Tp, epoch: u64) {
+    /// After a fence or a gap: read where the partition really is, forget
+    /// what is buffered for it, and have the consumer loop seek there.
+    async fn reread(&self, tp: Tp, epoch: u64) {
         let topic = self.topics.name(tp.topic);
         let mut failures = 0;
         let stored = loop {
@@ -756,35 +749,53 @@ impl Writer {
                 Ok(map) => break map.get(&tp.partition).copied(),
                 Err(err) => {
                     failures += 1;
-                    warn!(pipeline = %self.pipeline.name, %topic, partition = tp.partition, error = %err, "re-reading fenced offset failed");
+                    warn!(pipeline = %self.pipeline.name, %topic, partition = tp.partition, error = %err, "re-reading the stored offset failed");
                     tokio::time::sleep(backoff(failures)).await;
                 }
             }
         };
-        let new_epoch = {
-            let mut state = self.pipeline.lock();
-            let state = &mut *state;
-            match state.partitions.get_mut(&tp) {
-                Some(p) if p.epoch == epoch => {
-                    p.epoch = next_epoch();
-                    p.stored = stored;
-                    p.expected = stored;
-                    p.awaiting_seek = true;
-                    state.buffer.purge(tp);
-                    p.epoch
-                }
-                // Revoked or re-assigned meanwhile: the new assignment re-read it.
-                _ => return,
-            }
+        // `None`: revoked or re-assigned meanwhile; the new assignment read it.
+        let Some(epoch) = self.pipeline.lock().reread(tp, epoch, stored) else {
+            return;
         };
-        info!(pipeline = %self.pipeline.name, %topic, partition = tp.partition, stored = ?stored.map(|s| s.0),
-            "fenced: the stored offset moved under this instance; re-reading from it");
+        debug!(pipeline = %self.pipeline.name, %topic, partition = tp.partition, stored = ?stored.map(|s| s.0),
+            "re-reading the partition from the stored offset");
         let _ = self.consumer.send(ConsumerCommand::Seek {
             pipeline: self.index,
             tp,
-            epoch: new_epoch,
+            epoch,
             to: stored,
         });
+    }
+}
+
+/// How long a read-back may take: at most [`REFETCH_TIMEOUT`], and never
+/// past the attempt's deadline.
+fn refetch_timeout(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now()).min(REFETCH_TIMEOUT)
+}
+
+/// After how many consecutive timed-out attempts a batch is split in two.
+const SPLIT_AFTER_TIMEOUTS: u32 = 2;
+
+/// Whether a failed attempt ran out of time: sluice's `write_timeout`, or
+/// the server's `statement_timeout` (57014).
+fn is_timeout(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::TimedOut,
+        sqlx::Error::Database(db) => db.code().as_deref() == Some("57014"),
+        _ => false,
+    }
+}
+
+/// How long to wait before retrying a failed flush: the backoff, whatever
+/// the error class, unless the breaker is open (its own wait replaces it).
+/// A data or configuration error leaves the breaker as it was, half-open
+/// included, so it must still back off.
+fn retry_wait(breaker: BreakerState, failures: u32) -> Option<Duration> {
+    match breaker {
+        BreakerState::Open { .. } => None,
+        BreakerState::Closed { .. } | BreakerState::HalfOpen => Some(backoff(failures)),
     }
 }
 
@@ -797,6 +808,31 @@ fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_failure_backs_off_unless_the_breaker_waits() {
+        // Defect 5 of "Lossless means lossless": after a data or
+        // configuration error in HALF_OPEN the writer retried at once.
+        assert_eq!(retry_wait(BreakerState::HalfOpen, 1), Some(Duration::from_millis(100)));
+        assert_eq!(retry_wait(BreakerState::HalfOpen, 3), Some(Duration::from_millis(400)));
+        assert_eq!(
+            retry_wait(BreakerState::Closed { failures: 2 }, 2),
+            Some(Duration::from_millis(200))
+        );
+        let until = Instant::now() + Duration::from_secs(1);
+        assert_eq!(retry_wait(BreakerState::Open { until }, 5), None);
+    }
+
+    #[test]
+    fn a_read_back_never_outlives_the_attempt() {
+        let soon = Instant::now() + Duration::from_millis(300);
+        assert!(refetch_timeout(soon) <= Duration::from_millis(300));
+        assert_eq!(refetch_timeout(Instant::now()), Duration::ZERO);
+        assert_eq!(
+            refetch_timeout(Instant::now() + Duration::from_secs(60)),
+            REFETCH_TIMEOUT
+        );
+    }
 
     #[test]
     fn backoff_grows_to_cap() {

@@ -102,6 +102,14 @@ metric!(
     "Partitions whose flush was fenced (another owner moved the stored offset) and re-read."
 );
 metric!(
+    GAPS,
+    "sluice_offset_gaps_total",
+    Counter,
+    "{partition}",
+    ["pipeline"],
+    "Partitions left out of a flush because their records did not start at the stored offset (it would have committed a hole) and re-read instead. Always 0 unless sluice has a bug."
+);
+metric!(
     BUFFER_RECORDS,
     "sluice_buffer_records",
     Gauge,
@@ -206,6 +214,7 @@ pub const CATALOGUE: &[MetricInfo] = &[
     DEAD_LETTERED,
     FLUSHES,
     FENCED,
+    GAPS,
     BUFFER_RECORDS,
     BUFFER_BYTES,
     BUFFER_UTILIZATION,
@@ -329,6 +338,7 @@ pub fn register(meter: &Meter, observed: Arc<Observed>) -> Instruments {
         }),
         counter(DEAD_LETTERED, |c, l, o| o(Counters::get(&c.dead_lettered), &l.pipeline)),
         counter(FENCED, |c, l, o| o(Counters::get(&c.fenced), &l.pipeline)),
+        counter(GAPS, |c, l, o| o(Counters::get(&c.gaps), &l.pipeline)),
     ];
 
     // Gauges read each pipeline's state under its lock, once per collection.

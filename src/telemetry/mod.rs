@@ -549,6 +549,7 @@ mod tests {
                 partition: 0,
             },
             epoch: 1,
+            from: offset,
             offset,
             row: row.map(|r| r.as_bytes().into()),
             timestamp_ms: ts,

@@ -164,6 +164,7 @@ impl Observed {
                         "dead_lettered": Counters::get(&c.dead_lettered),
                         "flushes": Counters::get(&c.flushes),
                         "fenced": Counters::get(&c.fenced),
+                        "gaps": Counters::get(&c.gaps),
                     },
                 })
             })

@@ -10,7 +10,7 @@ use sluice::kafka::offsets::NextOffset;
 use sluice::kafka::{Topics, Tp};
 use sluice::mapping::{ColumnSource, PgType};
 use sluice::pipeline::buffer::{Entry, Limits};
-use sluice::pipeline::{next_epoch, PartState, Pipeline, Settings};
+use sluice::pipeline::{Offer, Pipeline, Settings};
 use sluice::sink::breaker::BreakerSettings;
 use sluice::sink::encode::{ColumnPlan, RecordRef, RowEncoder};
 use sluice::sink::schema::TableRef;
@@ -18,9 +18,10 @@ use sluice::sink::writer::{Control, Writer};
 
 use crate::harness::*;
 
-fn push(pipeline: &Pipeline, tp: Tp, topic: &str, offsets: std::ops::Range<i64>) {
+/// The consumer's side: offers `offsets` of `tp` to the pipeline's core.
+/// Returns the first offset refused (the buffer full), if any.
+fn push(pipeline: &Pipeline, tp: Tp, topic: &str, offsets: std::ops::Range<i64>) -> Option<i64> {
     let mut state = pipeline.lock();
-    let epoch = state.partitions[&tp].epoch;
     for offset in offsets {
         let value = format!(r#"{{"id":{offset}}}"#);
         let record = RecordRef {
@@ -39,46 +40,23 @@ fn push(pipeline: &Pipeline, tp: Tp, topic: &str, offsets: std::ops::Range<i64>)
             .encoder
             .encode(&record, &mut row)
             .unwrap();
-        state.buffer.push(
-            Entry {
-                tp,
-                epoch,
-                offset,
-                row: Some(row.into_boxed_slice()),
-                timestamp_ms: None,
-                trace: None,
-                dead_letter: None,
-                raw: None,
-            },
-            Instant::now(),
-        );
+        let entry = Entry::new(tp, 0, offset, Some(row.into_boxed_slice()), Default::default());
+        match state.offer(entry, &pipeline.settings, Instant::now()) {
+            Offer::Taken(_) => {}
+            Offer::Refused { seek_to, .. } => return Some(seek_to.0),
+            Offer::Ignored => panic!("offset {offset} ignored"),
+        }
     }
+    None
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_fenced_flush_rolls_back_and_nothing_is_duplicated() {
-    let services = Services::from_env();
-    let pool = services.pool().await;
-    sluice::service::migrate(&pool).await.unwrap();
-    let (topic, group, table) = (unique("fence"), unique("g"), unique("fenced"));
-    sqlx::query(&format!("CREATE TABLE {table} (id bigint, kafka_offset bigint)"))
-        .execute(&pool)
-        .await
-        .unwrap();
-
-    let columns = vec![
-        ColumnPlan::new("id", ColumnSource::Pointer("/id".into()), PgType::Int8),
-        ColumnPlan::new("kafka_offset", ColumnSource::Offset, PgType::Int8),
-    ];
-    let settings = Settings {
+fn settings(max_records: usize, max_bytes: usize) -> Settings {
+    Settings {
         batch_size: 1000,
         batch_bytes: 1 << 20,
         flush_interval: Duration::from_millis(100),
-        limits: Limits {
-            max_records: 10_000,
-            max_bytes: 1 << 24,
-        },
-        high_watermark: 0.8,
+        limits: Limits { max_records, max_bytes },
+        high_watermark: 1.0,
         low_watermark: 0.5,
         strategy: sluice::config::Strategy::Block,
         sample_rate: 10,
@@ -89,23 +67,63 @@ async fn a_fenced_flush_rolls_back_and_nothing_is_duplicated() {
             max_batch_rows: 1000,
             min_batch_rows: 100,
         },
-        max_record_bytes: 1 << 20,
+        max_record_bytes: 1 << 10,
         tolerance: sluice::config::Tolerance::All,
         dlq_topic: None,
-    };
+    }
+}
+
+struct Setup {
+    pool: sqlx::PgPool,
+    topic: String,
+    group: String,
+    table: String,
+    pipeline: Arc<Pipeline>,
+    tp: Tp,
+    writer: Writer,
+    commands: mpsc::Receiver<ConsumerCommand>,
+}
+
+/// A pipeline and its writer against a fresh table, without a consumer:
+/// the test plays the consumer loop.
+async fn setup(settings: Settings) -> Setup {
+    setup_with(settings, "id bigint, kafka_offset bigint", &[]).await
+}
+
+/// [`setup`] with the table's column definitions and the unique keys the
+/// encoder is told about (name, columns).
+async fn setup_with(settings: Settings, ddl: &str, unique_keys: &[(String, Vec<String>)]) -> Setup {
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    sluice::service::migrate(&pool).await.unwrap();
+    let (topic, group, table) = (unique("fence"), unique("g"), unique("fenced"));
+    let ddl = ddl.replace("{table}", &table);
+    sqlx::query(&format!("CREATE TABLE {table} ({ddl})"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let columns = vec![
+        ColumnPlan::new("id", ColumnSource::Pointer("/id".into()), PgType::Int8),
+        ColumnPlan::new("kafka_offset", ColumnSource::Offset, PgType::Int8),
+    ];
     let target = TableRef {
         schema: "public".into(),
         name: table.clone(),
     };
-    let pipeline = Arc::new(Pipeline::new("p".into(), target, RowEncoder::new(columns), settings));
+    let unique: Vec<(String, Vec<String>)> = unique_keys
+        .iter()
+        .map(|(name, cols)| (name.replace("{table}", &table), cols.clone()))
+        .collect();
+    let encoder = RowEncoder::new(columns).with_unique_keys(&unique);
+    let pipeline = Arc::new(Pipeline::new("p".into(), target, encoder, settings));
     let topics = Topics::default();
     let tp = Tp {
         topic: topics.insert(&topic, 0).unwrap(),
         partition: 0,
     };
-    let (cmd_tx, cmd_rx) = mpsc::channel();
+    let (cmd_tx, commands) = mpsc::channel();
     let (_writer_tx, writer_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut writer = Writer {
+    let writer = Writer {
         index: 0,
         pipeline: pipeline.clone(),
         pool: pool.clone(),
@@ -127,6 +145,123 @@ async fn a_fenced_flush_rolls_back_and_nothing_is_duplicated() {
         ))),
         dlq: None,
     };
+    Setup {
+        pool,
+        topic,
+        group,
+        table,
+        pipeline,
+        tp,
+        writer,
+        commands,
+    }
+}
+
+async fn rows_and_distinct(pool: &sqlx::PgPool, table: &str) -> (i64, i64) {
+    sqlx::query_as(&format!("SELECT count(*), count(DISTINCT kafka_offset) FROM {table}"))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Defect 1 of "Lossless means lossless": a refusal (buffer full under
+/// `block`) made the writer drop the partition's records from the batch it
+/// was flushing, while the re-read started at the refused record, and the
+/// next flush moved the stored offset past the dropped ones. The buffered
+/// records must be written, and the re-read must chain on to them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_keeps_what_is_buffered_and_the_reread_chains_on() {
+    // Room for 25 rows: the 26th is refused.
+    let Setup {
+        pool,
+        topic,
+        group,
+        table,
+        pipeline,
+        tp,
+        mut writer,
+        commands,
+    } = setup(settings(25, 1 << 20)).await;
+    pipeline.lock().assign(tp, None);
+    let refused = push(&pipeline, tp, &topic, 0..100).expect("the buffer fills");
+    assert_eq!(refused, 25);
+    writer.flush_pending().await;
+    assert_eq!(
+        rows_and_distinct(&pool, &table).await,
+        (25, 25),
+        "what was buffered is written"
+    );
+    assert_eq!(stored_offsets(&pool, &group, &topic).await, vec![(0, 25)]);
+    // The consumer loop seeks to the refused record; records flow again.
+    let epoch = pipeline.lock().partitions[&tp].epoch;
+    pipeline.lock().seeked(tp, epoch);
+    assert_eq!(push(&pipeline, tp, &topic, 25..50), None);
+    writer.flush_pending().await;
+    assert_eq!(
+        rows_and_distinct(&pool, &table).await,
+        (50, 50),
+        "offsets 0..50 exactly once"
+    );
+    assert_eq!(stored_offsets(&pool, &group, &topic).await, vec![(0, 50)]);
+    assert_eq!(pipeline.counters.gaps.load(std::sync::atomic::Ordering::Relaxed), 0);
+    drop(commands);
+}
+
+/// The hard check behind defect 1: a batch whose records do not start at
+/// the stored position is never committed (it would leave a hole); the
+/// partition is re-read from the store instead, and the gap is counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_that_does_not_start_at_the_stored_offset_is_not_committed() {
+    let Setup {
+        pool,
+        topic,
+        group,
+        table,
+        pipeline,
+        tp,
+        mut writer,
+        commands,
+    } = setup(settings(10_000, 1 << 24)).await;
+    sqlx::query("INSERT INTO sluice.offsets (group_id, topic, partition, next_offset) VALUES ($1, $2, 0, 0)")
+        .bind(&group)
+        .bind(&topic)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pipeline.lock().assign(tp, Some(NextOffset(0)));
+    assert_eq!(push(&pipeline, tp, &topic, 0..10), None);
+    // A bug loses the head of the buffer (what defect 1 did to a batch).
+    {
+        let mut state = pipeline.lock();
+        let lost = state.buffer.take_batch(4, usize::MAX, Instant::now());
+        state.buffer.release(&lost.entries);
+    }
+    writer.flush_pending().await;
+    assert_eq!(
+        rows_and_distinct(&pool, &table).await,
+        (0, 0),
+        "nothing committed past the hole"
+    );
+    assert_eq!(stored_offsets(&pool, &group, &topic).await, vec![(0, 0)]);
+    assert_eq!(pipeline.counters.gaps.load(std::sync::atomic::Ordering::Relaxed), 1);
+    match commands.try_recv().expect("a seek was requested") {
+        ConsumerCommand::Seek { to, .. } => assert_eq!(to, Some(NextOffset(0)), "re-read from the stored offset"),
+        other => panic!("expected a seek, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fenced_flush_rolls_back_and_nothing_is_duplicated() {
+    let Setup {
+        pool,
+        topic,
+        group,
+        table,
+        pipeline,
+        tp,
+        mut writer,
+        commands: cmd_rx,
+    } = setup(settings(10_000, 1 << 24)).await;
 
     // This instance was assigned partition 0 at stored offset 0 and read 0..10.
     sqlx::query("INSERT INTO sluice.offsets (group_id, topic, partition, next_offset) VALUES ($1, $2, 0, 0)")
@@ -135,17 +270,8 @@ async fn a_fenced_flush_rolls_back_and_nothing_is_duplicated() {
         .execute(&pool)
         .await
         .unwrap();
-    let first_epoch = next_epoch();
-    pipeline.lock().partitions.insert(
-        tp,
-        PartState {
-            epoch: first_epoch,
-            stored: Some(NextOffset(0)),
-            expected: Some(NextOffset(10)),
-            awaiting_seek: false,
-        },
-    );
-    push(&pipeline, tp, &topic, 0..10);
+    let first_epoch = pipeline.lock().assign(tp, Some(NextOffset(0)));
+    assert_eq!(push(&pipeline, tp, &topic, 0..10), None);
 
     // Meanwhile the partition moved to another owner, which wrote 0..5.
     sqlx::query(&format!("INSERT INTO {table} SELECT g, g FROM generate_series(0, 4) g"))
@@ -191,18 +317,14 @@ async fn a_fenced_flush_rolls_back_and_nothing_is_duplicated() {
     }
 
     // After the seek the consumer redelivers 5..10; they land once.
-    {
-        let mut state = pipeline.lock();
-        state.partitions.get_mut(&tp).unwrap().awaiting_seek = false;
-    }
-    push(&pipeline, tp, &topic, 5..10);
+    pipeline.lock().seeked(tp, epoch);
+    assert_eq!(push(&pipeline, tp, &topic, 5..10), None);
     writer.flush_pending().await;
-    let (n, distinct): (i64, i64) =
-        sqlx::query_as(&format!("SELECT count(*), count(DISTINCT kafka_offset) FROM {table}"))
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!((n, distinct), (10, 10), "offsets 0..10 exactly once");
+    assert_eq!(
+        rows_and_distinct(&pool, &table).await,
+        (10, 10),
+        "offsets 0..10 exactly once"
+    );
     assert_eq!(stored_offsets(&pool, &group, &topic).await, vec![(0, 10)]);
     assert!(matches!(
         cmd_rx.try_recv(),
@@ -211,4 +333,82 @@ async fn a_fenced_flush_rolls_back_and_nothing_is_duplicated() {
             ..
         })
     ));
+}
+
+/// Defect 9 of "Lossless means lossless": in insert mode a row repeating an
+/// earlier row's unique key was copied after the rest of its batch, so when
+/// it landed (the earlier row having been refused) a serial default saw it
+/// after later rows. Rows must land in offset order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_key_that_lands_keeps_its_offset_order() {
+    let Setup {
+        pool,
+        topic,
+        group,
+        table,
+        pipeline,
+        tp,
+        mut writer,
+        commands: _commands,
+    } = setup_with(
+        settings(10_000, 1 << 24),
+        // Offset 0 is refused by a CHECK the encoder cannot evaluate
+        // (two columns); offset 1 repeats its key and may land.
+        "seq bigserial, id bigint, kafka_offset bigint, \
+         CONSTRAINT {table}_id_key UNIQUE (id), CHECK (id <> 7 OR kafka_offset <> 0)",
+        &[("{table}_id_key".to_owned(), vec!["id".to_owned()])],
+    )
+    .await;
+    pipeline.lock().assign(tp, None);
+    let ids = [7, 7, 8, 9];
+    {
+        let mut state = pipeline.lock();
+        for (offset, id) in ids.iter().enumerate() {
+            let value = format!(r#"{{"id":{id}}}"#);
+            let record = RecordRef {
+                topic: &topic,
+                partition: 0,
+                offset: offset as i64,
+                timestamp_ms: None,
+                key: None,
+                value: Some(value.as_bytes()),
+                headers: &[],
+            };
+            let mut row = Vec::new();
+            pipeline
+                .target(tp.topic)
+                .unwrap()
+                .encoder
+                .encode(&record, &mut row)
+                .unwrap();
+            let mut entry = Entry::new(tp, 0, offset as i64, Some(row.into_boxed_slice()), Default::default());
+            if offset <= 1 {
+                // As the consumer flags a row whose key it saw recently (and
+                // so that no record need be read back from Kafka here).
+                entry.raw = Some(Box::new(sluice::kafka::refetch::Raw {
+                    key: None,
+                    value: Some(value.as_bytes().into()),
+                    headers: "[]".into(),
+                }));
+            }
+            assert!(matches!(
+                state.offer(entry, &pipeline.settings, Instant::now()),
+                Offer::Taken(_)
+            ));
+        }
+    }
+    writer.flush_pending().await;
+    let landed: Vec<(i64, i64)> = sqlx::query_as(&format!("SELECT kafka_offset, id FROM {table} ORDER BY seq"))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(landed, vec![(1, 7), (2, 8), (3, 9)], "in offset order, by seq");
+    let dead: Vec<(i64, String)> =
+        sqlx::query_as("SELECT \"offset\", sqlstate FROM sluice.dead_letters WHERE topic = $1 ORDER BY 1")
+            .bind(&topic)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(dead, vec![(0, "23514".to_owned())]);
+    assert_eq!(stored_offsets(&pool, &group, &topic).await, vec![(0, 4)]);
 }

@@ -1,0 +1,284 @@
+//! The decisions that can lose or double a record, as plain code: no
+//! rdkafka, no sqlx, no tokio. The consumer loop and the writer are shells
+//! that feed these methods what happened and carry out what they answer;
+//! the simulation in `super::sim` drives the very same methods.
+//!
+//! The invariant they keep: a stored offset never passes a record that is
+//! not in its table, in the dead letters or in the dropped count. The last
+//! line of defence is [`PipelineState::spans`]: per partition, a batch's
+//! pieces must chain without a hole from the stored position, or the batch
+//! is not written for that partition (it is re-read instead).
+//!
+//! Words used here:
+//! - *epoch*: one tenure of a partition (an assignment, or a re-read after a
+//!   fence or a gap). Entries remember theirs; once it changes they are stale.
+//! - *refusal*: the buffer is full under `block`; the record is not taken and
+//!   the partition is re-read from it after a seek (`awaiting_seek`). What is
+//!   buffered of the partition stays good: same epoch.
+//! - *span*: what a batch covers of one partition, `[first, last]`, and the
+//!   stored position it starts from (the fencing condition).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::kafka::offsets::{is_new, Covered, NextOffset};
+use crate::kafka::Tp;
+use crate::pipeline::buffer::{Batch, Entry};
+use crate::pipeline::{Admission, PipelineState, Settings};
+
+/// What the writer and the consumer loop know about a partition this
+/// instance owns.
+#[derive(Debug, Clone)]
+pub struct PartState {
+    /// Changes on every assignment and every re-read (fence, gap). A batch
+    /// remembers the epoch its records were read under; once it changes, the
+    /// batch's view of the partition is stale and must not be applied.
+    pub epoch: u64,
+    /// `next_offset` in `sluice.offsets` as this instance last saw or wrote
+    /// it; `None` when there is no row yet. The fencing condition.
+    pub stored: Option<NextOffset>,
+    /// Without a stored row: the first offset taken under this epoch, where
+    /// the first batch must start.
+    pub origin: Option<i64>,
+    /// The next offset the buffer expects from Kafka (`None`: take whatever
+    /// comes first). Records below it are redeliveries and are ignored;
+    /// offsets between it and the next record do not exist in the log.
+    pub expected: Option<NextOffset>,
+    /// Set after a refusal, a fence or a gap: everything polled for this
+    /// partition is ignored until the consumer loop has seeked it to
+    /// `expected`. Entries already buffered stay valid (same epoch).
+    pub awaiting_seek: bool,
+}
+
+impl PartState {
+    /// Where the next batch of this partition must start.
+    pub fn base(&self) -> Option<i64> {
+        self.stored.map(|s| s.0).or(self.origin)
+    }
+}
+
+/// What the core decided about a polled record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Not taken and nothing to do: the partition is not held, waits for a
+    /// seek, the record was already taken, or shutdown began.
+    Ignored,
+    /// Taken (buffered or deliberately dropped).
+    Taken(Admission),
+    /// The buffer is full (`block`): not taken, not covered. The shell must
+    /// seek the partition to `seek_to` and report it with
+    /// [`PipelineState::seeked`].
+    Refused { epoch: u64, seek_to: NextOffset },
+}
+
+/// One partition's share of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub epoch: u64,
+    pub covered: Covered,
+    /// The stored position the batch starts from: the fencing condition.
+    pub from: Option<NextOffset>,
+}
+
+/// A partition whose share of a batch does not chain from its stored
+/// position: writing it would commit a hole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    pub tp: Tp,
+    pub epoch: u64,
+    /// Where the piece should have started (`None`: nothing known).
+    pub expected: Option<i64>,
+    /// Where it did start.
+    pub found: i64,
+}
+
+/// What a batch may write, after stale entries were dropped.
+#[derive(Debug, Default)]
+pub struct Spans {
+    pub spans: BTreeMap<Tp, Span>,
+    /// Partitions left out because their pieces do not chain. The shell
+    /// re-reads each ([`PipelineState::reread`]) and retries the batch.
+    pub gaps: Vec<Gap>,
+}
+
+impl PipelineState {
+    /// A fresh epoch, unique within this pipeline.
+    fn new_epoch(&mut self) -> u64 {
+        self.epochs += 1;
+        self.epochs
+    }
+
+    /// Takes a partition on assignment, starting from `stored` (`None`: no
+    /// row yet, the reset policy decides). Returns its epoch.
+    pub fn assign(&mut self, tp: Tp, stored: Option<NextOffset>) -> u64 {
+        let epoch = self.new_epoch();
+        self.partitions.insert(
+            tp,
+            PartState {
+                epoch,
+                stored,
+                origin: None,
+                expected: stored,
+                awaiting_seek: false,
+            },
+        );
+        epoch
+    }
+
+    /// Forgets a revoked partition and what is queued of it (not committed:
+    /// the next owner reads it again). Returns how many entries were dropped.
+    pub fn revoke(&mut self, tp: Tp) -> usize {
+        self.partitions.remove(&tp);
+        self.buffer.purge(tp)
+    }
+
+    /// Whether `tp` is held under `epoch`.
+    pub fn holds(&self, tp: Tp, epoch: u64) -> bool {
+        self.partitions.get(&tp).is_some_and(|p| p.epoch == epoch)
+    }
+
+    /// Offers a polled record (its entry built by the shell; epoch and
+    /// `from` are set here).
+    pub fn offer(&mut self, mut entry: Entry, s: &Settings, now: Instant) -> Offer {
+        if self.draining {
+            // Shutdown set this under the lock before asking the writer for
+            // its final flush: a record taken now could land in the buffer
+            // after that flush. Not taken, re-read by the next owner.
+            return Offer::Ignored;
+        }
+        let (tp, offset) = (entry.tp, entry.offset);
+        let Some(part) = self.partitions.get(&tp) else {
+            return Offer::Ignored;
+        };
+        if part.awaiting_seek || !is_new(part.expected, offset) {
+            return Offer::Ignored;
+        }
+        let epoch = part.epoch;
+        entry.epoch = epoch;
+        entry.from = part.expected.map_or(offset, |e| e.0);
+        let admission = self.admit(entry, s, now);
+        let part = self.partitions.get_mut(&tp).expect("checked above");
+        if admission == Admission::Refused {
+            // Neither buffered nor covered: re-read from this record. What is
+            // buffered of the partition stays (same epoch), and `expected`
+            // stays too, so the re-read record chains on to it.
+            part.awaiting_seek = true;
+            return Offer::Refused {
+                epoch,
+                seek_to: NextOffset(offset),
+            };
+        }
+        if part.expected.is_none() && part.stored.is_none() {
+            part.origin = Some(offset);
+        }
+        part.expected = Some(NextOffset(offset + 1));
+        Offer::Taken(admission)
+    }
+
+    /// The shell seeked `tp` as asked under `epoch`: records flow again.
+    pub fn seeked(&mut self, tp: Tp, epoch: u64) {
+        if let Some(p) = self.partitions.get_mut(&tp) {
+            if p.epoch == epoch {
+                p.awaiting_seek = false;
+            }
+        }
+    }
+
+    /// Drops the entries of `batch` whose partition was revoked or re-read
+    /// since they were read, and works out, per remaining partition, what
+    /// the batch covers and the stored position it starts from. A partition
+    /// whose pieces do not chain from that position is left out and
+    /// reported as a gap.
+    pub fn spans(&mut self, batch: &mut Batch) -> Spans {
+        let held = |parts: &std::collections::HashMap<Tp, PartState>, tp: &Tp, epoch: u64| {
+            parts.get(tp).is_some_and(|p| p.epoch == epoch)
+        };
+        if batch.entries.iter().any(|e| !held(&self.partitions, &e.tp, e.epoch)) {
+            let (keep, stale): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut batch.entries)
+                .into_iter()
+                .partition(|e| held(&self.partitions, &e.tp, e.epoch));
+            self.buffer.release(&stale);
+            batch.entries = keep;
+        }
+        batch.covered.retain(|a| held(&self.partitions, &a.tp, a.epoch));
+        // Per partition, the pieces `[from, last]` the batch accounts for.
+        let mut pieces: BTreeMap<Tp, (u64, Vec<(i64, i64)>)> = BTreeMap::new();
+        let entries = batch.entries.iter().map(|e| (e.tp, e.epoch, e.from, e.offset));
+        let ahead = batch.covered.iter().map(|a| (a.tp, a.epoch, a.from, a.last));
+        for (tp, epoch, from, last) in ahead.chain(entries) {
+            pieces.entry(tp).or_insert((epoch, Vec::new())).1.push((from, last));
+        }
+        let mut out = Spans::default();
+        for (tp, (epoch, mut pieces)) in pieces {
+            pieces.sort_unstable();
+            let part = &self.partitions[&tp];
+            let mut next = part.base();
+            let mut hole = None;
+            for &(from, last) in &pieces {
+                if next != Some(from) {
+                    hole = Some((next, from));
+                    break;
+                }
+                next = Some(last + 1);
+            }
+            match hole {
+                Some((expected, found)) => out.gaps.push(Gap {
+                    tp,
+                    epoch,
+                    expected,
+                    found,
+                }),
+                None => {
+                    let (first, last) = (pieces[0].0, pieces[pieces.len() - 1].1);
+                    out.spans.insert(
+                        tp,
+                        Span {
+                            epoch,
+                            covered: Covered { first, last },
+                            from: part.stored,
+                        },
+                    );
+                }
+            }
+        }
+        if !out.gaps.is_empty() {
+            // Not written: their entries go once the partition is re-read.
+            batch.entries.retain(|e| out.spans.contains_key(&e.tp));
+            batch.covered.retain(|a| out.spans.contains_key(&a.tp));
+        }
+        out
+    }
+
+    /// A batch committed: its spans are the stored positions now, its
+    /// entries leave the buffer.
+    pub fn committed(&mut self, spans: &BTreeMap<Tp, Span>, entries: &[Entry]) {
+        for (tp, span) in spans {
+            if let Some(p) = self.partitions.get_mut(tp) {
+                if p.epoch == span.epoch {
+                    p.stored = Some(span.covered.next());
+                }
+            }
+        }
+        self.buffer.release(entries);
+    }
+
+    /// Re-reads `tp` from `stored` (the position in `sluice.offsets` now):
+    /// after a fence (another owner moved it) or a gap. Forgets what is
+    /// buffered of it; the shell seeks it with the returned epoch. `None`
+    /// when the partition was revoked or re-assigned meanwhile (the new
+    /// assignment read its position afresh).
+    pub fn reread(&mut self, tp: Tp, epoch: u64, stored: Option<NextOffset>) -> Option<u64> {
+        if !self.holds(tp, epoch) {
+            return None;
+        }
+        let epoch = self.new_epoch();
+        let p = self.partitions.get_mut(&tp).expect("held");
+        p.epoch = epoch;
+        p.stored = stored;
+        p.origin = None;
+        p.expected = stored;
+        p.awaiting_seek = true;
+        self.buffer.purge(tp);
+        Some(epoch)
+    }
+}
