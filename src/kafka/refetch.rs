@@ -78,13 +78,20 @@ impl Refetcher {
         }
     }
 
-    /// Reads the records at `wanted`; what is not found within `timeout`
-    /// (deleted by retention, or Kafka unreachable) is missing from the map.
-    /// Blocking: call it from `spawn_blocking`.
-    pub fn fetch(&mut self, wanted: &[Coordinates], timeout: Duration) -> HashMap<Coordinates, Raw> {
+    /// Reads the records at `wanted`, until about `budget` bytes of them are
+    /// found; the flag says whether it looked for all of them (`false`: it
+    /// stopped at the budget, ask again for the rest). What is not found
+    /// within `timeout` (deleted by retention, or Kafka unreachable) is
+    /// missing from the map. Blocking: call it from `spawn_blocking`.
+    pub fn fetch(
+        &mut self,
+        wanted: &[Coordinates],
+        timeout: Duration,
+        budget: usize,
+    ) -> (HashMap<Coordinates, Raw>, bool) {
         let mut found = HashMap::new();
         if wanted.is_empty() {
-            return found;
+            return (found, true);
         }
         if self.consumer.is_none() {
             let mut config = rdkafka::ClientConfig::new();
@@ -95,7 +102,7 @@ impl Refetcher {
                 Ok(c) => self.consumer = Some(c),
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot create the refetch consumer");
-                    return found;
+                    return (found, true);
                 }
             }
         }
@@ -115,19 +122,27 @@ impl Refetcher {
         }
         if let Err(err) = consumer.assign(&tpl) {
             tracing::warn!(error = %err, "refetch: assign failed");
-            return found;
+            return (found, true);
         }
         let wanted_set: HashSet<(&str, i32, i64)> = wanted.iter().map(|(t, p, o)| (t.as_str(), *p, *o)).collect();
         let mut open: HashSet<(&str, i32)> = ranges.keys().copied().collect();
         let deadline = Instant::now() + timeout;
+        let mut bytes = 0;
+        let mut complete = true;
         while !open.is_empty() && Instant::now() < deadline {
+            if bytes >= budget {
+                complete = false;
+                break;
+            }
             match consumer.poll(Duration::from_millis(100)) {
                 None => {}
                 Some(Err(err)) => tracing::debug!(error = %err, "refetch: consumer error"),
                 Some(Ok(msg)) => {
                     let (t, p, o) = (msg.topic(), msg.partition(), msg.offset());
                     if wanted_set.contains(&(t, p, o)) {
-                        found.insert((t.to_owned(), p, o), Raw::of_message(&msg));
+                        let raw = Raw::of_message(&msg);
+                        bytes += raw.bytes();
+                        found.insert((t.to_owned(), p, o), raw);
                     }
                     let done = ranges
                         .iter()
@@ -139,6 +154,6 @@ impl Refetcher {
             }
         }
         let _ = consumer.unassign();
-        found
+        (found, complete)
     }
 }

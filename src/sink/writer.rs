@@ -69,8 +69,10 @@ enum Outcome {
 #[derive(Debug, Default)]
 struct Written {
     rows: usize,
-    /// Rows the database refused: (entry index, dead letter), in batch order.
-    refused: Vec<(usize, DeadLetter)>,
+    /// Rows the database refused (dead-lettered).
+    refused: usize,
+    /// Why the first of them was refused.
+    first_refusal: Option<String>,
     /// Dead letters inserted (fewer than offered when some were already stored).
     dead_lettered: u64,
     /// COPY statements it took (1 without refusals).
@@ -455,11 +457,13 @@ impl Writer {
             );
             repeats.push(found);
         }
+        // At most `batch_bytes` of them; the rest are read when needed.
+        let budget = self.pipeline.settings.batch_bytes;
         let prefetch = (!prefetch_at.is_empty()).then(|| {
             let refetch = self.refetch.clone();
             tokio::task::spawn_blocking(move || {
                 let mut refetch = refetch.lock().unwrap_or_else(|e| e.into_inner());
-                refetch.fetch(&prefetch_at, refetch_timeout(deadline))
+                refetch.fetch(&prefetch_at, refetch_timeout(deadline), budget).0
             })
         });
         let mut refused = Vec::new();
@@ -483,40 +487,46 @@ impl Writer {
             return Ok(Outcome::Stopped { entry, error });
         }
         let refetch_started = Instant::now();
-        let prefetched = match prefetch {
+        let mut prefetched = match prefetch {
             Some(task) => task.await.unwrap_or_default(),
             None => HashMap::new(),
         };
-        let refused = self.refused_letters(batch, refused, prefetched, deadline).await;
-        let refetch = refetch_started.elapsed();
-        let letters: Vec<Stored<'_>> = batch
+        let mut refetch = refetch_started.elapsed();
+        // Dead letters are stored (and produced to the DLQ topic) a chunk of
+        // about `batch_bytes` at a time: the statement's copy, the producer's
+        // copy and the raw records read back stay bounded by it.
+        let (mut dead_lettered, mut letters_took) = (0, Duration::ZERO);
+        let intake: Vec<Stored<'_>> = batch
             .entries
             .iter()
-            .filter_map(|e| e.dead_letter.as_deref().map(|d| (e, d)))
-            .chain(refused.iter().map(|(i, d)| (&batch.entries[*i], d)))
-            .map(|(e, letter)| Stored {
-                topic: self.topics.name(e.tp.topic),
-                partition: e.tp.partition,
-                offset: e.offset,
-                timestamp_ms: e.timestamp_ms,
-                letter,
-            })
+            .filter_map(|e| e.dead_letter.as_deref().map(|d| self.stored(e, d)))
             .collect();
-        let letters_started = Instant::now();
-        let dead_lettered = dead_letter::insert(&mut tx, &self.pipeline.name, &letters).await?;
-        let letters_took = letters_started.elapsed();
-        if let (Some(dlq), false) = (&self.dlq, letters.is_empty()) {
-            // Before COMMIT, so that a crash repeats rather than loses (see `dlq`).
-            if let Err(why) = dlq.send(&self.pipeline.name, &letters).await {
-                tx.rollback().await?;
-                return Err(sqlx::Error::Io(std::io::Error::other(why)));
-            }
+        for chunk in chunks_by_bytes(&intake, budget) {
+            let started = Instant::now();
+            dead_lettered += self.store_letters(&mut tx, chunk).await?;
+            letters_took += started.elapsed();
         }
-        drop(letters);
+        let (n_refused, first_refusal) = (refused.len(), refused.first().map(|(_, r)| r.message.clone()));
+        let mut pending = refused;
+        while !pending.is_empty() {
+            let started = Instant::now();
+            let letters = self
+                .next_refused_letters(batch, &mut pending, &mut prefetched, deadline, budget)
+                .await;
+            refetch += started.elapsed();
+            let stored: Vec<Stored<'_>> = letters
+                .iter()
+                .map(|(i, d)| self.stored(&batch.entries[*i], d))
+                .collect();
+            let started = Instant::now();
+            dead_lettered += self.store_letters(&mut tx, &stored).await?;
+            letters_took += started.elapsed();
+        }
         tx.commit().await?;
         Ok(Outcome::Committed(Written {
-            rows: rows_total - refused.len(),
-            refused,
+            rows: rows_total - n_refused,
+            refused: n_refused,
+            first_refusal,
             dead_lettered,
             copies,
             refetch,
@@ -621,63 +631,117 @@ impl Writer {
         Ok((refused.into_iter().map(|(i, r)| (rows[i].0, r)).collect(), copies))
     }
 
-    /// The dead letters of refused rows, with their raw records: kept by the
-    /// consumer for likely duplicates, else read back from Kafka. One that
-    /// cannot be read back is stored without its value, and says so.
-    async fn refused_letters(
+    /// The dead letters of the next refused rows of `pending`, with their
+    /// raw records: kept by the consumer for likely duplicates, prefetched,
+    /// else read back from Kafka. About `budget` bytes of raw records at a
+    /// time, so that what a flush holds of them stays bounded however many
+    /// rows are refused. One that cannot be read back by `deadline` is
+    /// stored without its value, and says so. Takes what it returns out of
+    /// `pending`.
+    async fn next_refused_letters(
         &self,
         batch: &Batch,
-        refused: Vec<(usize, Refusal)>,
-        prefetched: HashMap<Coordinates, Raw>,
+        pending: &mut Vec<(usize, Refusal)>,
+        prefetched: &mut HashMap<Coordinates, Raw>,
         deadline: Instant,
+        budget: usize,
     ) -> Vec<(usize, DeadLetter)> {
-        if refused.is_empty() {
-            return Vec::new();
-        }
-        let wanted: Vec<Coordinates> = refused
-            .iter()
-            .map(|(i, _)| self.coordinates(&batch.entries[*i]))
-            .collect();
-        let mut found = prefetched;
-        for ((i, _), at) in refused.iter().zip(&wanted) {
-            if let Some(raw) = &batch.entries[*i].raw {
-                found.insert(at.clone(), Raw::clone(raw));
+        let letter = |refusal: Refusal, raw: Option<Raw>| {
+            let mut error = refusal.message;
+            let raw = raw.unwrap_or_else(|| {
+                error.push_str(" (the raw record could not be read back from Kafka; value not stored)");
+                Raw {
+                    key: None,
+                    value: None,
+                    headers: "[]".into(),
+                }
+            });
+            DeadLetter {
+                key: raw.key,
+                value: raw.value,
+                headers: raw.headers,
+                class: DeadLetterClass::Data,
+                sqlstate: Some(refusal.sqlstate.into()),
+                error: error.into(),
+            }
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut asked: Vec<(usize, Refusal)> = Vec::new();
+        let mut rest = Vec::new();
+        for (i, refusal) in pending.drain(..) {
+            if bytes >= budget {
+                rest.push((i, refusal));
+                continue;
+            }
+            let at = self.coordinates(&batch.entries[i]);
+            match batch.entries[i]
+                .raw
+                .as_deref()
+                .cloned()
+                .or_else(|| prefetched.remove(&at))
+            {
+                Some(raw) => {
+                    bytes += raw.bytes();
+                    out.push((i, letter(refusal, Some(raw))));
+                }
+                None => asked.push((i, refusal)),
             }
         }
-        let asked: Vec<Coordinates> = wanted.iter().filter(|at| !found.contains_key(*at)).cloned().collect();
-        if !asked.is_empty() {
+        if !asked.is_empty() && bytes < budget {
+            let wanted: Vec<Coordinates> = asked
+                .iter()
+                .map(|(i, _)| self.coordinates(&batch.entries[*i]))
+                .collect();
             let refetch = self.refetch.clone();
+            let room = budget - bytes;
             let fetched = tokio::task::spawn_blocking(move || {
                 let mut refetch = refetch.lock().unwrap_or_else(|e| e.into_inner());
-                refetch.fetch(&asked, refetch_timeout(deadline))
+                refetch.fetch(&wanted, refetch_timeout(deadline), room)
             })
             .await;
-            found.extend(fetched.unwrap_or_default());
+            let (mut found, complete) = fetched.unwrap_or_else(|_| (HashMap::new(), true));
+            for (i, refusal) in asked {
+                match found.remove(&self.coordinates(&batch.entries[i])) {
+                    Some(raw) => out.push((i, letter(refusal, Some(raw)))),
+                    // Not there (retention, Kafka unreachable, out of time).
+                    None if complete => out.push((i, letter(refusal, None))),
+                    // Left for the next chunk.
+                    None => rest.push((i, refusal)),
+                }
+            }
+        } else {
+            rest.extend(asked);
         }
-        refused
-            .into_iter()
-            .zip(wanted)
-            .map(|((i, refusal), at)| {
-                let mut error = refusal.message;
-                let raw = found.remove(&at).unwrap_or_else(|| {
-                    error.push_str(" (the raw record could not be read back from Kafka; value not stored)");
-                    Raw {
-                        key: None,
-                        value: None,
-                        headers: "[]".into(),
-                    }
-                });
-                let letter = DeadLetter {
-                    key: raw.key,
-                    value: raw.value,
-                    headers: raw.headers,
-                    class: DeadLetterClass::Data,
-                    sqlstate: Some(refusal.sqlstate.into()),
-                    error: error.into(),
-                };
-                (i, letter)
-            })
-            .collect()
+        *pending = rest;
+        out
+    }
+
+    /// What the dead-letter store keeps of `letter`, the entry's.
+    fn stored<'a>(&'a self, e: &Entry, letter: &'a DeadLetter) -> Stored<'a> {
+        Stored {
+            topic: self.topics.name(e.tp.topic),
+            partition: e.tp.partition,
+            offset: e.offset,
+            timestamp_ms: e.timestamp_ms,
+            letter,
+        }
+    }
+
+    /// Inserts `letters` in the flush transaction and produces them to the
+    /// dead-letter topic, if any, before COMMIT (see `dlq`): a crash repeats
+    /// rather than loses them. Returns how many were new to the store.
+    async fn store_letters(&self, tx: &mut PgConnection, letters: &[Stored<'_>]) -> Result<u64, sqlx::Error> {
+        if letters.is_empty() {
+            return Ok(0);
+        }
+        let inserted = dead_letter::insert(tx, &self.pipeline.name, letters).await?;
+        if let Some(dlq) = &self.dlq {
+            if let Err(why) = dlq.send(&self.pipeline.name, letters).await {
+                return Err(sqlx::Error::Io(std::io::Error::other(why)));
+            }
+        }
+        Ok(inserted)
     }
 
     /// Where an entry's record is in Kafka.
@@ -710,16 +774,16 @@ impl Writer {
         Counters::add(&counters.dead_lettered, written.dead_lettered);
         Counters::add(&counters.flushes, 1);
         let decode = batch.entries.iter().filter(|e| e.dead_letter.is_some()).count();
-        if decode + written.refused.len() > 0 {
+        if decode + written.refused > 0 {
             // One line per batch, not per record; each record's reason is in
             // sluice.dead_letters.
             let first = batch
                 .entries
                 .iter()
                 .find_map(|e| e.dead_letter.as_deref())
-                .or(written.refused.first().map(|(_, d)| d))
-                .map(|d| d.error.to_string());
-            warn!(pipeline = %self.pipeline.name, decode, refused = written.refused.len(),
+                .map(|d| d.error.to_string())
+                .or_else(|| written.first_refusal.clone());
+            warn!(pipeline = %self.pipeline.name, decode, refused = written.refused,
                 stored = written.dead_lettered, copies = written.copies,
                 copy_ms = written.copy.as_millis() as u64, refetch_ms = written.refetch.as_millis() as u64,
                 insert_ms = written.letters.as_millis() as u64, took_ms = took.as_millis() as u64,
@@ -767,6 +831,23 @@ impl Writer {
             to: stored,
         });
     }
+}
+
+/// Splits `letters` into runs of about `budget` bytes (at least one letter each).
+fn chunks_by_bytes<'a, 'b>(letters: &'a [Stored<'b>], budget: usize) -> Vec<&'a [Stored<'b>]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, s) in letters.iter().enumerate() {
+        if i > start && bytes + s.letter.bytes() > budget {
+            chunks.push(&letters[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += s.letter.bytes();
+    }
+    if start < letters.len() {
+        chunks.push(&letters[start..]);
+    }
+    chunks
 }
 
 /// How long a read-back may take: at most [`REFETCH_TIMEOUT`], and never
