@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use crate::harness::*;
 
 #[path = "../../examples/common/poison_corpus.rs"]
-mod poison_corpus;
+pub(crate) mod poison_corpus;
 use poison_corpus::{good, Poison, COLUMNS, FIVE_MB};
 
 const GOOD: u64 = 100_000;

@@ -5,9 +5,10 @@
 //! run in parallel against one broker and one database.
 
 use std::fs;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,8 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientConfig, ClientContext};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 pub struct Services {
     pub brokers: String,
@@ -447,6 +450,177 @@ impl TableLock {
     pub async fn release(mut self) {
         if let Some(tx) = self.tx.take() {
             tx.rollback().await.expect("release lock");
+        }
+    }
+}
+
+// Database faults: a private cluster to restart and a proxy to blackhole.
+// Used by `outage` (each fault on its own) and `chaos` (all of them mixed).
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A Postgres cluster of the test's own, on its own port, so the test can
+/// restart it without disturbing the other tests' database.
+pub struct PrivatePostgres {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    /// initdb + start; blocking (run it with `spawn_blocking`).
+    pub fn start() -> PrivatePostgres {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("sluice_pg"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // initdb refuses to run as root; the cluster belongs to `postgres`.
+        let as_postgres = |args: &[&str]| {
+            let status = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .args(args)
+                .stdout(Stdio::null())
+                .status()
+                .expect("runuser");
+            assert!(status.success(), "{args:?}");
+        };
+        Command::new("chown")
+            .args(["postgres:postgres", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        let data = dir.join("data");
+        as_postgres(&[
+            &format!("{PG_BIN}/initdb"),
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+        ]);
+        let pg = PrivatePostgres { dir, port };
+        pg.ctl("start");
+        pg
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// `host:port` of the server, for a proxy in front of it.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn ctl(&self, action: &str) {
+        let data = self.dir.join("data");
+        let log = self.dir.join("pg.log");
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        let status = Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &format!("{PG_BIN}/pg_ctl"),
+                action,
+                "-w",
+                "-m",
+                "fast",
+            ])
+            .args(["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-o", &opts])
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl");
+        assert!(status.success(), "pg_ctl {action}");
+    }
+
+    /// Stops the server (fast shutdown: sessions are cut); blocking.
+    pub fn stop(&self) {
+        self.ctl("stop");
+    }
+
+    /// Starts the stopped server again and waits until it accepts; blocking.
+    pub fn resume(&self) {
+        self.ctl("start");
+    }
+
+    /// Stops the server, keeps it down for `down`, starts it again: longer
+    /// than the connect timeout, so the writer sees failed flushes rather
+    /// than one slow connection attempt.
+    pub fn restart(&self, down: Duration) {
+        self.stop();
+        std::thread::sleep(down);
+        self.resume();
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.ctl("stop");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A TCP proxy that can blackhole: connections are accepted but nothing is
+/// forwarded either way (neither refused nor reset), as when a database host
+/// drops off the network.
+pub struct BlackholeProxy {
+    pub addr: SocketAddr,
+    forwarding: Arc<AtomicBool>,
+}
+
+impl BlackholeProxy {
+    pub async fn start(upstream: String) -> BlackholeProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let forwarding = Arc::new(AtomicBool::new(true));
+        let on = forwarding.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let on = on.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(pump(cr, sw, on.clone()), pump(sr, cw, on));
+                });
+            }
+        });
+        BlackholeProxy { addr, forwarding }
+    }
+
+    pub fn set_forwarding(&self, on: bool) {
+        self.forwarding.store(on, Ordering::SeqCst);
+    }
+}
+
+/// Copies while forwarding; while blackholed, reads and discards, so the
+/// sender sees an open, silent connection.
+async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, on: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    // Once a connection has been blackholed it stays dead, as a real one would.
+    let mut dead = false;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        dead |= !on.load(Ordering::SeqCst);
+        if !dead && to.write_all(&buf[..n]).await.is_err() {
+            return;
         }
     }
 }

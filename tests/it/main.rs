@@ -2,6 +2,7 @@
 //! Postgres (see `harness`). Run them with `scripts/test.sh`.
 
 mod backpressure;
+mod chaos;
 mod cli;
 mod dead_letters;
 mod delivery;
