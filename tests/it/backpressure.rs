@@ -158,31 +158,26 @@ async fn a_stalled_pipeline_pauses_only_its_own_partitions() {
         .await
     );
     let t0 = Instant::now();
-    produce_both(0..EVENTS).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(120), || async {
-            count(&pool, &b).await >= EVENTS as i64
-        })
-        .await
-    );
+    let (ends_a, ends_b) = produce_both(0..EVENTS).await.unwrap();
+    await_stored_offsets(&pool, &group, &tb, &ends_b, Duration::from_secs(120), || {
+        sluice.log_text()
+    })
+    .await;
     let normal = t0.elapsed();
-    assert!(
-        eventually(Duration::from_secs(120), || async {
-            count(&pool, &a).await >= EVENTS as i64
-        })
-        .await
-    );
+    await_stored_offsets(&pool, &group, &ta, &ends_a, Duration::from_secs(120), || {
+        sluice.log_text()
+    })
+    .await;
+    assert_exactly_once(&pool, &a, 3, EVENTS).await;
 
     // Now stall A and do it again.
     let lock = TableLock::take(&pool, &a).await;
     let t1 = Instant::now();
     let (ends_a, ends_b) = produce_both(EVENTS..2 * EVENTS).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(120), || async {
-            count(&pool, &b).await >= 2 * EVENTS as i64
-        })
-        .await
-    );
+    await_stored_offsets(&pool, &group, &tb, &ends_b, Duration::from_secs(120), || {
+        sluice.log_text()
+    })
+    .await;
     let stalled = t1.elapsed();
     let log = sluice.log_text();
     assert!(
