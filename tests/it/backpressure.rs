@@ -36,7 +36,7 @@ batch_size = 20000"#;
     let brokers = services.brokers.clone();
     let t = topic.clone();
     let started = Instant::now();
-    tokio::task::spawn_blocking(move || produce(&brokers, &t, 3, 0..EVENTS, 0, order_payload))
+    let ends = tokio::task::spawn_blocking(move || produce(&brokers, &t, 3, 0..EVENTS, 0, order_payload))
         .await
         .unwrap();
     let produced_in = started.elapsed();
@@ -50,16 +50,19 @@ batch_size = 20000"#;
         "partitions paused while the table is stalled:\n{}",
         sluice.log_text()
     );
-    // Let the paused consumer sit under the full load for a while.
+    // Let the paused consumer sit under the full load for a while (pacing:
+    // the stall itself is what is measured).
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(count(&pool, &table).await, 0, "nothing lands while the table is locked");
     let stalled_rss = peak_rss(pid);
 
     let released = Instant::now();
     lock.release().await;
-    await_rows(&pool, &table, EVENTS, Duration::from_secs(180), || sluice.log_text()).await;
+    await_stored_offsets(&pool, &group, &topic, &ends, Duration::from_secs(180), || {
+        sluice.log_text()
+    })
+    .await;
     let drain = released.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_exactly_once(&pool, &table, 3, EVENTS).await;
     let peak = peak_rss(pid);
 
@@ -77,8 +80,9 @@ batch_size = 20000"#;
     assert!(peak < bound, "peak RSS {peak} over the documented bound {bound}");
     let log = sluice.log_text();
     assert!(
-        log.contains("backpressure state changed") && log.contains("CRITICAL"),
-        "{log}"
+        log.lines()
+            .any(|l| l.contains("backpressure state changed") && l.contains(r#"to="CRITICAL""#)),
+        "the pipeline went CRITICAL:\n{log}"
     );
 }
 
@@ -134,15 +138,16 @@ async fn a_stalled_pipeline_pauses_only_its_own_partitions() {
     create_orders_table(&pool, &b).await;
     let sluice = Sluice::start(&two_pipelines(&services, &group, [&ta, &tb], [&a, &b]));
 
-    // Baseline: both flowing. Produce to both, time pipeline B.
+    // Baseline: both flowing. Produce to both, time pipeline B. Returns
+    // both topics' end offsets.
     let produce_both = |range: std::ops::Range<u64>| {
         let (brokers, ta, tb) = (services.brokers.clone(), ta.clone(), tb.clone());
         tokio::task::spawn_blocking(move || {
             let r2 = range.clone();
             let b2 = brokers.clone();
             let h = std::thread::spawn(move || produce(&b2, &ta, 3, r2, 0, order_payload));
-            produce(&brokers, &tb, 3, range, 0, order_payload);
-            h.join().unwrap();
+            let ends_b = produce(&brokers, &tb, 3, range, 0, order_payload);
+            (h.join().unwrap(), ends_b)
         })
     };
     // Wait for the assignment before timing anything.
@@ -153,42 +158,39 @@ async fn a_stalled_pipeline_pauses_only_its_own_partitions() {
         .await
     );
     let t0 = Instant::now();
-    produce_both(0..EVENTS).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(120), || async {
-            count(&pool, &b).await >= EVENTS as i64
-        })
-        .await
-    );
+    let (ends_a, ends_b) = produce_both(0..EVENTS).await.unwrap();
+    await_stored_offsets(&pool, &group, &tb, &ends_b, Duration::from_secs(120), || {
+        sluice.log_text()
+    })
+    .await;
     let normal = t0.elapsed();
-    assert!(
-        eventually(Duration::from_secs(120), || async {
-            count(&pool, &a).await >= EVENTS as i64
-        })
-        .await
-    );
+    await_stored_offsets(&pool, &group, &ta, &ends_a, Duration::from_secs(120), || {
+        sluice.log_text()
+    })
+    .await;
+    assert_exactly_once(&pool, &a, 3, EVENTS).await;
 
     // Now stall A and do it again.
     let lock = TableLock::take(&pool, &a).await;
     let t1 = Instant::now();
-    produce_both(EVENTS..2 * EVENTS).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(120), || async {
-            count(&pool, &b).await >= 2 * EVENTS as i64
-        })
-        .await
-    );
+    let (ends_a, ends_b) = produce_both(EVENTS..2 * EVENTS).await.unwrap();
+    await_stored_offsets(&pool, &group, &tb, &ends_b, Duration::from_secs(120), || {
+        sluice.log_text()
+    })
+    .await;
     let stalled = t1.elapsed();
     let log = sluice.log_text();
     assert!(
-        log.contains("pipeline=stalled") && log.contains("partitions paused"),
-        "{log}"
+        log.lines()
+            .any(|l| l.contains("partitions paused") && l.contains("pipeline=stalled partitions=3")),
+        "the stalled pipeline paused its three partitions:\n{log}"
     );
     // (The flowing pipeline may pause too, briefly: that is ordinary
     // backpressure against its own writer, and its throughput shows it.)
-    assert!(
-        count(&pool, &a).await <= EVENTS as i64,
-        "nothing lands in the stalled table"
+    assert_eq!(
+        count(&pool, &a).await,
+        EVENTS as i64,
+        "nothing more lands in the stalled table"
     );
     eprintln!(
         "isolation: flowing pipeline took {normal:?} for {EVENTS} with both flowing ({:.0}/s), {stalled:?} with the other stalled ({:.0}/s)",
@@ -201,12 +203,12 @@ async fn a_stalled_pipeline_pauses_only_its_own_partitions() {
         "flowing pipeline slowed down: {normal:?} → {stalled:?}"
     );
     lock.release().await;
-    assert!(
-        eventually(Duration::from_secs(120), || async {
-            count(&pool, &a).await >= 2 * EVENTS as i64
+    for (topic, ends) in [(&ta, &ends_a), (&tb, &ends_b)] {
+        await_stored_offsets(&pool, &group, topic, ends, Duration::from_secs(120), || {
+            sluice.log_text()
         })
-        .await
-    );
+        .await;
+    }
     assert_exactly_once(&pool, &a, 3, 2 * EVENTS).await;
     assert_exactly_once(&pool, &b, 3, 2 * EVENTS).await;
 }
@@ -231,21 +233,27 @@ async fn shed(strategy: &str, events: u64, buffer_records: usize) -> (Vec<i64>, 
     );
     let brokers = services.brokers.clone();
     let t = topic.clone();
-    tokio::task::spawn_blocking(move || produce(&brokers, &t, 1, 0..events, 0, order_payload))
+    let ends = tokio::task::spawn_blocking(move || produce(&brokers, &t, 1, 0..events, 0, order_payload))
         .await
         .unwrap();
+    assert_eq!(ends, vec![(0, events as i64)]);
     // Shedding strategies never pause: everything is consumed while stalled.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    lock.release().await;
-    let covered = eventually(Duration::from_secs(60), || async {
-        stored_offsets(&pool, &group, &topic).await == vec![(0, events as i64)]
+    let consumed = eventually(Duration::from_secs(30), || async {
+        sluice.status_counter("p", "consumed") == Some(events)
     })
     .await;
     assert!(
-        covered,
-        "every offset covered; stored {:?}",
-        stored_offsets(&pool, &group, &topic).await
+        consumed,
+        "all {events} consumed while stalled: /status says {:?}; log:\n{}",
+        sluice.status_counter("p", "consumed"),
+        sluice.log_text()
     );
+    assert_eq!(count(&pool, &table).await, 0, "nothing landed while stalled");
+    lock.release().await;
+    await_stored_offsets(&pool, &group, &topic, &ends, Duration::from_secs(60), || {
+        sluice.log_text()
+    })
+    .await;
     sluice.sigterm();
     assert!(sluice
         .wait_timeout(Duration::from_secs(15))

@@ -20,14 +20,16 @@ async fn hundred_thousand_events_land_exactly_once_with_their_values() {
     create_orders_table(&pool, &table).await;
     let brokers = services.brokers.clone();
     let t = topic.clone();
-    tokio::task::spawn_blocking(move || produce(&brokers, &t, 3, 0..EVENTS, 0, order_payload))
+    let ends = tokio::task::spawn_blocking(move || produce(&brokers, &t, 3, 0..EVENTS, 0, order_payload))
         .await
         .unwrap();
+    assert_eq!(ends, per_partition(3, EVENTS));
 
     let sluice = Sluice::start(&config(&services, &group, &topic, &table, ORDER_COLUMNS, ""));
-    await_rows(&pool, &table, EVENTS, Duration::from_secs(120), || sluice.log_text()).await;
-    // Give a straggling duplicate the chance to show up before counting.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    await_stored_offsets(&pool, &group, &topic, &ends, Duration::from_secs(120), || {
+        sluice.log_text()
+    })
+    .await;
     assert_exactly_once(&pool, &table, 3, EVENTS).await;
 
     let rows: Vec<(i64, String, String, i64, serde_json::Value, i32, i64)> = sqlx::query_as(&format!(
@@ -48,18 +50,26 @@ async fn hundred_thousand_events_land_exactly_once_with_their_values() {
         assert_eq!(partition as u64, i % 3, "record {i} went to partition i % 3");
         assert_eq!(offset as u64, i / 3, "record {i} is the (i/3)th of its partition");
     }
-    let stored = stored_offsets(&pool, &group, &topic).await;
-    assert_eq!(
-        stored.iter().map(|(_, o)| *o).sum::<i64>(),
-        EVENTS as i64,
-        "stored offsets cover every record"
-    );
+}
+
+/// Record `i` goes to partition `i % partitions`: the end offset of each
+/// partition after `events` records.
+fn per_partition(partitions: i32, events: u64) -> Ends {
+    (0..partitions)
+        .map(|p| {
+            (
+                p,
+                ((events + partitions as u64 - 1 - p as u64) / partitions as u64) as i64,
+            )
+        })
+        .collect()
 }
 
 /// SIGKILL at random moments during the load, restart each time: still
 /// exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_and_restart_five_times_loses_and_duplicates_nothing() {
+    const KILLS: usize = 6;
     let services = Services::from_env();
     let pool = services.pool().await;
     let (topic, group, table) = (unique("kill"), unique("g"), unique("orders"));
@@ -73,14 +83,11 @@ async fn sigkill_and_restart_five_times_loses_and_duplicates_nothing() {
 
     let extra = "batch_size = 500";
     let mut sluice = Sluice::start(&config(&services, &group, &topic, &table, ORDER_COLUMNS, extra));
-    let mut kills = 0;
-    let mut logs = String::new();
-    while kills < 6 {
+    // Rows in the table when each kill landed: every kill interrupted an
+    // incarnation that had written rows and still had rows to write.
+    let mut at_kills: Vec<i64> = Vec::new();
+    for kill in 1..=KILLS {
         let before = count(&pool, &table).await;
-        assert!(
-            before < EVENTS as i64,
-            "the load ended before kill {kills}: the test would prove nothing"
-        );
         // Wait until this incarnation has written something, then kill it at a random moment.
         let progressed = eventually(Duration::from_secs(60), || async {
             count(&pool, &table).await > before
@@ -88,21 +95,40 @@ async fn sigkill_and_restart_five_times_loses_and_duplicates_nothing() {
         .await;
         assert!(
             progressed,
-            "no progress after restart {kills}; log:\n{}",
+            "no progress before kill {kill}; log:\n{}",
             sluice.log_text()
         );
         let pause = rand::rng().random_range(50..1500);
         tokio::time::sleep(Duration::from_millis(pause)).await;
+        // Panics unless the process was still running and died of the SIGKILL.
         sluice.kill9();
-        kills += 1;
-        logs.push_str(&sluice.log_text());
-        sluice = sluice.restart(&format!("sluice-{kills}.log"));
+        // What the killed process committed, with no flush of it in flight.
+        let at_kill = settled_offsets(&pool, &group, &topic)
+            .await
+            .iter()
+            .map(|(_, o)| o)
+            .sum::<i64>();
+        assert_eq!(
+            count(&pool, &table).await,
+            at_kill,
+            "rows = stored offsets at kill {kill}"
+        );
+        assert!(
+            before < at_kill && at_kill < EVENTS as i64,
+            "kill {kill} interrupted writing: {before} rows before this incarnation, {at_kill} at the kill, of {EVENTS}"
+        );
+        at_kills.push(at_kill);
+        sluice = sluice.restart(&format!("sluice-{kill}.log"));
     }
-    producer.await.unwrap();
-    await_rows(&pool, &table, EVENTS, Duration::from_secs(180), || sluice.log_text()).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(at_kills.len(), KILLS, "every planned kill happened: {at_kills:?}");
+    eprintln!("sigkill: rows at each kill {at_kills:?}");
+    let ends = producer.await.unwrap();
+    assert_eq!(ends, per_partition(3, EVENTS));
+    await_stored_offsets(&pool, &group, &topic, &ends, Duration::from_secs(180), || {
+        sluice.log_text()
+    })
+    .await;
     assert_exactly_once(&pool, &table, 3, EVENTS).await;
-    assert!(kills >= 5);
 }
 
 /// Two members in one group on 6 partitions; one is SIGKILLed mid-load and
@@ -151,12 +177,12 @@ async fn two_members_one_killed_midway_stays_exactly_once() {
     })
     .await;
     assert!(rejoined, "B rejoined:\n{}", b2.log_text());
-    producer.await.unwrap();
-    await_rows(&pool, &table, EVENTS, Duration::from_secs(120), || {
+    let ends = producer.await.unwrap();
+    assert_eq!(ends, per_partition(6, EVENTS));
+    await_stored_offsets(&pool, &group, &topic, &ends, Duration::from_secs(120), || {
         format!("A:\n{}\nB2:\n{}", a.log_text(), b2.log_text())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_exactly_once(&pool, &table, 6, EVENTS).await;
     // Whoever took B's partitions over (A after B's session expired, or B's
     // new incarnation in the same rebalance) resumed from the offsets stored
@@ -218,12 +244,32 @@ async fn sigterm_drains_commits_and_exits_zero_within_the_deadline() {
     let took = sent.elapsed();
     assert!(status.success(), "exit status {status:?}; log:\n{}", sluice.log_text());
     let log = sluice.log_text();
-    assert!(log.contains("drained"), "drained before exit:\n{log}");
-    producer.await.unwrap();
+    // The drain finished: its own line (not a warning that merely mentions
+    // the buffers), and the totals agree: everything this only incarnation
+    // consumed was written, and is what the stored offsets cover.
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" INFO ") && l.ends_with("drained: everything buffered is committed")),
+        "drained before exit:\n{log}"
+    );
+    let consumed = log_number(&log, "pipeline totals", "consumed").unwrap_or_else(|| panic!("totals:\n{log}"));
+    let written = log_number(&log, "pipeline totals", "written").unwrap_or_else(|| panic!("totals:\n{log}"));
+    let ends = producer.await.unwrap();
+    assert_eq!(ends, per_partition(3, EVENTS));
 
     // Rows and offsets agree per partition: offsets 0..next-1, each once.
     let stored = stored_offsets(&pool, &group, &topic).await;
     assert_eq!(stored.len(), 3, "every partition committed something");
+    let covered: i64 = stored.iter().map(|(_, o)| o).sum();
+    assert_eq!(
+        (consumed, written),
+        (covered as u64, covered as u64),
+        "consumed = written = stored offsets: nothing buffered was left behind"
+    );
+    assert!(
+        covered < EVENTS as i64,
+        "SIGTERM landed mid-load: {covered} of {EVENTS}"
+    );
     for (partition, next) in stored {
         let (n, distinct, max): (i64, i64, Option<i64>) = sqlx::query_as(&format!(
             "SELECT count(*), count(DISTINCT kafka_offset), max(kafka_offset) FROM {table} WHERE kafka_partition = $1"
@@ -239,8 +285,10 @@ async fn sigterm_drains_commits_and_exits_zero_within_the_deadline() {
     eprintln!("sigterm → exit took {took:?}");
 
     // A restart picks up exactly where the drain stopped.
-    let _again = sluice.restart("after-term.log");
-    await_rows(&pool, &table, EVENTS, Duration::from_secs(120), String::new).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = sluice.restart("after-term.log");
+    await_stored_offsets(&pool, &group, &topic, &ends, Duration::from_secs(120), || {
+        again.log_text()
+    })
+    .await;
     assert_exactly_once(&pool, &table, 3, EVENTS).await;
 }

@@ -4,16 +4,18 @@
 //! the database. Every test makes its own topic, group and table, so tests
 //! run in parallel against one broker and one database.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 use sqlx::postgres::PgPoolOptions;
@@ -79,27 +81,57 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     }
 }
 
+/// What a producer's delivery reports add up to: per partition, the offset
+/// after the last acknowledged record (its high watermark when the topic is
+/// the test's own), sorted by partition, in the shape of [`stored_offsets`].
+pub type Ends = Vec<(i32, i64)>;
+
+/// Counts delivery reports and keeps each partition's end offset.
 #[derive(Default)]
-struct Deliveries {
+pub struct Deliveries {
     ok: AtomicU64,
     failed: AtomicU64,
+    ends: Mutex<BTreeMap<i32, i64>>,
 }
 
-struct CountingContext(Arc<Deliveries>);
+impl Deliveries {
+    pub fn record(&self, result: &DeliveryResult<'_>) {
+        match result {
+            Ok(msg) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                let mut ends = self.ends.lock().unwrap();
+                let end = ends.entry(msg.partition()).or_default();
+                *end = (*end).max(msg.offset() + 1);
+            }
+            Err(_) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Panics unless exactly `expected` records were acknowledged and none
+    /// failed; returns the end offsets.
+    pub fn ends(&self, expected: u64) -> Ends {
+        assert_eq!(self.failed.load(Ordering::Relaxed), 0, "delivery failures");
+        assert_eq!(self.ok.load(Ordering::Relaxed), expected, "every record acknowledged");
+        self.ends.lock().unwrap().iter().map(|(p, o)| (*p, *o)).collect()
+    }
+}
+
+/// A producer context that feeds [`Deliveries`].
+pub struct CountingContext(pub Arc<Deliveries>);
 impl ClientContext for CountingContext {}
 impl ProducerContext for CountingContext {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => self.0.ok.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.0.failed.fetch_add(1, Ordering::Relaxed),
-        };
+        self.0.record(result);
     }
 }
 
 /// Produces records `range` to `topic`, record `i` to partition
 /// `i % partitions`, with the payload `payload(i)`. `per_second` = 0 means
-/// as fast as possible. Panics unless every record is acknowledged.
+/// as fast as possible. Panics unless every record is acknowledged; returns
+/// the partitions' end offsets.
 pub fn produce(
     brokers: &str,
     topic: &str,
@@ -107,7 +139,7 @@ pub fn produce(
     range: std::ops::Range<u64>,
     per_second: u64,
     payload: impl Fn(u64) -> String,
-) {
+) -> Ends {
     produce_records(brokers, topic, range, per_second, |i| {
         (i.to_string(), Some(payload(i)), (i % partitions as u64) as i32)
     })
@@ -115,14 +147,15 @@ pub fn produce(
 
 /// Produces records `range` to `topic`: `record(i)` gives record `i`'s key,
 /// value (`None` for a tombstone) and partition. `per_second` = 0 means as
-/// fast as possible. Panics unless every record is acknowledged.
+/// fast as possible. Panics unless every record is acknowledged; returns
+/// the partitions' end offsets.
 pub fn produce_records(
     brokers: &str,
     topic: &str,
     range: std::ops::Range<u64>,
     per_second: u64,
     record: impl Fn(u64) -> (String, Option<String>, i32),
-) {
+) -> Ends {
     let deliveries = Arc::new(Deliveries::default());
     let producer: ThreadedProducer<CountingContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -147,12 +180,7 @@ pub fn produce_records(
         send_retrying(&producer, record);
     }
     producer.flush(Duration::from_secs(60)).expect("producer flush");
-    assert_eq!(deliveries.failed.load(Ordering::Relaxed), 0, "delivery failures");
-    assert_eq!(
-        deliveries.ok.load(Ordering::Relaxed),
-        total,
-        "every record acknowledged"
-    );
+    deliveries.ends(total)
 }
 
 /// Sends `record`, waiting while librdkafka's local queue is full.
@@ -236,9 +264,22 @@ impl Sluice {
         }
     }
 
+    /// SIGKILLs the process, which must still be running: a kill of a
+    /// process that had already exited (crashed, or stopped by itself)
+    /// would interrupt nothing, so it fails the test.
     pub fn kill9(&mut self) {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!("sluice exited ({status}) before the kill; log:\n{}", self.log_text());
+        }
         self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
+        let status = self.child.wait().expect("reap");
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "killed by SIGKILL, not exited by itself ({status}); log:\n{}",
+            self.log_text()
+        );
     }
 
     pub fn sigterm(&self) {
@@ -262,6 +303,32 @@ impl Sluice {
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address its telemetry HTTP server logged it listens on, once it has.
+    pub fn http_addr(&self) -> Option<String> {
+        let log = self.log_text();
+        let line = log.lines().find(|l| l.contains("serving /metrics"))?;
+        let at = line.find("addr=")? + "addr=".len();
+        Some(line[at..].split_whitespace().next()?.to_owned())
+    }
+
+    /// `GET /status` as JSON; `None` while the server is not up.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        use std::io::{Read, Write};
+        let addr = self.http_addr()?;
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
+    }
+
+    /// The counter `name` (`consumed`, `written`, ...) of pipeline `pipeline` in `/status`.
+    pub fn status_counter(&self, pipeline: &str, name: &str) -> Option<u64> {
+        let status = self.status()?;
+        status["pipelines"].as_array()?.iter().find(|p| p["name"] == pipeline)?["counters"][name].as_u64()
     }
 }
 
@@ -375,6 +442,50 @@ pub async fn stored_offsets(pool: &PgPool, group: &str, topic: &str) -> Vec<(i32
         .fetch_all(pool)
         .await
         .expect("stored offsets")
+}
+
+/// Waits up to `timeout` until the offsets stored for `group` equal `ends`
+/// (partition by partition, as [`produce`] returns them); fails with both
+/// and `log()` otherwise.
+///
+/// This is what proves that no row is still on its way: rows commit in the
+/// same transaction as the offsets that cover them, so once every
+/// partition's stored offset is its end, every record has been written,
+/// dead-lettered or dropped, and any further row would be a duplicate the
+/// offsets cannot cover. Count the rows after this, exactly.
+pub async fn await_stored_offsets(
+    pool: &PgPool,
+    group: &str,
+    topic: &str,
+    ends: &[(i32, i64)],
+    timeout: Duration,
+    log: impl Fn() -> String,
+) {
+    let covered = eventually(timeout, || async { stored_offsets(pool, group, topic).await == ends }).await;
+    assert!(
+        covered,
+        "stored offsets {:?}, produced up to {ends:?}; log:\n{}",
+        stored_offsets(pool, group, topic).await,
+        log()
+    );
+}
+
+/// The stored offsets once no flush of `group` is in flight: takes the
+/// rows' locks (which a flush holds from its offset UPDATE to its COMMIT or
+/// ROLLBACK), so a COMMIT a killed process had already sent has completed.
+/// Only a partition's first flush (an INSERT) is not waited for.
+pub async fn settled_offsets(pool: &PgPool, group: &str, topic: &str) -> Vec<(i32, i64)> {
+    let mut tx = pool.begin().await.expect("begin");
+    let offsets = sqlx::query_as(
+        "SELECT partition, next_offset FROM sluice.offsets WHERE group_id = $1 AND topic = $2 ORDER BY 1 FOR UPDATE",
+    )
+    .bind(group)
+    .bind(topic)
+    .fetch_all(&mut *tx)
+    .await
+    .expect("stored offsets");
+    tx.rollback().await.expect("rollback");
+    offsets
 }
 
 pub fn order_payload(i: u64) -> String {

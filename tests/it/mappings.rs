@@ -235,16 +235,10 @@ async fn auto_create_makes_the_table_from_the_mapping() {
     .unwrap();
     assert_eq!(pk, ["id"]);
     // Upsert by the created primary key: ids 0..9, each at its last value.
-    let covered = eventually(Duration::from_secs(30), || async {
-        stored_offsets(&pool, &group, &topic)
-            .await
-            .iter()
-            .map(|(_, o)| o)
-            .sum::<i64>()
-            >= 20
+    await_stored_offsets(&pool, &group, &topic, &[(0, 20)], Duration::from_secs(30), || {
+        sluice.log_text()
     })
     .await;
-    assert!(covered, "log:\n{}", sluice.log_text());
     let rows: Vec<(i64, String, String)> =
         sqlx::query_as(&format!("SELECT id, amount::text, name FROM {table} ORDER BY id"))
             .fetch_all(&pool)
