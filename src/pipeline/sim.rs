@@ -65,6 +65,9 @@ struct Store {
     next: HashMap<i32, i64>,
     rows: HashSet<(i32, i64)>,
     dead: HashSet<(i32, i64)>,
+    /// Offsets covered by a committed batch without a row or a dead letter:
+    /// shed by the strategy (never under `block`).
+    dropped: HashSet<(i32, i64)>,
 }
 
 /// A flush between its spans and its commit.
@@ -123,8 +126,13 @@ fn settings(rng: &mut Rng) -> Settings {
         },
         high_watermark: high,
         low_watermark: high / 2.0,
-        strategy: Strategy::Block,
-        sample_rate: 1,
+        strategy: match rng.below(8) {
+            0 => Strategy::DropOldest,
+            1 => Strategy::DropNewest,
+            2 => Strategy::Sample,
+            _ => Strategy::Block,
+        },
+        sample_rate: 2 + rng.below(3) as u32,
         flush: crate::sink::flush_policy::FlushSettings {
             target_latency: Duration::from_secs(1),
             min_interval: Duration::from_millis(20),
@@ -322,12 +330,14 @@ impl Sim {
         }
         let s = &mut member.state;
         s.refresh(&settings);
-        if pause_decision(
-            s.paused,
-            s.buffer.utilization(),
-            settings.high_watermark,
-            settings.low_watermark,
-        ) == PauseDecision::Pause
+        // Only `block` pauses; the shedding strategies keep consuming and drop.
+        if settings.strategy == Strategy::Block
+            && pause_decision(
+                s.paused,
+                s.buffer.utilization(),
+                settings.high_watermark,
+                settings.low_watermark,
+            ) == PauseDecision::Pause
         {
             s.paused = true;
         }
@@ -453,7 +463,27 @@ impl Sim {
             }
         }
         for (tp, span) in &flight.spans {
-            self.store.next.insert(tp.partition, span.covered.next().0);
+            // What the span covers without a row or a dead letter was shed.
+            let p = tp.partition;
+            for r in &self.log[p as usize] {
+                if r.offset < span.covered.first || r.offset > span.covered.last {
+                    continue;
+                }
+                let key = (p, r.offset);
+                if self.store.rows.contains(&key) || self.store.dead.contains(&key) {
+                    continue;
+                }
+                if self.settings.strategy == Strategy::Block {
+                    return Err(format!(
+                        "partition {p} offset {} covered without a row under block",
+                        r.offset
+                    ));
+                }
+                if !self.store.dropped.insert(key) {
+                    return Err(format!("partition {p} offset {} covered twice", r.offset));
+                }
+            }
+            self.store.next.insert(p, span.covered.next().0);
         }
         self.member(m).state.committed(&flight.spans, &flight.batch.entries);
         Ok(())
@@ -468,9 +498,12 @@ impl Sim {
                     break;
                 }
                 let key = (*p, r.offset);
-                if !self.store.rows.contains(&key) && !self.store.dead.contains(&key) {
+                if !self.store.rows.contains(&key)
+                    && !self.store.dead.contains(&key)
+                    && !self.store.dropped.contains(&key)
+                {
                     return Err(format!(
-                        "stored offset {next} of partition {p} passes offset {} which is in neither rows nor dead letters",
+                        "stored offset {next} of partition {p} passes offset {} which is in no row, dead letter or drop",
                         r.offset
                     ));
                 }
@@ -537,10 +570,15 @@ impl Sim {
             }
             for r in &self.log[p as usize] {
                 let key = (p, r.offset);
-                let (row, dead) = (self.store.rows.contains(&key), self.store.dead.contains(&key));
-                if row == dead || row == r.poison {
+                let (row, dead, dropped) = (
+                    self.store.rows.contains(&key),
+                    self.store.dead.contains(&key),
+                    self.store.dropped.contains(&key),
+                );
+                let places = u8::from(row) + u8::from(dead) + u8::from(dropped);
+                if places != 1 || (row && r.poison) || (dead && !r.poison) {
                     return Err(format!(
-                        "partition {p} offset {}: row {row}, dead letter {dead}",
+                        "partition {p} offset {}: row {row}, dead letter {dead}, dropped {dropped}",
                         r.offset
                     ));
                 }
