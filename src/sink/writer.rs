@@ -40,6 +40,7 @@ use crate::pipeline::{breaker_state, next_epoch, Counters, Pipeline, Target};
 use crate::sink::bisect::{self, Isolator, Refusal};
 use crate::sink::breaker::{Breaker, BreakerSettings, BreakerState, Permit};
 use crate::sink::dead_letter::{self, DeadLetter, DeadLetterClass, Stored};
+use crate::sink::dlq::DlqError;
 use crate::sink::error::{classify, ErrorClass};
 use crate::sink::flush_policy::FlushPolicy;
 use crate::sink::offset_store;
@@ -64,6 +65,9 @@ enum Outcome {
         entry: usize,
         error: String,
     },
+    /// Producing the dead letters to `errors.dlq_topic` failed: rolled back.
+    /// Not a database failure: retried without the breaker.
+    DlqFailed(DlqError),
 }
 
 /// What a committed flush wrote.
@@ -248,6 +252,14 @@ impl Writer {
                     self.stop(&batch, entry, &error);
                     return;
                 }
+                Ok(Outcome::DlqFailed(err)) => {
+                    failures += 1;
+                    Counters::add(&self.pipeline.counters.dlq_produce_failures, 1);
+                    let delay = backoff(failures);
+                    warn!(pipeline = %self.pipeline.name, topic = %err.topic, rows, failures, retry_in = ?delay,
+                        error = %err, "producing dead letters failed");
+                    tokio::time::sleep(delay).await;
+                }
                 Ok(Outcome::Fenced(tps)) => {
                     self.control.breaker.on_success(&self.pipeline.name);
                     Counters::add(&self.pipeline.counters.fenced, tps.len() as u64);
@@ -366,6 +378,8 @@ impl Writer {
     }
 
     async fn write(&self, batch: &Batch, spans: &BTreeMap<Tp, Span>) -> Result<Outcome, sqlx::Error> {
+        // When `flush_once` gives up on this write.
+        let deadline = Instant::now() + self.control.write_timeout;
         let tolerate = self.pipeline.settings.tolerance == Tolerance::All;
         if !tolerate {
             if let Some((entry, e)) = batch.entries.iter().enumerate().find(|(_, e)| e.dead_letter.is_some()) {
@@ -506,9 +520,21 @@ impl Writer {
         let letters_took = letters_started.elapsed();
         if let (Some(dlq), false) = (&self.dlq, letters.is_empty()) {
             // Before COMMIT, so that a crash repeats rather than loses (see `dlq`).
-            if let Err(why) = dlq.send(&self.pipeline.name, &letters).await {
+            // By the flush's deadline, less a tenth of `write_timeout` kept
+            // for the rollback or the commit. Out of time already: the
+            // database took it, and the flush timed out as it would have.
+            let produce_by = deadline.checked_sub(self.control.write_timeout / 10);
+            let Some(produce_by) = produce_by.filter(|by| *by > Instant::now()) else {
                 tx.rollback().await?;
-                return Err(sqlx::Error::Io(std::io::Error::other(why)));
+                let timed_out = WriteTimedOut(self.control.write_timeout);
+                return Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    timed_out,
+                )));
+            };
+            if let Err(err) = dlq.send(&self.pipeline.name, &letters, produce_by).await {
+                tx.rollback().await?;
+                return Ok(Outcome::DlqFailed(err));
             }
         }
         drop(letters);
