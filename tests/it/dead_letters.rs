@@ -656,6 +656,7 @@ async fn a_dead_letter_too_large_for_the_dlq_topic_is_cut_to_fit_and_nothing_wed
     const MAX_RECORD_BYTES: usize = 1024 * 1024;
     let services = Services::from_env();
     let pool = services.pool().await;
+    sluice::service::migrate(&pool).await.unwrap();
     let (topic, group, table) = (unique("dlqhuge"), unique("g"), unique("strict"));
     let dlq = unique("dlq");
     create_topic(&services.brokers, &topic, PARTITIONS).await;
