@@ -77,7 +77,7 @@ enum Why {
     Kafka(KafkaError),
     #[error("no ack within {0:?} (what was left of postgres.write_timeout, at most 30s)")]
     TimedOut(Duration),
-    #[error("the broker refuses as too large even a message cut down to its sluice.* headers")]
+    #[error("Kafka refuses as too large even a message cut down to its sluice.* headers")]
     TooLarge,
     #[error("the producer went away")]
     Canceled,
