@@ -167,6 +167,9 @@ pub struct Counters {
     /// Records written to the dead-letter store, counted when their
     /// transaction commits (`sluice_records_dead_lettered_total`).
     pub dead_lettered: AtomicU64,
+    /// Flushes that failed producing to `errors.dlq_topic`
+    /// (`sluice_dlq_produce_failures_total`).
+    pub dlq_produce_failures: AtomicU64,
 }
 
 impl Counters {

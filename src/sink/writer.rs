@@ -39,6 +39,7 @@ use crate::pipeline::{breaker_state, Counters, Pipeline, Span, Target};
 use crate::sink::bisect::{self, Isolator, Refusal};
 use crate::sink::breaker::{Breaker, BreakerSettings, BreakerState, Permit};
 use crate::sink::dead_letter::{self, DeadLetter, DeadLetterClass, Stored};
+use crate::sink::dlq::DlqError;
 use crate::sink::error::{classify, ErrorClass};
 use crate::sink::flush_policy::FlushPolicy;
 use crate::sink::offset_store;
@@ -63,6 +64,9 @@ enum Outcome {
         entry: usize,
         error: String,
     },
+    /// Producing the dead letters to `errors.dlq_topic` failed: rolled back.
+    /// Not a database failure: retried without the breaker.
+    DlqFailed(DlqError),
 }
 
 /// What a committed flush wrote.
@@ -125,6 +129,14 @@ impl Control {
             write_timeout,
         }
     }
+}
+
+/// What storing a chunk of dead letters came to.
+enum Letters {
+    /// In the store (this many new) and, if set, on the dead-letter topic.
+    Stored(u64),
+    /// The dead-letter topic refused them: roll back and retry the flush.
+    DlqFailed(DlqError),
 }
 
 /// A write that did not finish within `write_timeout`.
@@ -243,6 +255,14 @@ impl Writer {
                 Ok(Outcome::Stopped { entry, error }) => {
                     self.stop(&batch, entry, &error);
                     return;
+                }
+                Ok(Outcome::DlqFailed(err)) => {
+                    failures += 1;
+                    Counters::add(&self.pipeline.counters.dlq_produce_failures, 1);
+                    let delay = backoff(failures);
+                    warn!(pipeline = %self.pipeline.name, topic = %err.topic, rows, failures, retry_in = ?delay,
+                        error = %err, "producing dead letters failed");
+                    tokio::time::sleep(delay).await;
                 }
                 Ok(Outcome::Fenced(tps)) => {
                     self.control.breaker.on_success(&self.pipeline.name);
@@ -503,7 +523,13 @@ impl Writer {
             .collect();
         for chunk in chunks_by_bytes(&intake, budget) {
             let started = Instant::now();
-            dead_lettered += self.store_letters(&mut tx, chunk).await?;
+            match self.store_letters(&mut tx, chunk, deadline).await? {
+                Letters::Stored(n) => dead_lettered += n,
+                Letters::DlqFailed(err) => {
+                    tx.rollback().await?;
+                    return Ok(Outcome::DlqFailed(err));
+                }
+            }
             letters_took += started.elapsed();
         }
         let (n_refused, first_refusal) = (refused.len(), refused.first().map(|(_, r)| r.message.clone()));
@@ -519,7 +545,13 @@ impl Writer {
                 .map(|(i, d)| self.stored(&batch.entries[*i], d))
                 .collect();
             let started = Instant::now();
-            dead_lettered += self.store_letters(&mut tx, &stored).await?;
+            match self.store_letters(&mut tx, &stored, deadline).await? {
+                Letters::Stored(n) => dead_lettered += n,
+                Letters::DlqFailed(err) => {
+                    tx.rollback().await?;
+                    return Ok(Outcome::DlqFailed(err));
+                }
+            }
             letters_took += started.elapsed();
         }
         tx.commit().await?;
@@ -730,18 +762,34 @@ impl Writer {
 
     /// Inserts `letters` in the flush transaction and produces them to the
     /// dead-letter topic, if any, before COMMIT (see `dlq`): a crash repeats
-    /// rather than loses them. Returns how many were new to the store.
-    async fn store_letters(&self, tx: &mut PgConnection, letters: &[Stored<'_>]) -> Result<u64, sqlx::Error> {
+    /// rather than loses them. A producer failure is not a database failure:
+    /// it is returned as such, for the caller to roll back and retry.
+    async fn store_letters(
+        &self,
+        tx: &mut PgConnection,
+        letters: &[Stored<'_>],
+        deadline: Instant,
+    ) -> Result<Letters, sqlx::Error> {
         if letters.is_empty() {
-            return Ok(0);
+            return Ok(Letters::Stored(0));
         }
         let inserted = dead_letter::insert(tx, &self.pipeline.name, letters).await?;
         if let Some(dlq) = &self.dlq {
-            if let Err(why) = dlq.send(&self.pipeline.name, letters).await {
-                return Err(sqlx::Error::Io(std::io::Error::other(why)));
+            // By the flush's deadline, less a tenth of `write_timeout` kept
+            // for the rollback or the commit. Out of time already: the
+            // database took it, and the flush timed out as it would have.
+            let produce_by = deadline.checked_sub(self.control.write_timeout / 10);
+            let Some(produce_by) = produce_by.filter(|by| *by > Instant::now()) else {
+                return Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    WriteTimedOut(self.control.write_timeout),
+                )));
+            };
+            if let Err(err) = dlq.send(&self.pipeline.name, letters, produce_by).await {
+                return Ok(Letters::DlqFailed(err));
             }
         }
-        Ok(inserted)
+        Ok(Letters::Stored(inserted))
     }
 
     /// Where an entry's record is in Kafka.

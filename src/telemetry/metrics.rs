@@ -86,6 +86,14 @@ metric!(
     "Records written to the dead-letter store."
 );
 metric!(
+    DLQ_PRODUCE_FAILURES,
+    "sluice_dlq_produce_failures_total",
+    Counter,
+    "{flush}",
+    ["pipeline"],
+    "Flush attempts that failed producing dead letters to errors.dlq_topic (rolled back and retried; not a database failure)."
+);
+metric!(
     FLUSHES,
     "sluice_flushes_total",
     Counter,
@@ -212,6 +220,7 @@ pub const CATALOGUE: &[MetricInfo] = &[
     WRITTEN,
     DROPPED,
     DEAD_LETTERED,
+    DLQ_PRODUCE_FAILURES,
     FLUSHES,
     FENCED,
     GAPS,
@@ -337,6 +346,9 @@ pub fn register(meter: &Meter, observed: Arc<Observed>) -> Instruments {
             o(Counters::get(&c.dropped), &l.strategy);
         }),
         counter(DEAD_LETTERED, |c, l, o| o(Counters::get(&c.dead_lettered), &l.pipeline)),
+        counter(DLQ_PRODUCE_FAILURES, |c, l, o| {
+            o(Counters::get(&c.dlq_produce_failures), &l.pipeline)
+        }),
         counter(FENCED, |c, l, o| o(Counters::get(&c.fenced), &l.pipeline)),
         counter(GAPS, |c, l, o| o(Counters::get(&c.gaps), &l.pipeline)),
     ];
