@@ -169,6 +169,9 @@ pub struct Counters {
     /// Records written to the dead-letter store, counted when their
     /// transaction commits (`sluice_records_dead_lettered_total`).
     pub dead_lettered: AtomicU64,
+    /// Partitions found positioned outside their log on the broker
+    /// (`sluice_offset_out_of_range_total`).
+    pub out_of_range: AtomicU64,
 }
 
 impl Counters {

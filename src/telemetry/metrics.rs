@@ -102,6 +102,14 @@ metric!(
     "Partitions whose flush was fenced (another owner moved the stored offset) and re-read."
 );
 metric!(
+    OUT_OF_RANGE,
+    "sluice_offset_out_of_range_total",
+    Counter,
+    "{partition}",
+    ["pipeline"],
+    "Partitions whose position (the stored offset) was outside the log on the broker, below its start or above its end; kafka.on_offset_out_of_range says what followed."
+);
+metric!(
     BUFFER_RECORDS,
     "sluice_buffer_records",
     Gauge,
@@ -206,6 +214,7 @@ pub const CATALOGUE: &[MetricInfo] = &[
     DEAD_LETTERED,
     FLUSHES,
     FENCED,
+    OUT_OF_RANGE,
     BUFFER_RECORDS,
     BUFFER_BYTES,
     BUFFER_UTILIZATION,
@@ -329,6 +338,7 @@ pub fn register(meter: &Meter, observed: Arc<Observed>) -> Instruments {
         }),
         counter(DEAD_LETTERED, |c, l, o| o(Counters::get(&c.dead_lettered), &l.pipeline)),
         counter(FENCED, |c, l, o| o(Counters::get(&c.fenced), &l.pipeline)),
+        counter(OUT_OF_RANGE, |c, l, o| o(Counters::get(&c.out_of_range), &l.pipeline)),
     ];
 
     // Gauges read each pipeline's state under its lock, once per collection.

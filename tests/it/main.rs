@@ -8,6 +8,7 @@ mod delivery;
 mod fencing;
 mod harness;
 mod mappings;
+mod offsets;
 mod outage;
 mod telemetry;
 mod upsert;
