@@ -189,6 +189,11 @@ impl Shared {
                 } else {
                     warn!(%topic, "assigned a topic no pipeline maps; ignoring it");
                 }
+                // An explicit position: with no committed offset librdkafka
+                // would otherwise report it out of range (`auto.offset.reset=error`).
+                for &partition in &partitions {
+                    let _ = tpl.set_partition_offset(&topic, partition, Offset::End);
+                }
                 continue;
             };
             let pipeline = &self.pipelines[index];
@@ -309,7 +314,18 @@ pub struct Context {
     shared: Arc<Shared>,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    /// librdkafka's errors, logged as rdkafka's default does, except an
+    /// offset out of range: the consumer loop finds the partition and logs
+    /// it with what it decided (this report names neither).
+    fn error(&self, error: KafkaError, reason: &str) {
+        if is_out_of_range(&error) {
+            debug!(error = %error, %reason, "kafka reported an offset out of range");
+        } else {
+            error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
 
 impl ConsumerContext for Context {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -486,8 +502,8 @@ impl LoopState {
         if self.range.pending.is_some() && due {
             self.search_out_of_range(consumer, shared);
         }
-        if !self.range.skips.is_empty() {
-            self.apply_skips(shared);
+        if !self.range.skips.is_empty() && self.apply_skips(shared) {
+            restart_fetch(consumer, shared);
         }
     }
 
@@ -531,19 +547,10 @@ impl LoopState {
             // Every position is inside its log now: the broker's answer did
             // not last (a leader change, say). librdkafka stopped fetching
             // the partition, which one is unknown: restart them all where
-            // their buffers left off (a seek only refetches).
-            let mut tpl = TopicPartitionList::new();
-            for (_, tp, _, position, _) in &held {
-                let _ =
-                    tpl.add_partition_offset(shared.topics.name(tp.topic), tp.partition, Offset::Offset(position.0));
-            }
-            warn!(error = %error, partitions = tpl.count(),
+            // their buffers left off.
+            warn!(error = %error, partitions = held.len(),
                 "kafka reported an offset out of range, but every position is inside its log; fetching again from each");
-            if tpl.count() > 0 {
-                if let Err(err) = consumer.seek_partitions(tpl, Duration::from_secs(5)) {
-                    warn!(error = %err, "seek after an unexplained out-of-range error failed");
-                }
-            }
+            restart_fetch(consumer, shared);
         }
     }
 
@@ -589,10 +596,11 @@ impl LoopState {
 
     /// Moves each scheduled partition past its gap: once everything it
     /// read before has committed (stored = expected), the stored offset
-    /// moves to the skip's target under the fencing rule, then the
-    /// partition is sought there.
-    fn apply_skips(&mut self, shared: &Shared) {
+    /// moves to the skip's target under the fencing rule. Returns whether a
+    /// partition has a new position to fetch from.
+    fn apply_skips(&mut self, shared: &Shared) -> bool {
         let now = Instant::now();
+        let mut moved_any = false;
         for mut skip in std::mem::take(&mut self.range.skips) {
             let pipeline = &shared.pipelines[skip.pipeline];
             let from = match pipeline.lock().partitions.get(&skip.tp) {
@@ -629,27 +637,21 @@ impl LoopState {
                         reason = skip.why.as_str(), reset_to = skip.to.0, skipped = skip.skipped,
                         on_offset_out_of_range = setting, "offset out of range: records skipped");
                     self.range.reported.remove(&(skip.pipeline, skip.tp, skip.epoch));
-                    self.pending_seeks
-                        .push((skip.pipeline, skip.tp, skip.epoch, Some(skip.to)));
+                    moved_any = true;
                 }
                 Ok(false) => {
-                    // Another owner moved the stored offset: this instance
-                    // no longer owns the partition's position. As after a
-                    // fence, re-read it and continue from there.
+                    // Another owner moved the stored offset (nothing of the
+                    // partition is buffered: stored = expected). As after a
+                    // fence, continue from where it is now.
                     let stored = self.reread(shared, topic, skip.tp.partition);
-                    let mut state = pipeline.lock();
-                    let state = &mut *state;
-                    if let Some(p) = state.partitions.get_mut(&skip.tp) {
+                    if let Some(p) = pipeline.lock().partitions.get_mut(&skip.tp) {
                         if p.epoch == skip.epoch {
-                            p.epoch = next_epoch();
                             p.stored = stored;
                             p.expected = stored;
-                            p.awaiting_seek = true;
-                            state.buffer.purge(skip.tp);
-                            self.pending_seeks.push((skip.pipeline, skip.tp, p.epoch, stored));
                         }
                     }
                     self.range.reported.remove(&(skip.pipeline, skip.tp, skip.epoch));
+                    moved_any = true;
                     info!(pipeline = %pipeline.name, %topic, partition = skip.tp.partition, stored = ?stored.map(|s| s.0),
                         "fenced while skipping an offset out of range; re-reading from the stored offset");
                 }
@@ -661,6 +663,7 @@ impl LoopState {
                 }
             }
         }
+        moved_any
     }
 
     /// The stored offset of one partition, retried while the database is away.
@@ -881,6 +884,46 @@ impl LoopState {
             }
         }
     }
+}
+
+/// Restarts fetching every assigned partition at its position. librdkafka
+/// does not fetch a partition it found out of range any more, and cannot
+/// seek it (its fetcher is stopped); under the eager protocol only a full
+/// `assign` starts it again. The other partitions restart where their
+/// buffers left off (a refetch, as after a seek; one with no record read
+/// yet resolves its reset position again), and pauses are re-applied.
+fn restart_fetch(consumer: &BaseConsumer<Context>, shared: &Shared) {
+    let assignment = match consumer.assignment() {
+        Ok(a) => a,
+        Err(err) => {
+            warn!(error = %err, "reading the assignment to restart fetching failed");
+            return;
+        }
+    };
+    let mut tpl = TopicPartitionList::new();
+    for elem in assignment.elements() {
+        let held = shared.topics.route(elem.topic()).and_then(|(topic, index)| {
+            let tp = Tp {
+                topic,
+                partition: elem.partition(),
+            };
+            let state = shared.pipelines[index].lock();
+            state.partitions.get(&tp).map(|p| match p.expected {
+                Some(NextOffset(next)) => Offset::Offset(next),
+                None => start_position(p.stored, shared.reset_earliest),
+            })
+        });
+        // A topic no pipeline holds is ignored anyway.
+        let offset = held.unwrap_or(Offset::End);
+        if let Err(err) = tpl.add_partition_offset(elem.topic(), elem.partition(), offset) {
+            warn!(topic = elem.topic(), partition = elem.partition(), error = %err, "cannot set restart offset");
+        }
+    }
+    match consumer.assign(&tpl) {
+        Ok(()) => info!(partitions = tpl.count(), "fetching restarted"),
+        Err(err) => warn!(error = %err, "restarting fetching failed"),
+    }
+    shared.reapply_pauses.store(true, Ordering::Relaxed);
 }
 
 /// Every held partition with a known position that is not waiting for a
