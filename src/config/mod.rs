@@ -86,7 +86,8 @@ pub enum OffsetReset {
 }
 
 impl OffsetReset {
-    /// The librdkafka `auto.offset.reset` value.
+    /// The configured value (librdkafka's own `auto.offset.reset` is always
+    /// `error`: see [`KafkaConfig::consumer_properties`]).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Earliest => "earliest",

@@ -12,7 +12,7 @@
 //!
 //! A stored offset outside the log the broker holds (retention deleted the
 //! records, or the topic was re-created) is never moved silently:
-//! librdkafka runs with `auto.offset.reset=error`, and [`RangeWatch`] finds
+//! librdkafka runs with `auto.offset.reset=error`, and `RangeWatch` finds
 //! the partition and applies `kafka.on_offset_out_of_range`.
 
 use std::collections::{HashMap, HashSet};
