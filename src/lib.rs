@@ -29,7 +29,11 @@
 //! staging COPY and the upsert run in that same transaction: a crash
 //! before COMMIT leaves neither rows nor offsets, and the re-read records
 //! apply the same last record per key, so the table converges to the state
-//! of the highest offset per key.
+//! of the highest offset per key (which orders a key's records only within
+//! a partition: a table fed from more than one topic needs a `version`,
+//! checked when the config loads). A stored offset outside the log on the
+//! broker is never moved silently: by default the pipeline stops
+//! (`kafka.on_offset_out_of_range`).
 
 pub mod config;
 pub mod http;

@@ -580,6 +580,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         pool.clone(),
         group_id,
         config.kafka.auto_offset_reset == OffsetReset::Earliest,
+        config.kafka.on_offset_out_of_range,
         writer_txs.clone(),
         tokio::runtime::Handle::current(),
         config.shutdown_timeout,

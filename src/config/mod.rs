@@ -86,7 +86,8 @@ pub enum OffsetReset {
 }
 
 impl OffsetReset {
-    /// The librdkafka `auto.offset.reset` value.
+    /// The configured value (librdkafka's own `auto.offset.reset` is always
+    /// `error`: see [`KafkaConfig::consumer_properties`]).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Earliest => "earliest",
@@ -98,6 +99,37 @@ impl OffsetReset {
 impl fmt::Display for OffsetReset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// What sluice does with a partition whose stored offset (`sluice.offsets`)
+/// lies outside the log the broker holds: below its start (retention
+/// deleted records sluice never wrote) or above its end (the topic was
+/// deleted and re-created). Either way records are missing or about to be
+/// skipped, so it is always an ERROR and counted
+/// (`sluice_offset_out_of_range_total`); this only chooses what follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOffsetOutOfRange {
+    /// Stop the partition's pipeline: nothing more of it commits, its
+    /// stored offsets stay as they are and `/readyz` fails until an
+    /// operator decides (moves the offset, or picks a skip below) and
+    /// restarts sluice. The other pipelines keep running.
+    #[default]
+    Stop,
+    /// Continue from the oldest record the log still holds.
+    Earliest,
+    /// Continue from the end of the log: every record it holds is skipped.
+    Latest,
+}
+
+impl OnOffsetOutOfRange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Earliest => "earliest",
+            Self::Latest => "latest",
+        }
     }
 }
 
@@ -117,6 +149,12 @@ pub struct KafkaConfig {
     /// Where to start a partition that has no offset stored in Postgres:
     /// `"earliest"` or `"latest"`. Default `"earliest"`.
     pub auto_offset_reset: OffsetReset,
+    /// What to do when a partition's stored offset is outside the log on the
+    /// broker (below its start: retention deleted the records; above its
+    /// end: the topic was re-created): `"stop"` stops the partition's
+    /// pipeline until an operator acts, `"earliest"` / `"latest"` skip to
+    /// the log's start / end. Always an ERROR and counted. Default `"stop"`.
+    pub on_offset_out_of_range: OnOffsetOutOfRange,
     /// How long the group coordinator waits for a heartbeat before it evicts
     /// this member and rebalances (librdkafka `session.timeout.ms`).
     /// Default `"10s"`.
@@ -139,6 +177,7 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".to_owned(),
             group_id: "sluice".to_owned(),
             auto_offset_reset: OffsetReset::Earliest,
+            on_offset_out_of_range: OnOffsetOutOfRange::Stop,
             session_timeout: Duration::from_secs(10),
             properties: BTreeMap::new(),
             prefetch_bytes: ByteSize::mib(16),
@@ -182,7 +221,12 @@ impl KafkaConfig {
             // table, and the automatic store would let it.
             ("enable.auto.commit", "false".to_owned()),
             ("enable.auto.offset.store", "false".to_owned()),
-            ("auto.offset.reset", self.auto_offset_reset.as_str().to_owned()),
+            // sluice positions every partition itself (the stored offset, or
+            // `auto_offset_reset` as an explicit beginning/end), so librdkafka's
+            // reset only ever fires for a position outside the log, and would
+            // then move it silently. "error" reports it instead, and the
+            // consumer loop applies `on_offset_out_of_range`.
+            ("auto.offset.reset", "error".to_owned()),
             (ASSIGNMENT_STRATEGY, strategy),
             // Prefetch is part of the memory budget: see `Prefetch`.
             (
@@ -251,6 +295,7 @@ impl fmt::Debug for KafkaConfig {
             .field("brokers", &self.brokers)
             .field("group_id", &self.group_id)
             .field("auto_offset_reset", &self.auto_offset_reset)
+            .field("on_offset_out_of_range", &self.on_offset_out_of_range)
             .field("session_timeout", &self.session_timeout)
             .field("properties", &self.redacted_properties())
             .field("prefetch_bytes", &self.prefetch_bytes)
@@ -798,7 +843,7 @@ impl Config {
     /// `kafka.properties` overlaid with the ones sluice sets itself
     /// (`bootstrap.servers`, `group.id`, `session.timeout.ms`,
     /// `enable.auto.commit=false`, `enable.auto.offset.store=false`,
-    /// `auto.offset.reset`, and `partition.assignment.strategy` =
+    /// `auto.offset.reset=error`, and `partition.assignment.strategy` =
     /// `range,roundrobin` unless the user chose an eager one).
     pub fn consumer_properties(&self) -> BTreeMap<String, String> {
         let mut props = self.kafka.consumer_properties();
@@ -884,6 +929,102 @@ impl Config {
                         ),
                     ));
                 }
+            }
+        }
+        self.check_upsert_sources()
+    }
+
+    /// Upsert mode without a `version` lets the highest offset win, and
+    /// offsets order a key's records only within one partition. A table
+    /// fed from more than one topic (several topics, a pattern, two
+    /// pipelines, or two topics whose names map to the same `{topic}`
+    /// table) can see a key's records in any order, so an older record
+    /// could overwrite a newer one. Such a table needs a `version` (update
+    /// only if newer: the same outcome in any order), the same column in
+    /// every pipeline writing it.
+    fn check_upsert_sources(&self) -> Result<(), Issue> {
+        let at = |i: usize| vec![key("pipelines"), Seg::Index(i), key("version")];
+        // (schema, table) → the (pipeline, topic or pattern) feeding it, in config order.
+        let mut sources: BTreeMap<(String, String), Vec<(usize, &str)>> = BTreeMap::new();
+        let mut order = Vec::new();
+        for (i, p) in self.pipelines.iter().enumerate() {
+            if p.mode != WriteMode::Upsert {
+                continue;
+            }
+            for topic in &p.topics {
+                let table = if !p.table_per_topic() {
+                    p.table_ref()
+                } else if topic.starts_with('^') {
+                    // Every topic it matches gets a table of its own.
+                    continue;
+                } else {
+                    match p.table_for(topic) {
+                        Ok(table) => table,
+                        // Refused when the topic's table is planned.
+                        Err(_) => continue,
+                    }
+                };
+                let feeding = sources.entry(table.clone()).or_default();
+                if feeding.is_empty() {
+                    order.push(table);
+                }
+                feeding.push((i, topic.as_str()));
+            }
+        }
+        for table in order {
+            let feeding = &sources[&table];
+            if let [(_, topic)] = feeding.as_slice() {
+                if !topic.starts_with('^') {
+                    continue;
+                }
+            }
+            let table = format!("{}.{}", table.0, table.1);
+            let mut writers: Vec<usize> = feeding.iter().map(|(i, _)| *i).collect();
+            writers.dedup();
+            let why = "offsets order a key's records only within one partition, so an older record \
+                       could overwrite a newer one; set `version` to a column that orders them \
+                       (a row is then only replaced by a greater version)";
+            if let [i] = writers.as_slice() {
+                if self.pipelines[*i].version.is_none() {
+                    let topics: Vec<&str> = feeding.iter().map(|(_, t)| *t).collect();
+                    let from = match topics.iter().find(|t| t.starts_with('^')) {
+                        Some(pattern) => format!("from the topic pattern {pattern:?} (every topic it matches)"),
+                        None => format!("from more than one topic ({})", quoted_list(&topics)),
+                    };
+                    return Err((
+                        at(*i),
+                        format!(
+                            "mode = \"upsert\" into table {table} {from} needs a version: {why}, \
+                             or give each topic a table of its own with {TOPIC_PLACEHOLDER}"
+                        ),
+                    ));
+                }
+                continue;
+            }
+            let names: Vec<&str> = writers.iter().map(|i| self.pipelines[*i].name.as_str()).collect();
+            let versions: Vec<Option<&String>> = writers.iter().map(|i| self.pipelines[*i].version.as_ref()).collect();
+            if let Some(k) = versions.iter().position(Option::is_none) {
+                return Err((
+                    at(writers[k]),
+                    format!(
+                        "pipelines {} upsert into the same table {table}; each needs a version: {why}",
+                        quoted_list(&names)
+                    ),
+                ));
+            }
+            if let Some(k) = versions.iter().position(|v| *v != versions[0]) {
+                return Err((
+                    at(writers[k]),
+                    format!(
+                        "pipelines {} upsert into the same table {table}, so they must order its rows by \
+                         the same version column: {:?} has {:?}, {:?} has {:?}",
+                        quoted_list(&names),
+                        names[0],
+                        versions[0].expect("checked above"),
+                        names[k],
+                        versions[k].expect("checked above"),
+                    ),
+                ));
             }
         }
         Ok(())
@@ -1249,7 +1390,10 @@ fn refused_property(name: &str, value: &str) -> Option<String> {
         }
         "group.id" => "sluice sets it; use kafka.group_id instead",
         "bootstrap.servers" | "metadata.broker.list" => "sluice sets it; use kafka.brokers instead",
-        "auto.offset.reset" => "sluice sets it; use kafka.auto_offset_reset instead",
+        "auto.offset.reset" => {
+            "sluice sets it; use kafka.auto_offset_reset (where a partition with no stored offset starts) \
+             and kafka.on_offset_out_of_range (what a stored offset outside the log does) instead"
+        }
         "session.timeout.ms" => "sluice sets it; use kafka.session_timeout instead (a duration such as \"10s\")",
         "partition.assignment.strategy" if value.contains("cooperative") => {
             "sluice relies on the eager rebalance protocol: every rebalance revokes and reassigns all \
@@ -1272,6 +1416,11 @@ fn refused_property(name: &str, value: &str) -> Option<String> {
         _ => return None,
     };
     Some(format!("refused: {why}"))
+}
+
+/// `"a", "b"`, for messages.
+fn quoted_list(items: &[&str]) -> String {
+    items.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ")
 }
 
 fn is_secret_property(name: &str) -> bool {

@@ -646,7 +646,9 @@ fn consumer_properties_set_what_sluice_owns() {
     c.kafka.properties.insert("client.id".into(), "me".into());
     let props = c.consumer_properties();
     let expect = [
-        ("auto.offset.reset", "earliest"),
+        // sluice positions partitions itself; librdkafka's reset would only
+        // ever move a stored offset outside the log, silently.
+        ("auto.offset.reset", "error"),
         ("bootstrap.servers", "127.0.0.1:9092"),
         ("client.id", "me"),
         ("enable.auto.commit", "false"),
@@ -668,7 +670,10 @@ fn consumer_properties_set_what_sluice_owns() {
     c.kafka.auto_offset_reset = OffsetReset::Latest;
     let props = c.consumer_properties();
     assert_eq!(props["partition.assignment.strategy"], "roundrobin");
-    assert_eq!(props["auto.offset.reset"], "latest");
+    assert_eq!(
+        props["auto.offset.reset"], "error",
+        "whatever kafka.auto_offset_reset says"
+    );
 
     // Even unvalidated, a cooperative strategy is never handed to librdkafka.
     c.kafka
@@ -990,6 +995,166 @@ fn upsert_mode_and_its_key() {
         assert_eq!(err.key, "pipelines[0].delete_on_tombstone", "{err}");
         let err = load_err(jail, &format!("{base}mode = \"merge\"\n"));
         assert_eq!(err.key, "pipelines[0].mode", "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn on_offset_out_of_range_defaults_to_stop_and_names_its_key() {
+    jail(|jail| {
+        let config = load(jail, MINIMAL).unwrap();
+        assert_eq!(config.kafka.on_offset_out_of_range, OnOffsetOutOfRange::Stop);
+        let config = load(
+            jail,
+            &format!("[kafka]\non_offset_out_of_range = \"latest\"\n{MINIMAL}"),
+        )
+        .unwrap();
+        assert_eq!(config.kafka.on_offset_out_of_range, OnOffsetOutOfRange::Latest);
+        let err = load_err(jail, &format!("[kafka]\non_offset_out_of_range = \"skip\"\n{MINIMAL}"));
+        assert_eq!(err.key, "kafka.on_offset_out_of_range");
+        assert!(
+            err.message
+                .starts_with(r#"expected one of: stop, earliest, latest; found "skip""#),
+            "{err}"
+        );
+        jail.set_env("SLUICE_KAFKA__ON_OFFSET_OUT_OF_RANGE", "earliest");
+        let config = load(jail, MINIMAL).unwrap();
+        assert_eq!(config.kafka.on_offset_out_of_range, OnOffsetOutOfRange::Earliest);
+        Ok(())
+    });
+}
+
+/// An upsert pipeline from `topics` into `table`, optionally with a version.
+fn upsert(name: &str, topics: &[&str], table: &str, version: Option<&str>) -> PipelineConfig {
+    let mut p = PipelineConfig::new(
+        name,
+        topics.iter().map(|t| t.to_string()).collect(),
+        table,
+        columns(&[("id", "/id"), ("v", "/v"), ("w", "/w")]),
+    );
+    p.mode = WriteMode::Upsert;
+    p.key = vec!["id".into()];
+    p.version = version.map(str::to_owned);
+    p
+}
+
+fn with_pipelines(pipelines: Vec<PipelineConfig>) -> Config {
+    Config { pipelines, ..valid() }
+}
+
+#[test]
+fn an_upsert_table_fed_from_several_topics_needs_a_version() {
+    let why = "offsets order a key's records only within one partition, so an older record could \
+               overwrite a newer one; set `version` to a column that orders them (a row is then only \
+               replaced by a greater version)";
+    let err = invalid(&with_pipelines(vec![upsert("p", &["a", "b"], "t", None)]));
+    assert_eq!(err.key, "pipelines[0].version");
+    assert_eq!(
+        err.message,
+        format!(
+            "mode = \"upsert\" into table public.t from more than one topic (\"a\", \"b\") needs a version: \
+             {why}, or give each topic a table of its own with {{topic}}"
+        )
+    );
+    let err = invalid(&with_pipelines(vec![upsert("p", &["^orders\\..*"], "s.t", None)]));
+    assert_eq!(err.key, "pipelines[0].version");
+    assert_eq!(
+        err.message,
+        format!(
+            "mode = \"upsert\" into table s.t from the topic pattern \"^orders\\\\..*\" (every topic it \
+             matches) needs a version: {why}, or give each topic a table of its own with {{topic}}"
+        )
+    );
+    // Two topic names that become the same `{topic}` table.
+    let err = invalid(&with_pipelines(vec![upsert("p", &["a.b", "a_b"], "{topic}", None)]));
+    assert_eq!(err.key, "pipelines[0].version");
+    assert!(
+        err.message
+            .starts_with("mode = \"upsert\" into table public.a_b from more than one topic (\"a.b\", \"a_b\")"),
+        "{err}"
+    );
+
+    // Fine: a version; one topic; a table per topic; insert mode.
+    for ok in [
+        upsert("p", &["a", "b"], "t", Some("v")),
+        upsert("p", &["^orders\\..*"], "t", Some("v")),
+        upsert("p", &["a"], "t", None),
+        upsert("p", &["a", "b", "^c.*"], "{topic}", None),
+        PipelineConfig::new("p", vec!["a".into(), "b".into()], "t", columns(&[("id", "/id")])),
+    ] {
+        with_pipelines(vec![ok.clone()])
+            .validate()
+            .unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+    }
+}
+
+#[test]
+fn two_upsert_pipelines_into_one_table_need_the_same_version() {
+    let why = "offsets order a key's records only within one partition, so an older record could \
+               overwrite a newer one; set `version` to a column that orders them (a row is then only \
+               replaced by a greater version)";
+    // Same table spelt two ways: `t` is `public.t`.
+    let err = invalid(&with_pipelines(vec![
+        upsert("p", &["a"], "t", Some("v")),
+        upsert("q", &["b"], "public.t", None),
+    ]));
+    assert_eq!(err.key, "pipelines[1].version");
+    assert_eq!(
+        err.message,
+        format!("pipelines \"p\", \"q\" upsert into the same table public.t; each needs a version: {why}")
+    );
+    let err = invalid(&with_pipelines(vec![
+        upsert("p", &["a"], "t", None),
+        upsert("q", &["b"], "t", Some("v")),
+    ]));
+    assert_eq!(err.key, "pipelines[0].version");
+    // A `{topic}` table of one pipeline that is another's table.
+    let err = invalid(&with_pipelines(vec![
+        upsert("p", &["a"], "t", None),
+        upsert("q", &["t"], "{topic}", None),
+    ]));
+    assert_eq!(err.key, "pipelines[0].version");
+    let err = invalid(&with_pipelines(vec![
+        upsert("p", &["a"], "t", Some("v")),
+        upsert("q", &["b"], "t", Some("w")),
+    ]));
+    assert_eq!(err.key, "pipelines[1].version");
+    assert_eq!(
+        err.message,
+        "pipelines \"p\", \"q\" upsert into the same table public.t, so they must order its rows by the same \
+         version column: \"p\" has \"v\", \"q\" has \"w\""
+    );
+
+    with_pipelines(vec![
+        upsert("p", &["a"], "t", Some("v")),
+        upsert("q", &["b"], "t", Some("v")),
+    ])
+    .validate()
+    .expect("the same version column");
+    with_pipelines(vec![upsert("p", &["a"], "t", None), upsert("q", &["b"], "u", None)])
+        .validate()
+        .expect("different tables");
+    // An insert pipeline into the same table is not an upsert ordering question.
+    let mut insert = upsert("q", &["b"], "t", None);
+    insert.mode = WriteMode::Insert;
+    insert.key.clear();
+    with_pipelines(vec![upsert("p", &["a"], "t", None), insert])
+        .validate()
+        .expect("insert and upsert");
+}
+
+#[test]
+fn the_upsert_source_rule_names_the_key_in_a_loaded_file() {
+    jail(|jail| {
+        let toml = "[[pipelines]]\nname = \"orders\"\ntopics = [\"eu\", \"us\"]\ntable = \"orders\"\n\
+                    columns = { id = \"/id\", v = \"/v\" }\nmode = \"upsert\"\nkey = [\"id\"]\n";
+        let err = load_err(jail, toml);
+        assert_eq!(err.key, "pipelines[0].version", "{err}");
+        assert!(
+            err.message.contains("from more than one topic (\"eu\", \"us\")"),
+            "{err}"
+        );
+        load(jail, &format!("{toml}version = \"v\"\n")).expect("with a version");
         Ok(())
     });
 }

@@ -60,6 +60,49 @@ pub fn start_position(stored: Option<NextOffset>, reset_to_earliest: bool) -> Of
     }
 }
 
+/// Why a position is outside the log a broker holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutOfRange {
+    /// Below the log start: retention deleted the records before they were read.
+    BelowStart,
+    /// Above the log end: the log is not the one the position was taken in
+    /// (the topic was deleted and re-created), or it lost records.
+    AboveEnd,
+}
+
+impl OutOfRange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BelowStart => "below the log start",
+            Self::AboveEnd => "above the log end",
+        }
+    }
+}
+
+/// Whether `position` lies outside the log `[low, high]`, where `low` is the
+/// first retained offset and `high` the next to be written (the high
+/// watermark): a position equal to `high` waits for the next record.
+pub fn out_of_range(position: NextOffset, low: i64, high: i64) -> Option<OutOfRange> {
+    if position.0 < low {
+        Some(OutOfRange::BelowStart)
+    } else if position.0 > high {
+        Some(OutOfRange::AboveEnd)
+    } else {
+        None
+    }
+}
+
+/// Where a partition positioned outside its log `[low, high]` continues when
+/// skipping to the log's start (`to_earliest`) or end, and how many records
+/// that passes over that the position still had ahead of it: below the
+/// start, those retention deleted (and, to the end, every retained one);
+/// above the end, the retained ones skipped to reach the end.
+pub fn skip_to(position: NextOffset, low: i64, high: i64, to_earliest: bool) -> (NextOffset, i64) {
+    let to = if to_earliest { low } else { high };
+    let skipped = if position.0 < low { to - position.0 } else { to - low };
+    (NextOffset(to), skipped.max(0))
+}
+
 /// Whether a freshly polled record belongs after what the buffer already
 /// holds for its partition. `expected` is the next offset the buffer expects
 /// (`None`: nothing read yet on this assignment, anything goes). A record
@@ -121,6 +164,25 @@ mod tests {
         assert_eq!(lag(NextOffset(10), 15), 5);
         // tansu and compacted topics can report a high watermark below our position.
         assert_eq!(lag(NextOffset(10), 8), 0);
+    }
+
+    #[test]
+    fn out_of_range_is_outside_low_to_high_inclusive() {
+        assert_eq!(out_of_range(NextOffset(4), 5, 10), Some(OutOfRange::BelowStart));
+        assert_eq!(out_of_range(NextOffset(5), 5, 10), None, "the first retained record");
+        assert_eq!(out_of_range(NextOffset(10), 5, 10), None, "waiting for the next record");
+        assert_eq!(out_of_range(NextOffset(11), 5, 10), Some(OutOfRange::AboveEnd));
+        assert_eq!(out_of_range(NextOffset(0), 0, 0), None, "an empty log");
+    }
+
+    #[test]
+    fn skip_to_counts_what_the_position_had_ahead() {
+        // Stored 100, retention kept [150, 200): 50 deleted, then 50 retained.
+        assert_eq!(skip_to(NextOffset(100), 150, 200, true), (NextOffset(150), 50));
+        assert_eq!(skip_to(NextOffset(100), 150, 200, false), (NextOffset(200), 100));
+        // Stored 1000, the re-created topic holds [0, 10).
+        assert_eq!(skip_to(NextOffset(1000), 0, 10, true), (NextOffset(0), 0));
+        assert_eq!(skip_to(NextOffset(1000), 0, 10, false), (NextOffset(10), 10));
     }
 
     #[test]

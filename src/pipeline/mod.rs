@@ -170,6 +170,9 @@ pub struct Counters {
     /// Flushes that failed producing to `errors.dlq_topic`
     /// (`sluice_dlq_produce_failures_total`).
     pub dlq_produce_failures: AtomicU64,
+    /// Partitions found positioned outside their log on the broker
+    /// (`sluice_offset_out_of_range_total`).
+    pub out_of_range: AtomicU64,
 }
 
 impl Counters {

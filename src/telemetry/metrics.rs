@@ -118,6 +118,14 @@ metric!(
     "Partitions left out of a flush because their records did not start at the stored offset (it would have committed a hole) and re-read instead. Always 0 unless sluice has a bug."
 );
 metric!(
+    OUT_OF_RANGE,
+    "sluice_offset_out_of_range_total",
+    Counter,
+    "{partition}",
+    ["pipeline"],
+    "Partitions whose position (the stored offset) was outside the log on the broker, below its start or above its end; kafka.on_offset_out_of_range says what followed."
+);
+metric!(
     BUFFER_RECORDS,
     "sluice_buffer_records",
     Gauge,
@@ -224,6 +232,7 @@ pub const CATALOGUE: &[MetricInfo] = &[
     FLUSHES,
     FENCED,
     GAPS,
+    OUT_OF_RANGE,
     BUFFER_RECORDS,
     BUFFER_BYTES,
     BUFFER_UTILIZATION,
@@ -351,6 +360,7 @@ pub fn register(meter: &Meter, observed: Arc<Observed>) -> Instruments {
         }),
         counter(FENCED, |c, l, o| o(Counters::get(&c.fenced), &l.pipeline)),
         counter(GAPS, |c, l, o| o(Counters::get(&c.gaps), &l.pipeline)),
+        counter(OUT_OF_RANGE, |c, l, o| o(Counters::get(&c.out_of_range), &l.pipeline)),
     ];
 
     // Gauges read each pipeline's state under its lock, once per collection.

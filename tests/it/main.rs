@@ -10,6 +10,7 @@ mod fencing;
 mod harness;
 mod mappings;
 mod memory;
+mod offsets;
 mod outage;
 mod telemetry;
 mod upsert;
