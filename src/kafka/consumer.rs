@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{OnOffsetOutOfRange, PipelineConfig, Strategy};
-use crate::kafka::offsets::{is_new, out_of_range, skip_to, start_position, NextOffset, OutOfRange};
+use crate::kafka::offsets::{out_of_range, skip_to, start_position, NextOffset, OutOfRange};
 use crate::kafka::refetch::Raw;
 use crate::kafka::{TopicId, Topics, Tp};
 use crate::pipeline::buffer::Entry;
@@ -615,12 +615,7 @@ impl LoopState {
             });
             match moved {
                 Ok(true) => {
-                    if let Some(p) = pipeline.lock().partitions.get_mut(&skip.tp) {
-                        if p.epoch == skip.epoch {
-                            p.stored = Some(skip.to);
-                            p.expected = Some(skip.to);
-                        }
-                    }
+                    pipeline.lock().moved(skip.tp, skip.epoch, Some(skip.to));
                     let setting = shared.on_out_of_range.as_str();
                     error!(pipeline = %pipeline.name, %topic, partition = skip.tp.partition,
                         offset = skip.position.0, log_start = skip.low, log_end = skip.high,
@@ -634,12 +629,7 @@ impl LoopState {
                     // partition is buffered: stored = expected). As after a
                     // fence, continue from where it is now.
                     let stored = self.reread(shared, topic, skip.tp.partition);
-                    if let Some(p) = pipeline.lock().partitions.get_mut(&skip.tp) {
-                        if p.epoch == skip.epoch {
-                            p.stored = stored;
-                            p.expected = stored;
-                        }
-                    }
+                    pipeline.lock().moved(skip.tp, skip.epoch, stored);
                     self.range.reported.remove(&(skip.pipeline, skip.tp, skip.epoch));
                     moved_any = true;
                     info!(pipeline = %pipeline.name, %topic, partition = skip.tp.partition, stored = ?stored.map(|s| s.0),

@@ -262,6 +262,17 @@ impl PipelineState {
         self.buffer.release(entries);
     }
 
+    /// The stored offset of `tp` moved outside a flush while nothing of it
+    /// was buffered (a skip past an out-of-range gap, or another owner):
+    /// the partition continues from `stored`, under the same epoch.
+    pub fn moved(&mut self, tp: Tp, epoch: u64, stored: Option<NextOffset>) {
+        if let Some(p) = self.partitions.get_mut(&tp).filter(|p| p.epoch == epoch) {
+            p.stored = stored;
+            p.origin = None;
+            p.expected = stored;
+        }
+    }
+
     /// Re-reads `tp` from `stored` (the position in `sluice.offsets` now):
     /// after a fence (another owner moved it) or a gap. Forgets what is
     /// buffered of it; the shell seeks it with the returned epoch. `None`
