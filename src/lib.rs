@@ -7,7 +7,8 @@
 //! - [`mapping`]: the mapping language: column sources and the Postgres types sluice writes.
 //! - [`kafka`]: the consumer loop, rebalance handling, offset arithmetic.
 //! - [`pipeline`]: per-mapping bounded buffer and the pause/resume decision.
-//! - [`sink`]: record → row encoding, the batch writer (COPY or upsert + fenced offsets), schema checks, error classes,
+//! - [`row`]: the pure record → COPY text row encoder (plan, sources, conversions, constraints, unique-key hashes).
+//! - [`sink`]: the batch writer (COPY or upsert + fenced offsets), schema checks, error classes,
 //!   dead letters (store, bisection of refused batches, Kafka DLQ topic, `sluice dlq` replay).
 //! - [`telemetry`]: OpenTelemetry metrics and traces (OTLP), the metric set, flush events, lag, readiness.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
@@ -40,6 +41,7 @@ pub mod http;
 pub mod kafka;
 pub mod mapping;
 pub mod pipeline;
+pub mod row;
 pub mod service;
 pub mod sink;
 pub mod telemetry;

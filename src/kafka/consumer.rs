@@ -36,9 +36,8 @@ use crate::kafka::refetch::Raw;
 use crate::kafka::{TopicId, Topics, Tp};
 use crate::pipeline::buffer::Entry;
 use crate::pipeline::{pause_decision, Admission, Counters, Offer, PartState, PauseDecision, Pipeline, Target};
-use crate::sink::bisect::{self, RecentKeys};
+use crate::row::{key_hashes, DecodeError, HeaderRef, RecentKeys, RecordRef};
 use crate::sink::dead_letter::DeadLetter;
-use crate::sink::encode::{DecodeError, HeaderRef, RecordRef};
 use crate::sink::upsert::WriteSql;
 use crate::sink::writer::WriterCommand;
 
@@ -724,7 +723,7 @@ impl LoopState {
             return false;
         }
         let table = Arc::as_ptr(target) as usize;
-        bisect::key_hashes(table, keys, &self.scratch, &mut self.key_fields, &mut self.key_hashes);
+        key_hashes(table, keys, &self.scratch, &mut self.key_fields, &mut self.key_hashes);
         self.recent_keys
             .entry(pipeline)
             .or_insert_with(|| RecentKeys::new(batch_size))

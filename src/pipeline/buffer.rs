@@ -52,7 +52,7 @@ pub struct Entry {
     /// store keeps of it. Boxed, so a good record pays one pointer.
     pub dead_letter: Option<Box<DeadLetter>>,
     /// Only for a row that will most likely be refused as a duplicate key
-    /// (see [`crate::sink::bisect::RecentKeys`]): its raw record, for the
+    /// (see [`crate::row::RecentKeys`]): its raw record, for the
     /// dead letter, so that it need not be read back from Kafka.
     pub raw: Option<Box<Raw>>,
 }

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 
 use crate::config::Strategy;
 use crate::kafka::{TopicId, Tp};
-use crate::sink::encode::RowEncoder;
+use crate::row::RowEncoder;
 use crate::sink::schema::TableRef;
 use crate::sink::upsert::WriteSql;
 use backpressure::BpState;

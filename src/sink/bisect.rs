@@ -16,11 +16,10 @@
 //! [`Isolator`] is the pure decision part: which range to copy next, and
 //! what a refusal means. The writer does the I/O.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 
-use crate::sink::encode::{ColumnPlan, UniqueKey};
+use crate::row::{field_ranges, key_fields, ColumnPlan, UniqueKey};
 
 /// The database's refusal of a COPY for a data reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,124 +220,6 @@ pub fn repeats(keys: &[UniqueKey], columns: &[ColumnPlan], rows: &[&[u8]]) -> Ve
     found
 }
 
-/// Splits a COPY text row into its fields' byte ranges (into `out`, which
-/// is cleared first); returns the line without its newline, which the
-/// ranges index.
-fn field_ranges<'a>(row: &'a [u8], out: &mut Vec<(usize, usize)>) -> &'a [u8] {
-    let line = row.strip_suffix(b"\n").unwrap_or(row);
-    out.clear();
-    let mut start = 0;
-    for (i, &b) in line.iter().enumerate() {
-        if b == b'\t' {
-            out.push((start, i));
-            start = i + 1;
-        }
-    }
-    out.push((start, line.len()));
-    line
-}
-
-/// The fields of `key` in a line split by [`field_ranges`], in the key's
-/// column order; `None` when one is NULL (or missing): such a key never
-/// equals another.
-fn key_fields<'a>(
-    line: &'a [u8],
-    fields: &'a [(usize, usize)],
-    key: &'a UniqueKey,
-) -> Option<impl Iterator<Item = &'a [u8]> + 'a> {
-    let field = move |c: usize| fields.get(c).map(|&(from, to)| &line[from..to]);
-    key.columns
-        .iter()
-        .all(|&c| field(c).is_some_and(|f| f != b"\\N"))
-        .then(|| key.columns.iter().filter_map(move |&c| field(c)))
-}
-
-/// Hashes of the unique keys of one encoded row (a COPY text line of the
-/// encoder's columns), one per key that has no NULL, into `out`, which is
-/// cleared first. `fields` is scratch space, reused across rows. `table`
-/// tells tables apart, so that equal keys of different tables don't match.
-pub fn key_hashes(table: usize, keys: &[UniqueKey], row: &[u8], fields: &mut Vec<(usize, usize)>, out: &mut Vec<u64>) {
-    out.clear();
-    if keys.is_empty() {
-        return;
-    }
-    let line = field_ranges(row, fields);
-    for (k, key) in keys.iter().enumerate() {
-        if let Some(parts) = key_fields(line, fields, key) {
-            let mut hasher = std::hash::DefaultHasher::new();
-            (table, k).hash(&mut hasher);
-            parts.for_each(|part| part.hash(&mut hasher));
-            out.push(hasher.finish());
-        }
-    }
-}
-
-/// The unique keys of the most recent rows of a pipeline, as hashes: at
-/// least the last `window` rows' and at most twice that many. The consumer
-/// loop asks it about every row of an insert-mode table with a unique key;
-/// a row whose key is among them will most likely be refused as a
-/// duplicate (in its own batch, or the one before), so its raw record is
-/// kept for the dead letter instead of being read back from Kafka. A miss
-/// only costs that read; a hash collision only keeps bytes that are not
-/// needed.
-///
-/// Memory: two hash sets of at most `window` (+ keys per row) `u64`s each;
-/// with hashbrown's power-of-two tables of 9 bytes per slot, under
-/// 42 × `window` bytes in all (295 KiB for a window of 10,000).
-#[derive(Debug)]
-pub struct RecentKeys {
-    window: usize,
-    current: HashSet<u64, BuildHasherDefault<PreHashed>>,
-    previous: HashSet<u64, BuildHasherDefault<PreHashed>>,
-}
-
-impl RecentKeys {
-    pub fn new(window: usize) -> RecentKeys {
-        RecentKeys {
-            window: window.max(1),
-            current: HashSet::default(),
-            previous: HashSet::default(),
-        }
-    }
-
-    /// Remembers `hashes`; returns whether any of them was seen recently.
-    pub fn seen(&mut self, hashes: &[u64]) -> bool {
-        let mut seen = false;
-        for h in hashes {
-            // Always into the current generation, so a key seen again stays.
-            let new = self.current.insert(*h);
-            seen |= !new || self.previous.contains(h);
-        }
-        if self.current.len() >= self.window {
-            // The older generation goes; its allocation is reused.
-            std::mem::swap(&mut self.current, &mut self.previous);
-            self.current.clear();
-        }
-        seen
-    }
-}
-
-/// The hasher of sets of hashes: the value is its own hash.
-#[derive(Debug, Default)]
-pub struct PreHashed(u64);
-
-impl Hasher for PreHashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64s are hashed with it; fold anything else in anyway.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -346,6 +227,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::row::{key_hashes, RecentKeys};
 
     /// Drives an isolator against a simulated table: a COPY of a range is
     /// refused when it holds a bad row, naming the first bad row's line
@@ -461,18 +343,6 @@ mod tests {
         key_hashes(1, &keys, b"1\teu\ta@x\n", &mut fields, &mut hashes);
         assert_eq!(hashes.len(), 2);
         assert!(!recent.seen(&hashes));
-    }
-
-    #[test]
-    fn recent_keys_remember_at_least_the_window_and_at_most_twice_it() {
-        let mut recent = RecentKeys::new(10);
-        for n in 0..35u64 {
-            assert!(!recent.seen(&[n]), "{n} is new");
-        }
-        // 35 inserted: generations [20, 30) and [30, 35) remain.
-        assert!(recent.seen(&[34]) && recent.seen(&[25]) && recent.seen(&[20]));
-        assert!(!recent.seen(&[19]) && !recent.seen(&[0]));
-        assert!(recent.current.len() + recent.previous.len() <= 20);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::fmt;
 
 use sqlx::PgConnection;
 
-use crate::sink::encode::{header_value_json, DecodeError};
+use crate::row::{header_value_json, DecodeError};
 
 /// Why a record is a dead letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,14 +1,12 @@
-//! Postgres side: record → row encoding, the batch writer with its COPY and
+//! Postgres side: the batch writer with its COPY and
 //! fenced offset commit (COPY, or upsert through a staging table), the
 //! live-schema check and error classification.
 
 pub mod bisect;
 pub mod breaker;
-pub mod check;
 pub mod ddl;
 pub mod dead_letter;
 pub mod dlq;
-pub mod encode;
 pub mod error;
 pub mod flush_policy;
 pub mod offset_store;

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use sqlx::{PgPool, Row as _};
 
 use crate::pipeline::Target;
+use crate::row::{HeaderRef, RecordRef};
 use crate::sink::dead_letter::headers_from_json;
-use crate::sink::encode::{HeaderRef, RecordRef};
 
 /// One dead letter, as listed.
 #[derive(Debug, Clone)]

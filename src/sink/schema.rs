@@ -5,8 +5,7 @@ use std::fmt;
 use sqlx::PgPool;
 
 use crate::mapping::{ColumnSource, PgType};
-use crate::sink::check::SimpleCheck;
-use crate::sink::encode::{ColumnPlan, Constraints, Limit};
+use crate::row::{CheckExpr, ColumnPlan, Constraints, Limit};
 
 /// A table, schema-qualified. Names are used exactly as written and always
 /// quoted, so they are case-sensitive.
@@ -227,10 +226,10 @@ fn constraints_of(col: &LiveColumn, ty: PgType) -> Constraints {
     Constraints {
         not_null: col.not_null,
         limit: Limit::from_typmod(&col.type_name, col.typmod),
-        checks: col
+        check_exprs: col
             .checks
             .iter()
-            .filter_map(|(con, def)| SimpleCheck::parse(con, &col.name, ty, col.deterministic, def))
+            .filter_map(|(con, def)| CheckExpr::parse(con, &col.name, ty, col.deterministic, def))
             .collect(),
     }
 }

@@ -30,7 +30,7 @@
 
 use sqlx::{Executor as _, PgConnection, PgPool};
 
-use crate::sink::encode::RowEncoder;
+use crate::row::RowEncoder;
 use crate::sink::schema::{quote_ident, TableRef};
 
 /// The staging table's name (with a number per target), as Postgres names
@@ -299,7 +299,7 @@ pub async fn unique_keys(pool: &PgPool, table: &TableRef) -> Result<Vec<(String,
 mod tests {
     use super::*;
     use crate::mapping::{ColumnSource, PgType};
-    use crate::sink::encode::ColumnPlan;
+    use crate::row::ColumnPlan;
 
     fn table() -> TableRef {
         TableRef {

@@ -11,8 +11,8 @@ use sluice::kafka::{Topics, Tp};
 use sluice::mapping::{ColumnSource, PgType};
 use sluice::pipeline::buffer::{Entry, Limits};
 use sluice::pipeline::{Offer, Pipeline, Settings};
+use sluice::row::{ColumnPlan, RecordRef, RowEncoder};
 use sluice::sink::breaker::BreakerSettings;
-use sluice::sink::encode::{ColumnPlan, RecordRef, RowEncoder};
 use sluice::sink::schema::TableRef;
 use sluice::sink::writer::{Control, Writer};
 

@@ -1,4 +1,5 @@
-//! Simple CHECK constraints, evaluated by the encoder before Postgres does.
+//! CHECK expressions of the simple kind, `column op constant`, evaluated by
+//! the encoder before Postgres does ([`CheckExpr`]).
 //!
 //! A row breaking a CHECK fails its whole COPY, and isolating it costs
 //! re-copying part of the batch (see `sink::bisect`). The common CHECKs
@@ -15,11 +16,12 @@
 use std::cmp::Ordering;
 
 use crate::mapping::PgType;
-use crate::sink::encode::{copy_unescaped, Decimal};
+use crate::row::copy_text::copy_unescaped;
+use crate::row::numeric::Decimal;
 
 /// `column op constant`, from one CHECK constraint.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SimpleCheck {
+pub struct CheckExpr {
     /// The constraint's name, for the message.
     pub name: String,
     /// The expression as Postgres shows it, for the message.
@@ -44,12 +46,12 @@ enum Constant {
     Text(String),
 }
 
-impl SimpleCheck {
+impl CheckExpr {
     /// Reads `pg_get_constraintdef` output such as `CHECK ((score >= 0))`
     /// or `CHECK (((name)::text <> ''::text)) NOT VALID` for a constraint
     /// on `column` of type `ty`; `None` for anything this module does not
     /// decide. `deterministic`: the column's collation compares bytes.
-    pub fn parse(name: &str, column: &str, ty: PgType, deterministic: bool, def: &str) -> Option<SimpleCheck> {
+    pub fn parse(name: &str, column: &str, ty: PgType, deterministic: bool, def: &str) -> Option<CheckExpr> {
         let def = def.trim();
         let def = def.strip_suffix(" NOT VALID").unwrap_or(def);
         let inner = def.strip_prefix("CHECK ((")?.strip_suffix("))")?;
@@ -66,7 +68,7 @@ impl SimpleCheck {
             Constant::Number(n) => numeric && Decimal::parse(n).is_some(),
             Constant::Text(_) => ty == PgType::Text && deterministic && matches!(op, Op::Eq | Op::Ne),
         };
-        fits.then(|| SimpleCheck {
+        fits.then(|| CheckExpr {
             name: name.to_owned(),
             shown: inner.to_owned(),
             op,
@@ -189,48 +191,48 @@ fn parse_constant(s: &str) -> Option<Constant> {
 mod tests {
     use super::*;
 
-    fn check(column: &str, ty: PgType, def: &str) -> Option<SimpleCheck> {
-        SimpleCheck::parse("c", column, ty, true, def)
+    fn expr(column: &str, ty: PgType, def: &str) -> Option<CheckExpr> {
+        CheckExpr::parse("c", column, ty, true, def)
     }
 
     #[test]
     fn numbers_compare_exactly() {
-        let c = check("score", PgType::Int4, "CHECK ((score >= 0))").unwrap();
+        let c = expr("score", PgType::Int4, "CHECK ((score >= 0))").unwrap();
         assert!(c.violated(b"-1"));
         assert!(!c.violated(b"0"));
         assert!(!c.violated(b"17"));
-        let c = check("amount", PgType::Numeric, "CHECK ((amount > (0)::numeric))").unwrap();
+        let c = expr("amount", PgType::Numeric, "CHECK ((amount > (0)::numeric))").unwrap();
         assert!(c.violated(b"0.000"));
         assert!(c.violated(b"-0.5"));
         assert!(!c.violated(b"0.0001"));
         assert!(!c.violated(b"1e-30"));
         assert!(!c.violated(b"NaN"), "left to Postgres");
-        let c = check("q", PgType::Int8, "CHECK ((q < '-1'::integer)) NOT VALID").unwrap();
+        let c = expr("q", PgType::Int8, "CHECK ((q < '-1'::integer)) NOT VALID").unwrap();
         assert!(c.violated(b"-1"));
         assert!(!c.violated(b"-2"));
-        let c = check("q", PgType::Float8, "CHECK ((q <> 2.50))").unwrap();
+        let c = expr("q", PgType::Float8, "CHECK ((q <> 2.50))").unwrap();
         assert!(c.violated(b"2.5"));
         assert!(!c.violated(b"2.5000001"));
-        let c = check("Big", PgType::Numeric, "CHECK ((\"Big\" <= 99999999999999999999.5))").unwrap();
+        let c = expr("Big", PgType::Numeric, "CHECK ((\"Big\" <= 99999999999999999999.5))").unwrap();
         assert!(!c.violated(b"99999999999999999999.49"));
         assert!(c.violated(b"1e20"));
     }
 
     #[test]
     fn text_only_equality_under_deterministic_collations() {
-        let c = check("name", PgType::Text, "CHECK ((name <> ''::text))").unwrap();
+        let c = expr("name", PgType::Text, "CHECK ((name <> ''::text))").unwrap();
         assert!(c.violated(b""));
         assert!(!c.violated(b"x"));
-        let c = check("name", PgType::Text, "CHECK (((name)::text <> 'it''s'::text))").unwrap();
+        let c = expr("name", PgType::Text, "CHECK (((name)::text <> 'it''s'::text))").unwrap();
         assert!(c.violated(b"it's"));
         assert!(!c.violated(b"its"));
-        let c = check("s", PgType::Text, "CHECK ((s = 'a\tb'::text))").unwrap();
+        let c = expr("s", PgType::Text, "CHECK ((s = 'a\tb'::text))").unwrap();
         assert!(!c.violated(br"a\tb"), "compares the unescaped value");
         assert!(
-            check("name", PgType::Text, "CHECK ((name > 'm'::text))").is_none(),
+            expr("name", PgType::Text, "CHECK ((name > 'm'::text))").is_none(),
             "ordering needs the collation"
         );
-        assert!(SimpleCheck::parse("c", "name", PgType::Text, false, "CHECK ((name <> ''::text))").is_none());
+        assert!(CheckExpr::parse("c", "name", PgType::Text, false, "CHECK ((name <> ''::text))").is_none());
     }
 
     #[test]
@@ -243,9 +245,9 @@ mod tests {
             "CHECK ((other >= 0))",
             "CHECK ((score >= '1 day'::interval))",
         ] {
-            assert!(check("score", PgType::Int4, def).is_none(), "{def}");
+            assert!(expr("score", PgType::Int4, def).is_none(), "{def}");
         }
-        assert!(check("flag", PgType::Bool, "CHECK ((flag = true))").is_none());
-        assert!(check("n", PgType::Int4, "CHECK ((n <> ''::text))").is_none());
+        assert!(expr("flag", PgType::Bool, "CHECK ((flag = true))").is_none());
+        assert!(expr("n", PgType::Int4, "CHECK ((n <> ''::text))").is_none());
     }
 }

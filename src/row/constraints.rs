@@ -1,0 +1,213 @@
+//! The live table's constraints, enforced on each encoded value before
+//! Postgres does: NOT NULL (23502), a `varchar(n)`/`char(n)` length
+//! (22001), a `numeric(p, s)` precision (22003) and simple CHECK
+//! expressions (23514, see [`CheckExpr`](crate::row::CheckExpr)). A row
+//! breaking one would fail its whole COPY batch; caught here, the record is
+//! set aside alone with the SQLSTATE Postgres would raise.
+
+use crate::row::copy_text::{copy_unescaped, NULL};
+use crate::row::numeric::Decimal;
+use crate::row::plan::{ColumnPlan, Limit};
+use crate::row::show::{show_bytes, show_str, SHOW_CHARS};
+
+/// A constraint an encoded value breaks: the SQLSTATE Postgres would raise
+/// and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Violation {
+    pub sqlstate: &'static str,
+    pub reason: String,
+}
+
+impl Violation {
+    fn new(sqlstate: &'static str, reason: String) -> Self {
+        Self { sqlstate, reason }
+    }
+}
+
+/// Checks an encoded column value (COPY text) against the live column's
+/// constraints, the way Postgres would on insert.
+pub(super) fn enforce(col: &ColumnPlan, encoded: &[u8]) -> Result<(), Violation> {
+    if encoded == NULL {
+        return match col.constraints.not_null {
+            true => Err(Violation::new(
+                "23502",
+                format!("null value in column \"{}\" violates its not-null constraint", col.name),
+            )),
+            false => Ok(()),
+        };
+    }
+    if let Some(expr) = col.constraints.check_exprs.iter().find(|c| c.violated(encoded)) {
+        return Err(Violation::new(
+            "23514",
+            format!(
+                "{} violates check constraint \"{}\" ({})",
+                show_bytes(&unescape_head(encoded)),
+                expr.name,
+                expr.shown
+            ),
+        ));
+    }
+    match col.constraints.limit {
+        None => Ok(()),
+        Some(Limit::Chars(n)) => match chars_over(encoded, n as usize) {
+            false => Ok(()),
+            true => Err(Violation::new(
+                "22001",
+                format!(
+                    "{} is longer than the column's {n} characters: value too long",
+                    show_bytes(&unescape_head(encoded))
+                ),
+            )),
+        },
+        Some(Limit::Numeric { precision, scale }) => {
+            // `push_numeric` wrote the literal as given (or NaN, which fits).
+            let text = std::str::from_utf8(encoded).unwrap_or("");
+            match Decimal::parse(text) {
+                Some(d) if !d.fits_precision(precision, scale) => Err(Violation::new(
+                    "22003",
+                    format!(
+                        "{} does not fit numeric({precision},{scale}): numeric field overflow (it must \
+                         round to an absolute value below 10^{})",
+                        show_str(text),
+                        precision - scale
+                    ),
+                )),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+/// Whether COPY-escaped text holds more than `n` characters, not counting
+/// spaces after the `n`th (varchar and char drop those silently).
+fn chars_over(encoded: &[u8], n: usize) -> bool {
+    let mut count = 0;
+    let mut i = 0;
+    while i < encoded.len() {
+        let b = encoded[i];
+        // An escape (`\t`, `\\`, …) is one character in two bytes.
+        let step = if b == b'\\' { 2 } else { 1 };
+        if b & 0xC0 != 0x80 {
+            count += 1;
+            if count > n && b != b' ' {
+                return true;
+            }
+        }
+        i += step;
+    }
+    false
+}
+
+/// The start of COPY-escaped text, unescaped, for a message.
+fn unescape_head(encoded: &[u8]) -> Vec<u8> {
+    copy_unescaped(&encoded[..encoded.len().min(SHOW_CHARS * 4 + 2)]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::mapping::PgType;
+    use crate::mapping::PgType::*;
+    use crate::row::testing::*;
+    use crate::row::{CheckExpr, ColumnPlan, Constraints, Limit, RowEncoder};
+
+    fn constrained(ty: PgType, constraints: Constraints) -> RowEncoder {
+        RowEncoder::new(vec![ColumnPlan {
+            constraints,
+            ..col("c", "/x", ty)
+        }])
+    }
+
+    #[test]
+    fn live_constraints_are_checked_with_postgres_sqlstates() {
+        let enc = constrained(
+            Text,
+            Constraints {
+                not_null: true,
+                ..Default::default()
+            },
+        );
+        for doc in [&br#"{"x":null}"#[..], br#"{}"#] {
+            let e = line(&enc, &rec(Some(doc), None)).unwrap_err();
+            assert_eq!(e.sqlstate, Some("23502"));
+            assert!(e.to_string().contains(r#"null value in column "c""#), "{e}");
+        }
+        assert_eq!(line(&enc, &rec(Some(br#"{"x":""}"#), None)).unwrap(), "");
+
+        let enc = constrained(
+            Text,
+            Constraints {
+                limit: Some(Limit::Chars(3)),
+                ..Default::default()
+            },
+        );
+        let ok = |doc: &str| line(&enc, &rec(Some(doc.as_bytes()), None));
+        assert_eq!(ok(r#"{"x":"abc"}"#).unwrap(), "abc");
+        assert_eq!(ok(r#"{"x":"héé"}"#).unwrap(), "héé", "characters, not bytes");
+        assert_eq!(ok(r#"{"x":"a\tb"}"#).unwrap(), r"a\tb", "an escape is one character");
+        assert_eq!(
+            ok(r#"{"x":"abc   "}"#).unwrap(),
+            "abc   ",
+            "trailing spaces are dropped by Postgres"
+        );
+        assert_eq!(ok(r#"{"x":null}"#).unwrap(), r"\N");
+        for long in [
+            r#"{"x":"abcd"}"#,
+            r#"{"x":"a\t\tb"}"#,
+            r#"{"x":"abc  x"}"#,
+            r#"{"x":1234}"#,
+        ] {
+            let e = ok(long).unwrap_err();
+            assert_eq!(e.sqlstate, Some("22001"), "{long}");
+            assert!(e.to_string().contains("longer than the column's 3 characters"), "{e}");
+        }
+
+        let enc = constrained(
+            Numeric,
+            Constraints {
+                limit: Some(Limit::Numeric { precision: 8, scale: 2 }),
+                ..Default::default()
+            },
+        );
+        let num = |n: &str| line(&enc, &rec(Some(format!(r#"{{"x":{n}}}"#).as_bytes()), None));
+        for fits in [
+            "999999.99",
+            "-999999.994",
+            "0.001",
+            "123456",
+            "1e5",
+            "\"NaN\"",
+            "0",
+            "99999999e-2",
+        ] {
+            assert!(num(fits).is_ok(), "{fits}: {:?}", num(fits));
+        }
+        for over in ["12345678.5", "999999.995", "-1000000", "1e6", "\"1234567\""] {
+            let e = num(over).unwrap_err();
+            assert_eq!(e.sqlstate, Some("22003"), "{over}");
+            assert!(e.to_string().contains("numeric field overflow"), "{e}");
+        }
+        let enc = constrained(
+            Int4,
+            Constraints {
+                check_exprs: vec![CheckExpr::parse("t_x_check", "c", Int4, true, "CHECK ((c >= 0))").unwrap()],
+                ..Default::default()
+            },
+        );
+        let e = line(&enc, &rec(Some(br#"{"x":-3}"#), None)).unwrap_err();
+        assert_eq!(e.sqlstate, Some("23514"));
+        assert!(
+            e.to_string()
+                .contains(r#"violates check constraint "t_x_check" (c >= 0)"#),
+            "{e}"
+        );
+        assert_eq!(line(&enc, &rec(Some(br#"{"x":3}"#), None)).unwrap(), "3");
+        assert_eq!(
+            line(&enc, &rec(Some(br#"{"x":null}"#), None)).unwrap(),
+            r"\N",
+            "NULL passes a CHECK"
+        );
+        // An unconstrained column leaves it all to Postgres.
+        assert!(conv(Numeric, "12345678.5").is_ok());
+        assert_eq!(conv(Text, "null").unwrap(), r"\N");
+    }
+}

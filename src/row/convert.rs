@@ -1,0 +1,246 @@
+//! A JSON value into a column of each supported Postgres type, written as
+//! one COPY text field. Every conversion is checked here rather than left to
+//! Postgres, which would fail the whole COPY batch on one bad value.
+
+use chrono::DateTime;
+use serde_json::Value;
+
+use crate::mapping::PgType;
+use crate::row::copy_text::{
+    has_nul, push_base64_bytea, push_bool, push_i64, push_json, push_text, push_uuid, Conv, NulByte, NULL,
+};
+use crate::row::numeric::{parse_int, parse_int_in, push_float, push_numeric, NumError};
+use crate::row::show::{expected, nul_in, out_of_range, show};
+use crate::row::time::{parse_date, parse_naive_micros, push_date, push_timestamp, rfc3339_micros, OutOfRange};
+
+pub(super) fn write_json_value(out: &mut Vec<u8>, v: &Value, ty: PgType) -> Conv {
+    use PgType::*;
+    match (ty, v) {
+        (_, Value::Null) => {
+            out.extend_from_slice(NULL);
+            Ok(())
+        }
+        (Text, Value::String(s)) => push_text(out, s).map_err(|NulByte| nul_in(v)),
+        (Text, Value::Number(n)) => {
+            // arbitrary_precision keeps the producer's exact digits.
+            out.extend_from_slice(n.as_str().as_bytes());
+            Ok(())
+        }
+        (Text, Value::Bool(b)) => {
+            out.extend_from_slice(if *b { b"true" } else { b"false" });
+            Ok(())
+        }
+        // The JSON text of an object holds NUL only as the six characters
+        // `\u0000`, which text columns store fine.
+        (Text, _) => push_json(out, v),
+        (Int2 | Int4 | Int8, _) => {
+            let text = match v {
+                Value::Number(n) => n.as_str(),
+                Value::String(s) => s.as_str(),
+                _ => return Err(expected("an integer", v)),
+            };
+            let i = parse_int_in(text, ty).map_err(|e| match e {
+                NumError::Invalid => expected("an integer", v),
+                NumError::OutOfRange => out_of_range(v),
+            })?;
+            push_i64(out, i);
+            Ok(())
+        }
+        (Float4 | Float8, Value::Number(n)) => {
+            push_float(out, n.as_str(), ty == Float4).map_err(|e| num_error(e, "a number", v))
+        }
+        (Float4 | Float8, Value::String(s)) => {
+            push_float(out, s, ty == Float4).map_err(|e| num_error(e, "a number", v))
+        }
+        (Float4 | Float8, _) => Err(expected("a number", v)),
+        (Numeric, Value::Number(n)) => push_numeric(out, n.as_str()).map_err(|e| num_error(e, "a number", v)),
+        (Numeric, Value::String(s)) => push_numeric(out, s).map_err(|e| num_error(e, "a number", v)),
+        (Numeric, _) => Err(expected("a number", v)),
+        (Bool, Value::Bool(b)) => {
+            push_bool(out, *b);
+            Ok(())
+        }
+        (Bool, Value::String(s)) if s.eq_ignore_ascii_case("true") => {
+            push_bool(out, true);
+            Ok(())
+        }
+        (Bool, Value::String(s)) if s.eq_ignore_ascii_case("false") => {
+            push_bool(out, false);
+            Ok(())
+        }
+        (Bool, _) => Err(expected("true or false", v)),
+        (Timestamptz | Timestamp, _) => write_json_timestamp(out, v, ty == Timestamptz),
+        (Date, _) => write_json_date(out, v),
+        (Uuid, Value::String(s)) => match uuid::Uuid::try_parse(s) {
+            Ok(u) => {
+                push_uuid(out, u);
+                Ok(())
+            }
+            Err(_) => Err(expected("a UUID", v)),
+        },
+        (Uuid, _) => Err(expected("a UUID string", v)),
+        (Json | Jsonb, _) => {
+            if has_nul(v) {
+                return Err(format!(
+                    "{} contains a NUL character (\\u0000), which Postgres cannot store",
+                    show(v)
+                ));
+            }
+            push_json(out, v)
+        }
+        (Bytea, Value::String(s)) => {
+            push_base64_bytea(out, s).map_err(|e| format!("{} is not valid base64: {e}", show(v)))
+        }
+        (Bytea, _) => Err(expected("a base64 string", v)),
+    }
+}
+
+fn write_json_timestamp(out: &mut Vec<u8>, v: &Value, with_zone: bool) -> Conv {
+    let what = if with_zone {
+        "an RFC 3339 timestamp or epoch milliseconds"
+    } else {
+        "an RFC 3339 or ISO 8601 timestamp, or epoch milliseconds"
+    };
+    let micros = match v {
+        Value::String(s) => {
+            let parsed = match DateTime::parse_from_rfc3339(s) {
+                Ok(dt) => rfc3339_micros(&dt),
+                // A naive time is only unambiguous for a column without a zone.
+                Err(_) if !with_zone => parse_naive_micros(s),
+                Err(_) => None,
+            };
+            parsed.ok_or_else(|| expected(what, v))?
+        }
+        Value::Number(n) => {
+            let ms = parse_int(n.as_str()).map_err(|e| num_error(e, what, v))?;
+            ms.checked_mul(1000).ok_or_else(|| out_of_range(v))?
+        }
+        _ => return Err(expected(what, v)),
+    };
+    push_timestamp(out, micros, with_zone).map_err(|OutOfRange| out_of_range(v))
+}
+
+fn write_json_date(out: &mut Vec<u8>, v: &Value) -> Conv {
+    const WHAT: &str = "a date (YYYY-MM-DD), an RFC 3339 timestamp or epoch milliseconds";
+    let date = match v {
+        Value::String(s) => parse_date(s.as_bytes())
+            .or_else(|| DateTime::parse_from_rfc3339(s).ok().map(|dt| dt.naive_utc().date()))
+            .ok_or_else(|| expected(WHAT, v))?,
+        Value::Number(n) => {
+            let ms = parse_int(n.as_str()).map_err(|e| num_error(e, WHAT, v))?;
+            DateTime::from_timestamp_millis(ms)
+                .ok_or_else(|| out_of_range(v))?
+                .date_naive()
+        }
+        _ => return Err(expected(WHAT, v)),
+    };
+    push_date(out, date).map_err(|OutOfRange| out_of_range(v))
+}
+
+fn num_error(e: NumError, what: &str, v: &Value) -> String {
+    match e {
+        NumError::Invalid => expected(what, v),
+        NumError::OutOfRange => out_of_range(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use crate::mapping::PgType::*;
+    use crate::row::copy_text::has_nul;
+    use crate::row::testing::*;
+    use crate::row::{RecordRef, RowEncoder};
+
+    #[test]
+    fn text_conversions() {
+        assert_eq!(ok(Text, r#""héllo""#), "héllo");
+        assert_eq!(ok(Text, "12.50"), "12.50");
+        assert_eq!(
+            ok(Text, "123456789012345678901234567890"),
+            "123456789012345678901234567890"
+        );
+        assert_eq!(ok(Text, "true"), "true");
+        assert_eq!(ok(Text, "false"), "false");
+        assert_eq!(ok(Text, r#"{"b":1,"a":[1, 2]}"#), r#"{"a":[1,2],"b":1}"#);
+        assert_eq!(ok(Text, r#""""#), "");
+    }
+
+    #[test]
+    fn text_rejects_nul() {
+        let e = err(Text, r#""a\u0000b""#);
+        assert!(e.contains("NUL"), "{e}");
+        assert!(e.starts_with("column `c` (text): "), "{e}");
+        // Inside an object the NUL is only the escape text, which text can hold.
+        assert_eq!(ok(Text, r#"{"a":"\u0000"}"#), r#"{"a":"\\u0000"}"#);
+    }
+
+    // --- bool --------------------------------------------------------------------
+
+    #[test]
+    fn bools() {
+        assert_eq!(ok(Bool, "true"), "t");
+        assert_eq!(ok(Bool, "false"), "f");
+        assert_eq!(ok(Bool, r#""TRUE""#), "t");
+        assert_eq!(ok(Bool, r#""False""#), "f");
+        assert!(err(Bool, "1").contains("(boolean): expected true or false, found 1"));
+        assert!(err(Bool, r#""yes""#).contains("expected true or false"));
+        assert!(err(Bool, r#""t""#).contains("expected true or false"));
+        assert!(err(Bool, "[]").contains("expected true or false"));
+    }
+
+    // --- uuid, json ----------------------------------------------------------------
+
+    #[test]
+    fn uuids() {
+        let want = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+        assert_eq!(ok(Uuid, r#""67E55044-10B1-426F-9247-BB680E5FE0C8""#), want);
+        assert_eq!(ok(Uuid, r#""67e5504410b1426f9247bb680e5fe0c8""#), want);
+        assert_eq!(ok(Uuid, r#""{67e55044-10b1-426f-9247-bb680e5fe0c8}""#), want);
+        assert!(err(Uuid, r#""67e55044-10b1-426f-9247""#).contains("(uuid): expected a UUID"));
+        assert!(err(Uuid, "12").contains("expected a UUID string"));
+    }
+
+    #[test]
+    fn json_columns() {
+        for ty in [Json, Jsonb] {
+            assert_eq!(
+                ok(ty, r#" { "b" : 1 , "a" : [ true, null ] } "#),
+                r#"{"a":[true,null],"b":1}"#
+            );
+            assert_eq!(ok(ty, r#""str""#), r#""str""#);
+            assert_eq!(ok(ty, "1.000"), "1.000");
+            assert_eq!(ok(ty, "false"), "false");
+            assert_eq!(ok(ty, r#""tab\there""#), r#""tab\\there""#);
+            assert_eq!(ok(ty, r#""é😀""#), r#""é😀""#);
+            assert!(err(ty, r#"{"a":["\u0000"]}"#).contains("NUL"));
+            assert!(err(ty, r#"{"k\u0000":1}"#).contains("NUL"));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn json_column_round_trips(v in arb_json()) {
+            let doc = serde_json::to_vec(&v).unwrap();
+            let r = RecordRef { value: Some(&doc), ..rec(None, None) };
+            let enc = RowEncoder::new(vec![col("j", "/", Jsonb)]);
+            let mut out = Vec::new();
+            match enc.encode(&r, &mut out) {
+                Ok(()) if v.is_null() => prop_assert_eq!(&out[..], b"\\N\n"),
+                Ok(()) => {
+                    let field = unescape(&out[..out.len() - 1]);
+                    let reparsed: Value = serde_json::from_slice(&field).unwrap();
+                    prop_assert_eq!(reparsed, v);
+                }
+                Err(e) => {
+                    prop_assert!(has_nul(&v), "{}", e);
+                }
+            }
+        }
+
+    }
+}

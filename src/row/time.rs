@@ -1,0 +1,222 @@
+//! Dates and timestamps: strict ISO 8601 / RFC 3339 input rounded to
+//! Postgres' microseconds, and ISO output limited to years 1 to 9999 (the
+//! years Postgres' ISO input accepts without an era suffix).
+
+use chrono::{DateTime, Datelike, NaiveDate, Timelike};
+
+/// Outside the years Postgres' ISO input accepts without an era suffix.
+pub(super) struct OutOfRange;
+
+const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
+const MICROS_PER_SEC: i64 = 1_000_000;
+const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SEC;
+
+/// Microseconds since the epoch, rounding nanoseconds half up (Postgres keeps
+/// microseconds and rounds too). A leap second (`:60`) rolls into the next
+/// minute, as in Postgres.
+pub(super) fn rfc3339_micros<Tz: chrono::TimeZone>(dt: &DateTime<Tz>) -> Option<i64> {
+    let nanos = i64::from(dt.timestamp_subsec_nanos());
+    dt.timestamp()
+        .checked_mul(MICROS_PER_SEC)?
+        .checked_add((nanos + 500) / 1000)
+}
+
+fn two_digits(b: &[u8], at: usize) -> Option<u32> {
+    match b.get(at..at + 2)? {
+        [h @ b'0'..=b'9', l @ b'0'..=b'9'] => Some(u32::from(h - b'0') * 10 + u32::from(l - b'0')),
+        _ => None,
+    }
+}
+
+/// Strictly `YYYY-MM-DD`.
+pub(super) fn parse_date(b: &[u8]) -> Option<NaiveDate> {
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let year = two_digits(b, 0)? * 100 + two_digits(b, 2)?;
+    NaiveDate::from_ymd_opt(year as i32, two_digits(b, 5)?, two_digits(b, 8)?)
+}
+
+/// `YYYY-MM-DD[T ]HH:MM:SS[.frac]` without an offset, as microseconds since
+/// the epoch (the wall-clock time read as UTC).
+pub(super) fn parse_naive_micros(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 19 || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let date = parse_date(&b[..10])?;
+    let (h, m, sec) = (two_digits(b, 11)?, two_digits(b, 14)?, two_digits(b, 17)?);
+    // 60 is a leap second, accepted like the RFC 3339 path does.
+    if h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    let frac = match &b[19..] {
+        [] => 0,
+        [b'.', digits @ ..] if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) => {
+            let mut v = 0i64;
+            for k in 0..6 {
+                v = v * 10 + digits.get(k).map_or(0, |d| i64::from(d - b'0'));
+            }
+            // Half up on the seventh digit, matching `rfc3339_micros`.
+            v + i64::from(digits.get(6).is_some_and(|&d| d >= b'5'))
+        }
+        _ => return None,
+    };
+    let days = i64::from(date.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE);
+    let secs = i64::from((h * 60 + m) * 60 + sec);
+    Some(days * MICROS_PER_DAY + secs * MICROS_PER_SEC + frac)
+}
+
+pub(super) fn push_date(out: &mut Vec<u8>, d: NaiveDate) -> Result<(), OutOfRange> {
+    // Year 0 and earlier need Postgres' "BC" syntax, and later than 9999 is
+    // almost always a unit mistake (epoch micros sent as millis); refuse both.
+    let year = u32::try_from(d.year()).map_err(|_| OutOfRange)?;
+    if !(1..=9999).contains(&year) {
+        return Err(OutOfRange);
+    }
+    push_padded(out, year, 4);
+    out.push(b'-');
+    push_padded(out, d.month(), 2);
+    out.push(b'-');
+    push_padded(out, d.day(), 2);
+    Ok(())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` with a zone, `YYYY-MM-DD HH:MM:SS[.ffffff]`
+/// without.
+pub(super) fn push_timestamp(out: &mut Vec<u8>, micros: i64, with_zone: bool) -> Result<(), OutOfRange> {
+    let dt = DateTime::from_timestamp_micros(micros).ok_or(OutOfRange)?;
+    let t = dt.naive_utc();
+    push_date(out, t.date())?;
+    out.push(if with_zone { b'T' } else { b' ' });
+    push_padded(out, t.hour(), 2);
+    out.push(b':');
+    push_padded(out, t.minute(), 2);
+    out.push(b':');
+    push_padded(out, t.second(), 2);
+    let frac = micros.rem_euclid(MICROS_PER_SEC) as u32;
+    if frac != 0 {
+        out.push(b'.');
+        push_padded(out, frac, 6);
+    }
+    if with_zone {
+        out.push(b'Z');
+    }
+    Ok(())
+}
+
+/// Zero-padded to `width` digits; `v` must fit.
+fn push_padded(out: &mut Vec<u8>, mut v: u32, width: usize) {
+    let mut buf = [b'0'; 10];
+    for slot in buf[..width].iter_mut().rev() {
+        *slot = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out.extend_from_slice(&buf[..width]);
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+    use proptest::prelude::*;
+
+    use crate::mapping::PgType::*;
+    use crate::row::testing::*;
+
+    #[test]
+    fn timestamptz() {
+        assert_eq!(
+            ok(Timestamptz, r#""2024-01-02T03:04:05.123456Z""#),
+            "2024-01-02T03:04:05.123456Z"
+        );
+        assert_eq!(
+            ok(Timestamptz, r#""2024-01-02T05:04:05+02:00""#),
+            "2024-01-02T03:04:05Z"
+        );
+        assert_eq!(
+            ok(Timestamptz, r#""2024-01-01T23:30:00.5-05:00""#),
+            "2024-01-02T04:30:00.500000Z"
+        );
+        // Nanoseconds round to microseconds, carrying into the next day.
+        assert_eq!(
+            ok(Timestamptz, r#""2024-01-02T23:59:59.9999996Z""#),
+            "2024-01-03T00:00:00Z"
+        );
+        assert_eq!(
+            ok(Timestamptz, r#""2024-01-02T03:04:05.1234564Z""#),
+            "2024-01-02T03:04:05.123456Z"
+        );
+        assert_eq!(ok(Timestamptz, r#""2016-12-31T23:59:60Z""#), "2017-01-01T00:00:00Z");
+        assert_eq!(ok(Timestamptz, "0"), "1970-01-01T00:00:00Z");
+        assert_eq!(ok(Timestamptz, "1704164645123"), "2024-01-02T03:04:05.123000Z");
+        assert_eq!(ok(Timestamptz, "-1"), "1969-12-31T23:59:59.999000Z");
+        assert_eq!(ok(Timestamptz, r#""0001-01-01T00:00:00Z""#), "0001-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn timestamptz_rejections() {
+        let e = err(Timestamptz, r#""2024-01-02 03:04:05""#);
+        assert!(
+            e.contains("expected an RFC 3339 timestamp or epoch milliseconds"),
+            "{e}"
+        );
+        assert!(err(Timestamptz, r#""2024-02-30T00:00:00Z""#).contains("expected"));
+        assert!(err(Timestamptz, r#""yesterday""#).contains("expected"));
+        assert!(err(Timestamptz, "1.5").contains("expected"));
+        assert!(err(Timestamptz, "true").contains("expected"));
+        assert!(err(Timestamptz, r#""0001-01-01T00:00:00+01:00""#).contains("out of range"));
+        assert!(err(Timestamptz, "9223372036854775807").contains("out of range"));
+        assert!(err(Timestamptz, "1e30").contains("out of range"));
+        // Epoch microseconds mistaken for milliseconds land past year 9999.
+        assert!(err(Timestamptz, "1704164645123000").contains("out of range"));
+    }
+
+    #[test]
+    fn timestamp_without_zone() {
+        assert_eq!(
+            ok(Timestamp, r#""2024-01-02T05:04:05.25+02:00""#),
+            "2024-01-02 03:04:05.250000"
+        );
+        assert_eq!(ok(Timestamp, r#""2024-01-02T03:04:05""#), "2024-01-02 03:04:05");
+        assert_eq!(
+            ok(Timestamp, r#""2024-01-02 03:04:05.123456789""#),
+            "2024-01-02 03:04:05.123457"
+        );
+        assert_eq!(ok(Timestamp, r#""1900-02-28 23:59:59.9999999""#), "1900-03-01 00:00:00");
+        assert_eq!(ok(Timestamp, "1704164645123"), "2024-01-02 03:04:05.123000");
+        assert!(err(Timestamp, r#""2024-01-02T24:00:00""#).contains("expected"));
+        assert!(err(Timestamp, r#""2024-01-02T03:04""#).contains("expected"));
+        assert!(err(Timestamp, r#""2024-01-02T03:04:05.""#).contains("expected"));
+        assert!(err(Timestamp, r#""2024-01-02T03:04:05x""#).contains("expected"));
+        assert!(err(Timestamp, r#""0000-06-01 00:00:00""#).contains("out of range"));
+        assert!(err(Timestamp, "[]").contains("expected"));
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(ok(Date, r#""2024-02-29""#), "2024-02-29");
+        assert_eq!(ok(Date, r#""2024-01-01T23:30:00-05:00""#), "2024-01-02");
+        assert_eq!(ok(Date, "1704164645123"), "2024-01-02");
+        assert_eq!(ok(Date, "-1"), "1969-12-31");
+        assert!(err(Date, r#""2023-02-29""#).contains("expected a date"));
+        assert!(err(Date, r#""2024-1-2""#).contains("expected a date"));
+        assert!(err(Date, r#""2024-01-02T00:00:00""#).contains("expected a date"));
+        assert!(err(Date, r#""0000-01-01""#).contains("out of range"));
+        assert!(err(Date, "99999999999999999").contains("out of range"));
+        assert!(err(Date, "1.5").contains("expected a date"));
+        assert!(err(Date, "false").contains("expected a date"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn epoch_millis_agree_with_chrono(ms in -62_135_596_800_000i64..253_402_300_799_999) {
+            let got = ok(Timestamptz, &ms.to_string());
+            let parsed = DateTime::parse_from_rfc3339(&got).unwrap();
+            prop_assert_eq!(parsed.timestamp_millis(), ms);
+            let naive = ok(Timestamp, &ms.to_string());
+            prop_assert_eq!(naive.replace(' ', "T") + "Z", got);
+        }
+    }
+}
