@@ -75,11 +75,16 @@ async fn sigkill_and_restart_five_times_loses_and_duplicates_nothing() {
     let (topic, group, table) = (unique("kill"), unique("g"), unique("orders"));
     create_topic(&services.brokers, &topic, 3).await;
     create_orders_table(&pool, &table).await;
-    let brokers = services.brokers.clone();
-    let t = topic.clone();
-    // ~65 s of load: each restart waits out the killed member's session
-    // (6 s) and a join, so six kills need that long to land mid-load.
-    let producer = tokio::task::spawn_blocking(move || produce(&brokers, &t, 3, 0..EVENTS, 1_500, order_payload));
+    // The load comes in KILLS + 1 chunks: chunk k is produced (paced, ~9 s)
+    // while incarnation k runs, and the last one only after the last kill,
+    // so that every kill lands while rows are still to be written, however
+    // slow the machine is.
+    const CHUNK: u64 = EVENTS / (KILLS as u64 + 1);
+    let produce_chunk = |k: u64, per_second: u64| {
+        let (brokers, t) = (services.brokers.clone(), topic.clone());
+        let end = if k == KILLS as u64 { EVENTS } else { (k + 1) * CHUNK };
+        tokio::task::spawn_blocking(move || produce(&brokers, &t, 3, k * CHUNK..end, per_second, order_payload))
+    };
 
     let extra = "batch_size = 500";
     let mut sluice = Sluice::start(&config(&services, &group, &topic, &table, ORDER_COLUMNS, extra));
@@ -87,6 +92,7 @@ async fn sigkill_and_restart_five_times_loses_and_duplicates_nothing() {
     // incarnation that had written rows and still had rows to write.
     let mut at_kills: Vec<i64> = Vec::new();
     for kill in 1..=KILLS {
+        let producer = produce_chunk(kill as u64 - 1, 1_500);
         let before = count(&pool, &table).await;
         // Wait until this incarnation has written something, then kill it at a random moment.
         let progressed = eventually(Duration::from_secs(60), || async {
@@ -119,10 +125,12 @@ async fn sigkill_and_restart_five_times_loses_and_duplicates_nothing() {
         );
         at_kills.push(at_kill);
         sluice = sluice.restart(&format!("sluice-{kill}.log"));
+        producer.await.unwrap();
     }
     assert_eq!(at_kills.len(), KILLS, "every planned kill happened: {at_kills:?}");
     eprintln!("sigkill: rows at each kill {at_kills:?}");
-    let ends = producer.await.unwrap();
+    // Offsets continue across chunks: the last chunk's ends are the topic's.
+    let ends = produce_chunk(KILLS as u64, 0).await.unwrap();
     assert_eq!(ends, per_partition(3, EVENTS));
     await_stored_offsets(&pool, &group, &topic, &ends, Duration::from_secs(180), || {
         sluice.log_text()
