@@ -10,6 +10,7 @@ use std::path::Path;
 use figment::Jail;
 
 use super::*;
+use crate::mapping::ColumnSource;
 
 const FILE: &str = "sluice.toml";
 
