@@ -18,29 +18,44 @@ use sluice::sink::writer::{Control, Writer};
 
 use crate::harness::*;
 
+/// What the consumer loop builds for a record of `tp` at `offset` with
+/// value `{"id": id}`: its entry, with the raw record kept when `keep_raw`
+/// (as for a row whose unique key the consumer saw recently).
+fn entry(pipeline: &Pipeline, tp: Tp, topic: &str, offset: i64, id: i64, keep_raw: bool) -> Entry {
+    let value = format!(r#"{{"id":{id}}}"#);
+    let record = RecordRef {
+        topic,
+        partition: tp.partition,
+        offset,
+        timestamp_ms: None,
+        key: None,
+        value: Some(value.as_bytes()),
+        headers: &[],
+    };
+    let mut row = Vec::new();
+    pipeline
+        .target(tp.topic)
+        .unwrap()
+        .encoder
+        .encode(&record, &mut row)
+        .unwrap();
+    let mut entry = Entry::new(tp, 0, offset, Some(row.into_boxed_slice()), Default::default());
+    if keep_raw {
+        entry.raw = Some(Box::new(sluice::kafka::refetch::Raw {
+            key: None,
+            value: Some(value.as_bytes().into()),
+            headers: "[]".into(),
+        }));
+    }
+    entry
+}
+
 /// The consumer's side: offers `offsets` of `tp` to the pipeline's core.
 /// Returns the first offset refused (the buffer full), if any.
 fn push(pipeline: &Pipeline, tp: Tp, topic: &str, offsets: std::ops::Range<i64>) -> Option<i64> {
     let mut state = pipeline.lock();
     for offset in offsets {
-        let value = format!(r#"{{"id":{offset}}}"#);
-        let record = RecordRef {
-            topic,
-            partition: tp.partition,
-            offset,
-            timestamp_ms: None,
-            key: None,
-            value: Some(value.as_bytes()),
-            headers: &[],
-        };
-        let mut row = Vec::new();
-        pipeline
-            .target(tp.topic)
-            .unwrap()
-            .encoder
-            .encode(&record, &mut row)
-            .unwrap();
-        let entry = Entry::new(tp, 0, offset, Some(row.into_boxed_slice()), Default::default());
+        let entry = entry(pipeline, tp, topic, offset, offset, false);
         match state.offer(entry, &pipeline.settings, Instant::now()) {
             Offer::Taken(_) => {}
             Offer::Refused { seek_to, .. } => return Some(seek_to.0),
@@ -364,33 +379,9 @@ async fn a_repeated_key_that_lands_keeps_its_offset_order() {
     {
         let mut state = pipeline.lock();
         for (offset, id) in ids.iter().enumerate() {
-            let value = format!(r#"{{"id":{id}}}"#);
-            let record = RecordRef {
-                topic: &topic,
-                partition: 0,
-                offset: offset as i64,
-                timestamp_ms: None,
-                key: None,
-                value: Some(value.as_bytes()),
-                headers: &[],
-            };
-            let mut row = Vec::new();
-            pipeline
-                .target(tp.topic)
-                .unwrap()
-                .encoder
-                .encode(&record, &mut row)
-                .unwrap();
-            let mut entry = Entry::new(tp, 0, offset as i64, Some(row.into_boxed_slice()), Default::default());
-            if offset <= 1 {
-                // As the consumer flags a row whose key it saw recently (and
-                // so that no record need be read back from Kafka here).
-                entry.raw = Some(Box::new(sluice::kafka::refetch::Raw {
-                    key: None,
-                    value: Some(value.as_bytes().into()),
-                    headers: "[]".into(),
-                }));
-            }
+            // Offsets 0 and 1 keep their raw records, as the consumer keeps a
+            // row's whose key it saw recently (and so nothing is read back).
+            let entry = entry(&pipeline, tp, &topic, offset as i64, *id, offset <= 1);
             assert!(matches!(
                 state.offer(entry, &pipeline.settings, Instant::now()),
                 Offer::Taken(_)
