@@ -165,11 +165,17 @@ pub struct Ahead {
 impl Ahead {
     fn merge(slot: &mut Option<Ahead>, next: Ahead) {
         *slot = Some(match *slot {
-            Some(a) if a.epoch == next.epoch => Ahead {
-                from: a.from.min(next.from),
-                last: a.last.max(next.last),
-                ..a
-            },
+            Some(a) if a.epoch == next.epoch => {
+                debug_assert!(
+                    next.from <= a.last + 1 && a.from <= next.last + 1,
+                    "covered-ahead ranges chain: {a:?} then {next:?}"
+                );
+                Ahead {
+                    from: a.from.min(next.from),
+                    last: a.last.max(next.last),
+                    ..a
+                }
+            }
             _ => next,
         });
     }
@@ -369,24 +375,6 @@ impl Buffer {
     /// Whether head-evicted offsets wait to be covered by a batch.
     pub fn has_covered_ahead(&self) -> bool {
         !self.covered_ahead.is_empty()
-    }
-
-    /// Puts in-flight entries back at the head of the queue, in order (the
-    /// tail of a batch that is being split): they are taken again by the
-    /// next batch. Their accounting moves from in flight to queued.
-    pub fn unshift(&mut self, entries: Vec<Entry>, now: Instant) {
-        for e in entries.into_iter().rev() {
-            let cost = e.cost();
-            let row = usize::from(e.row.is_some());
-            self.inflight_rows -= row;
-            self.inflight_bytes -= cost;
-            self.queued_rows += row;
-            self.queued_bytes += cost;
-            self.queue.push_front(e);
-        }
-        if !self.queue.is_empty() && self.oldest_since.is_none() {
-            self.oldest_since = Some(now);
-        }
     }
 
     /// Ends the accounting of in-flight entries (committed or discarded).

@@ -242,8 +242,12 @@ impl PipelineState {
             }
         }
         if !out.gaps.is_empty() {
-            // Not written: their entries go once the partition is re-read.
-            batch.entries.retain(|e| out.spans.contains_key(&e.tp));
+            // Not written: the partition is re-read, so its entries go.
+            let (keep, gapped): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut batch.entries)
+                .into_iter()
+                .partition(|e| out.spans.contains_key(&e.tp));
+            self.buffer.release(&gapped);
+            batch.entries = keep;
             batch.covered.retain(|a| out.spans.contains_key(&a.tp));
         }
         out

@@ -84,6 +84,9 @@ struct Member {
     /// Seeks asked by the core, not carried out yet: (partition, epoch, to).
     seeks: Vec<(i32, u64, Option<NextOffset>)>,
     taken: Option<Batch>,
+    /// The later part of a batch split after timeouts (as the writer does):
+    /// still in flight, written once the part before it committed.
+    rest: Vec<Entry>,
     inflight: Option<InFlight>,
 }
 
@@ -153,6 +156,7 @@ impl Member {
             position: HashMap::new(),
             seeks: Vec::new(),
             taken: None,
+            rest: Vec::new(),
             inflight: None,
         }
     }
@@ -265,7 +269,8 @@ impl Sim {
             0..=449 => self.poll(m),
             450..=549 => self.seek(m),
             550..=649 => self.take(m),
-            650..=749 => self.write_spans(m)?,
+            650..=729 => self.write_spans(m)?,
+            730..=749 => self.split(m),
             750..=869 => self.commit(m)?,
             870..=979 => self.resume_check(m),
             980..=989 => self.rebalance(),
@@ -395,6 +400,33 @@ impl Sim {
         }
     }
 
+    /// The writer's batch keeps timing out: it goes on with its first half;
+    /// the second waits, in flight, behind it.
+    fn split(&mut self, m: usize) {
+        let member = self.member(m);
+        let Some(batch) = member.taken.as_mut() else {
+            return;
+        };
+        if batch.entries.len() < 2 {
+            return;
+        }
+        let mut tail = batch.entries.split_off(batch.entries.len() / 2);
+        tail.append(&mut member.rest);
+        member.rest = tail;
+    }
+
+    /// After a commit (or when nothing of the batch is left to write), the
+    /// writer goes on with the rest of a split batch.
+    fn next_of_split(&mut self, m: usize) {
+        let member = self.member(m);
+        if member.taken.is_none() && member.inflight.is_none() && !member.rest.is_empty() {
+            member.taken = Some(Batch {
+                entries: std::mem::take(&mut member.rest),
+                covered: Vec::new(),
+            });
+        }
+    }
+
     /// The writer works out the spans of its batch (and re-reads gapped
     /// partitions from the store).
     fn write_spans(&mut self, m: usize) -> Result<(), String> {
@@ -412,6 +444,7 @@ impl Sim {
         }
         if spans.spans.is_empty() {
             self.member(m).state.buffer.release(&batch.entries);
+            self.next_of_split(m);
             return Ok(());
         }
         self.member(m).inflight = Some(InFlight {
@@ -486,6 +519,7 @@ impl Sim {
             self.store.next.insert(p, span.covered.next().0);
         }
         self.member(m).state.committed(&flight.spans, &flight.batch.entries);
+        self.next_of_split(m);
         Ok(())
     }
 
@@ -551,6 +585,20 @@ impl Sim {
             } else {
                 0
             };
+        }
+        for member in self.members.iter().flatten() {
+            let b = &member.state.buffer;
+            if member.taken.is_none() && member.inflight.is_none() && member.rest.is_empty() && b.queued_records() == 0
+            {
+                // Everything written: nothing may stay accounted.
+                if (b.records(), b.bytes()) != (0, 0) {
+                    return Err(format!(
+                        "drained, but the buffer still accounts {} records, {} bytes",
+                        b.records(),
+                        b.bytes()
+                    ));
+                }
+            }
         }
         for p in 0..self.partitions() {
             let end = self.log[p as usize].last().map_or(0, |r| r.offset + 1);

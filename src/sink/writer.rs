@@ -221,9 +221,21 @@ impl Writer {
         let mut failures = 0u32;
         // Consecutive attempts of this batch that ran out of time.
         let mut timeouts = 0u32;
+        // The later part of a batch that was split: still in flight (taken
+        // from the queue and accounted), written as the next batch once the
+        // part before it has committed. It never goes back to the queue,
+        // where it would land behind offsets covered since it was taken.
+        let mut rest: Vec<Entry> = Vec::new();
         loop {
             let Some(spans) = self.current_spans(&mut batch).await else {
-                return;
+                if rest.is_empty() {
+                    return;
+                }
+                batch = Batch {
+                    entries: std::mem::take(&mut rest),
+                    covered: Vec::new(),
+                };
+                continue;
             };
             if let Permit::Wait(until) = self.control.breaker.permit(Instant::now(), &self.pipeline.name) {
                 self.publish_breaker();
@@ -250,7 +262,14 @@ impl Writer {
                     self.control.policy.observe(took);
                     self.publish_breaker();
                     self.committed(&batch, &spans, &written, took);
-                    return;
+                    if rest.is_empty() {
+                        return;
+                    }
+                    batch = Batch {
+                        entries: std::mem::take(&mut rest),
+                        covered: Vec::new(),
+                    };
+                    (failures, timeouts) = (0, 0);
                 }
                 Ok(Outcome::Stopped { entry, error }) => {
                     self.stop(&batch, entry, &error);
@@ -305,13 +324,14 @@ impl Writer {
                     self.publish_breaker();
                     if timeouts >= SPLIT_AFTER_TIMEOUTS && batch.entries.len() > 1 {
                         // The same batch keeps running out of time: a smaller
-                        // one may not. The tail goes back to the head of the
-                        // queue, in order, for the next batch.
+                        // one may not. Its later half waits, in order, until
+                        // the first half has committed.
                         let keep = batch.entries.len() / 2;
-                        let tail = batch.entries.split_off(keep);
-                        warn!(pipeline = %self.pipeline.name, timeouts, records = keep, returned = tail.len(),
+                        let mut tail = batch.entries.split_off(keep);
+                        warn!(pipeline = %self.pipeline.name, timeouts, records = keep, later = tail.len(),
                             "flush keeps timing out: splitting the batch");
-                        self.pipeline.lock().buffer.unshift(tail, Instant::now());
+                        tail.append(&mut rest);
+                        rest = tail;
                         timeouts = 0;
                     }
                     if let Some(delay) = retry_wait(self.control.breaker.state(), failures) {

@@ -259,6 +259,12 @@ async fn a_batch_that_does_not_start_at_the_stored_offset_is_not_committed() {
     );
     assert_eq!(stored_offsets(&pool, &group, &topic).await, vec![(0, 0)]);
     assert_eq!(pipeline.counters.gaps.load(std::sync::atomic::Ordering::Relaxed), 1);
+    {
+        // The gapped records are forgotten and no longer accounted: a leak
+        // here would ratchet utilization up until the pipeline stalled.
+        let state = pipeline.lock();
+        assert_eq!((state.buffer.records(), state.buffer.bytes()), (0, 0));
+    }
     match commands.try_recv().expect("a seek was requested") {
         ConsumerCommand::Seek { to, .. } => assert_eq!(to, Some(NextOffset(0)), "re-read from the stored offset"),
         other => panic!("expected a seek, got {other:?}"),
