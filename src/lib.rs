@@ -6,7 +6,9 @@
 //! - [`config`]: typed settings, figment layering (defaults → TOML → `SLUICE_*` env), validation.
 //! - [`mapping`]: the mapping language: column sources and the Postgres types sluice writes.
 //! - [`kafka`]: the consumer loop, rebalance handling, offset arithmetic.
-//! - [`pipeline`]: per-mapping bounded buffer and the pause/resume decision.
+//! - [`pipeline`]: per-mapping bounded buffer, the pause/resume decision, and the sans-IO core
+//!   (`pipeline::core`: admission, refusal and re-read, epochs, which records a flush covers and
+//!   the gap check) that the consumer loop and the writer only carry out.
 //! - [`row`]: the pure record → COPY text row encoder (plan, sources, conversions, constraints, unique-key hashes).
 //! - [`sink`]: the batch writer (COPY or upsert + fenced offsets), schema checks, error classes,
 //!   dead letters (store, bisection of refused batches, Kafka DLQ topic, `sluice dlq` replay).
@@ -20,7 +22,9 @@
 //! source offsets they cover (`sluice.offsets`) in one transaction. The
 //! offset update is conditional on the stored position still being the one
 //! the batch started from, so a revoked instance that is still writing (a
-//! zombie) rolls back instead of duplicating. On assignment a partition
+//! zombie) rolls back instead of duplicating, and a batch whose records do
+//! not chain, per partition, from that stored position is never committed
+//! (the partition is re-read instead). On assignment a partition
 //! starts from the offset stored in Postgres; Kafka's committed offsets are
 //! written after each flush for lag tooling only. A record that can never
 //! be written (undecodable, or refused by the table with SQLSTATE class 22
