@@ -265,8 +265,11 @@ impl Writer {
                     if rest.is_empty() {
                         return;
                     }
+                    // Go on with the rest of the split batch, at the size
+                    // that just worked.
+                    let more = rest.split_off(batch.entries.len().clamp(1, rest.len()));
                     batch = Batch {
-                        entries: std::mem::take(&mut rest),
+                        entries: std::mem::replace(&mut rest, more),
                         covered: Vec::new(),
                     };
                     (failures, timeouts) = (0, 0);

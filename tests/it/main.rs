@@ -13,4 +13,5 @@ mod memory;
 mod offsets;
 mod outage;
 mod telemetry;
+mod timeouts;
 mod upsert;
