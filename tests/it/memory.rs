@@ -88,3 +88,75 @@ batch_size = 2000"#;
     );
     assert!(peak < bound, "peak RSS {peak} over the documented bound {bound}");
 }
+
+/// Defect 3 of "Lossless means lossless": an entry costing more than the
+/// whole buffer (here the dead letter of a record with 80 KiB of headers,
+/// in a 64 KiB buffer) was refused for ever under `block`, wedging its
+/// partition. It is stored truncated instead, and everything after it lands.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_larger_than_the_buffer_is_stored_truncated_not_refused_for_ever() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    use rdkafka::ClientConfig;
+
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let (topic, group, table) = (unique("bigletter"), unique("g"), unique("orders"));
+    create_topic(&services.brokers, &topic, 1).await;
+    create_orders_table(&pool, &table).await;
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &services.brokers)
+        .set("acks", "all")
+        .set("message.max.bytes", "4194304")
+        .create()
+        .expect("producer");
+    let header = "h".repeat(8 * 1024);
+    for i in 0..100u64 {
+        let (key, value) = (
+            i.to_string(),
+            if i == 50 {
+                "not json".to_owned()
+            } else {
+                order_payload(i)
+            },
+        );
+        let mut record = BaseRecord::<String, String>::to(&topic)
+            .key(&key)
+            .payload(&value)
+            .partition(0);
+        if i == 50 {
+            let mut headers = OwnedHeaders::new();
+            for n in 0..10 {
+                headers = headers.insert(Header {
+                    key: &format!("h{n}"),
+                    value: Some(header.as_str()),
+                });
+            }
+            record = record.headers(headers);
+        }
+        send_retrying(&producer, record);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+
+    let extra = r#"max_buffer_bytes = "64KiB"
+max_record_bytes = "16KiB"
+batch_bytes = "16KiB"
+high_watermark = 1.0"#;
+    let sluice = Sluice::start(&config(&services, &group, &topic, &table, ORDER_COLUMNS, extra));
+    await_stored_offsets(&pool, &group, &topic, &[(0, 100)], Duration::from_secs(60), || {
+        sluice.log_text()
+    })
+    .await;
+    assert_eq!(count(&pool, &table).await, 99, "every good record once");
+    let (offset, headers, error): (i64, String, String) =
+        sqlx::query_as("SELECT \"offset\", headers::text, error FROM sluice.dead_letters WHERE topic = $1")
+            .bind(&topic)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((offset, headers.as_str()), (50, "[]"));
+    assert!(
+        error.ends_with("(stored truncated to fit the buffer: key 2 bytes, value 8 bytes, headers 82161 bytes)"),
+        "{error}"
+    );
+}
