@@ -43,6 +43,8 @@
 pub mod config;
 pub mod http;
 pub mod kafka;
+#[cfg(test)]
+mod layering;
 pub mod mapping;
 pub mod pipeline;
 pub mod row;

@@ -1,0 +1,166 @@
+//! The layering rule, enforced: imports run one way (see the crate docs).
+//!
+//! Each top-level module has a layer; a module may use only modules of a
+//! lower layer. Siblings (same layer: `kafka`, `sink`, `telemetry`) never use
+//! each other. The test reads every `crate::<module>` path outside test code.
+//!
+//! The code does not keep the rule everywhere yet (issue 13): the edges that
+//! break it today are listed in [`KNOWN_VIOLATIONS`]. The test fails on any
+//! other edge against the rule — no new one may appear — and on a listed
+//! edge that is gone, so the list only shrinks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Layer of each top-level module: lowest first.
+const LAYERS: &[(&str, u8)] = &[
+    ("mapping", 0),
+    ("row", 1),
+    ("config", 1),
+    ("pipeline", 2),
+    ("kafka", 3),
+    ("sink", 3),
+    ("telemetry", 3),
+    ("http", 4),
+    ("service", 5),
+];
+
+/// Edges against the rule that still exist, to be removed (issue 13).
+const KNOWN_VIOLATIONS: &[(&str, &str)] = &[
+    ("config", "telemetry"),
+    ("kafka", "service"),
+    ("kafka", "sink"),
+    ("kafka", "telemetry"),
+    ("pipeline", "kafka"),
+    ("pipeline", "sink"),
+    ("pipeline", "telemetry"),
+    ("sink", "kafka"),
+    ("sink", "telemetry"),
+    ("telemetry", "http"),
+    ("telemetry", "kafka"),
+    ("telemetry", "sink"),
+];
+
+/// Top-level module → the top-level modules its non-test code uses.
+fn edges(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut stack = vec![src.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read src") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let rel = path.strip_prefix(src).expect("under src");
+            let top = rel
+                .components()
+                .next()
+                .and_then(|c| c.as_os_str().to_str())
+                .map(|s| s.trim_end_matches(".rs").to_owned())
+                .expect("a name");
+            if matches!(top.as_str(), "lib" | "main" | "layering") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read source");
+            // Test code may use anything: cut at the first test module.
+            let code = text.split("#[cfg(test)]").next().unwrap_or("");
+            for (at, _) in code.match_indices("crate::") {
+                let used: String = code[at + 7..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                if !used.is_empty() && used != top {
+                    edges.entry(top.clone()).or_default().insert(used);
+                }
+            }
+        }
+    }
+    edges
+}
+
+/// Strongly connected groups of more than one module (import cycles).
+fn cycles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<BTreeSet<String>> {
+    let reaches = |from: &str, to: &str| {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![from.to_owned()];
+        while let Some(m) = stack.pop() {
+            for next in edges.get(&m).into_iter().flatten() {
+                if next == to {
+                    return true;
+                }
+                if seen.insert(next.clone()) {
+                    stack.push(next.clone());
+                }
+            }
+        }
+        false
+    };
+    let mut groups: Vec<BTreeSet<String>> = Vec::new();
+    for m in edges.keys() {
+        if groups.iter().any(|g| g.contains(m)) {
+            continue;
+        }
+        let group: BTreeSet<String> = edges
+            .keys()
+            .filter(|o| *o == m || (reaches(m, o) && reaches(o, m)))
+            .cloned()
+            .collect();
+        if group.len() > 1 {
+            groups.push(group);
+        }
+    }
+    groups
+}
+
+#[test]
+fn imports_run_one_way() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let edges = edges(&src);
+    let layer = |m: &str| LAYERS.iter().find(|(n, _)| *n == m).map(|(_, l)| *l);
+    let mut violations = BTreeSet::new();
+    for (from, used) in &edges {
+        let from_layer = layer(from).unwrap_or_else(|| panic!("module `{from}` has no layer in LAYERS"));
+        for to in used {
+            let to_layer = layer(to).unwrap_or_else(|| panic!("module `{to}` has no layer in LAYERS"));
+            if to_layer >= from_layer {
+                violations.insert((from.as_str(), to.as_str()));
+            }
+        }
+    }
+    let known: BTreeSet<(&str, &str)> = KNOWN_VIOLATIONS.iter().copied().collect();
+    let new: Vec<_> = violations.difference(&known).collect();
+    let gone: Vec<_> = known.difference(&violations).collect();
+    assert!(new.is_empty(), "imports against the layering rule: {new:?}");
+    assert!(gone.is_empty(), "fixed, remove from KNOWN_VIOLATIONS: {gone:?}");
+    let cycles = cycles(&edges);
+    eprintln!(
+        "layering: {} known violations, {} import cycle(s): {cycles:?}",
+        known.len(),
+        cycles.len()
+    );
+}
+
+#[test]
+fn the_row_encoder_and_the_core_stand_alone() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let edges = edges(&src);
+    assert_eq!(
+        edges.get("row").cloned().unwrap_or_default(),
+        BTreeSet::from(["mapping".to_owned()]),
+        "row uses only mapping"
+    );
+    assert!(
+        edges.get("mapping").is_none_or(|e| e.is_empty()),
+        "mapping uses nothing"
+    );
+    // The sans-IO core: no Kafka client, database driver or runtime.
+    let core = std::fs::read_to_string(src.join("pipeline/core.rs")).expect("core.rs");
+    let code: Vec<&str> = core.lines().filter(|l| !l.trim_start().starts_with("//")).collect();
+    for io in ["rdkafka", "sqlx", "tokio"] {
+        assert!(!code.iter().any(|l| l.contains(io)), "pipeline/core.rs uses {io}");
+    }
+}
