@@ -367,6 +367,31 @@ mod tests {
     }
 }
 
+/// Pipeline settings for tests: small batches, watermarks 0.8 / 0.5.
+#[cfg(test)]
+pub(crate) fn test_settings(strategy: Strategy, max_records: usize, max_bytes: usize) -> Settings {
+    Settings {
+        batch_size: 10,
+        batch_bytes: 1 << 20,
+        flush_interval: Duration::from_millis(100),
+        limits: Limits { max_records, max_bytes },
+        high_watermark: 0.8,
+        low_watermark: 0.5,
+        strategy,
+        sample_rate: 3,
+        flush: crate::sink::flush_policy::FlushSettings {
+            target_latency: Duration::from_secs(1),
+            min_interval: Duration::from_millis(20),
+            max_interval: Duration::from_secs(5),
+            max_batch_rows: 10,
+            min_batch_rows: 1,
+        },
+        max_record_bytes: 1 << 20,
+        tolerance: crate::config::Tolerance::All,
+        dlq_topic: None,
+    }
+}
+
 /// Property tests of buffer + state machine + strategies together, driven
 /// the way the consumer loop and the writer drive them.
 #[cfg(test)]
@@ -409,29 +434,6 @@ mod model_tests {
         ]
     }
 
-    fn settings(strategy: crate::config::Strategy, max_records: usize, max_bytes: usize) -> Settings {
-        Settings {
-            batch_size: 10,
-            batch_bytes: 1 << 20,
-            flush_interval: Duration::from_millis(100),
-            limits: Limits { max_records, max_bytes },
-            high_watermark: 0.8,
-            low_watermark: 0.5,
-            strategy,
-            sample_rate: 3,
-            flush: crate::sink::flush_policy::FlushSettings {
-                target_latency: Duration::from_secs(1),
-                min_interval: Duration::from_millis(20),
-                max_interval: Duration::from_secs(5),
-                max_batch_rows: 10,
-                min_batch_rows: 1,
-            },
-            max_record_bytes: 1 << 20,
-            tolerance: crate::config::Tolerance::All,
-            dlq_topic: None,
-        }
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -442,7 +444,7 @@ mod model_tests {
             max_bytes in 2_000usize..20_000,
             ops in ops(),
         ) {
-            let s = settings(strategy, max_records, max_bytes);
+            let s = test_settings(strategy, max_records, max_bytes);
             let mut state = PipelineState::new(s.limits);
             let tp = |p: i32| Tp { topic: TopicId(0), partition: p };
             let now = Instant::now();

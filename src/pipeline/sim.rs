@@ -18,12 +18,12 @@
 //! `SLUICE_SIM_SEED` replays one. A failure prints its seed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::config::Strategy;
 use crate::kafka::offsets::NextOffset;
 use crate::kafka::{TopicId, Tp};
-use crate::pipeline::buffer::{Batch, Entry, Limits};
+use crate::pipeline::buffer::{Batch, Entry};
 use crate::pipeline::{pause_decision, Offer, PauseDecision, PipelineState, Settings, Span};
 use crate::sink::dead_letter::{DeadLetter, DeadLetterClass};
 
@@ -117,35 +117,20 @@ fn tp(partition: i32) -> Tp {
 }
 
 fn settings(rng: &mut Rng) -> Settings {
-    let max_bytes = 1_000 + rng.below(4_000) as usize;
+    let strategy = match rng.below(8) {
+        0 => Strategy::DropOldest,
+        1 => Strategy::DropNewest,
+        2 => Strategy::Sample,
+        _ => Strategy::Block,
+    };
     let high = [1.0, 0.9, 0.8][rng.below(3) as usize];
     Settings {
         batch_size: 1 + rng.below(12) as usize,
         batch_bytes: 300 + rng.below(2_000) as usize,
-        flush_interval: Duration::from_millis(100),
-        limits: Limits {
-            max_records: 4 + rng.below(30) as usize,
-            max_bytes,
-        },
         high_watermark: high,
         low_watermark: high / 2.0,
-        strategy: match rng.below(8) {
-            0 => Strategy::DropOldest,
-            1 => Strategy::DropNewest,
-            2 => Strategy::Sample,
-            _ => Strategy::Block,
-        },
         sample_rate: 2 + rng.below(3) as u32,
-        flush: crate::sink::flush_policy::FlushSettings {
-            target_latency: Duration::from_secs(1),
-            min_interval: Duration::from_millis(20),
-            max_interval: Duration::from_secs(5),
-            max_batch_rows: 10,
-            min_batch_rows: 1,
-        },
-        max_record_bytes: 1 << 20,
-        tolerance: crate::config::Tolerance::All,
-        dlq_topic: None,
+        ..super::test_settings(strategy, 4 + rng.below(30) as usize, 1_000 + rng.below(4_000) as usize)
     }
 }
 
