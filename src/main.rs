@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use sluice::app;
 use sluice::config::Config;
-use sluice::service;
 use tracing_subscriber::EnvFilter;
 
 /// Kafka → PostgreSQL connector with backpressure and exactly-once delivery.
@@ -106,7 +106,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Run => match service::run(config, shutdown_signal()).await {
+            Command::Run => match app::run(config, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!(error = format!("{err:#}"), "sluice failed");
@@ -114,7 +114,7 @@ fn main() -> ExitCode {
                 }
             },
             Command::Check => {
-                let problems = service::check(&config).await;
+                let problems = app::check(&config).await;
                 if problems == 0 {
                     println!("check passed");
                     ExitCode::SUCCESS
@@ -132,8 +132,8 @@ fn main() -> ExitCode {
             },
             Command::Migrate => {
                 let result = async {
-                    let pool = service::connect(&config.postgres).await?;
-                    service::migrate(&pool).await?;
+                    let pool = app::connect(&config.postgres).await?;
+                    app::migrate(&pool).await?;
                     anyhow::Ok(())
                 };
                 match result.await {
@@ -153,7 +153,7 @@ fn main() -> ExitCode {
 
 /// `sluice dlq ...`; exits 1 from `replay` when some dead letters are still refused.
 async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<ExitCode> {
-    use sluice::sink::replay::{self, Filter};
+    use sluice::postgres::dead_letters::replay::{self, Filter};
     match command {
         DlqCommand::List {
             pipeline,
@@ -161,7 +161,7 @@ async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<ExitCode> {
             ids,
             limit,
         } => {
-            let pool = service::connect(&config.postgres).await?;
+            let pool = app::connect(&config.postgres).await?;
             let filter = Filter { pipeline, ids, class };
             for d in replay::list(&pool, &filter, limit).await? {
                 println!(
@@ -181,7 +181,7 @@ async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Show { id } => {
-            let pool = service::connect(&config.postgres).await?;
+            let pool = app::connect(&config.postgres).await?;
             let Some(d) = replay::show(&pool, id).await? else {
                 anyhow::bail!("no dead letter {id}");
             };
@@ -213,7 +213,7 @@ async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<ExitCode> {
                 ids,
                 class,
             };
-            let report = service::dlq_replay(config, &pipeline, &filter).await?;
+            let report = app::dlq_replay(config, &pipeline, &filter).await?;
             for (id, why) in &report.still_bad {
                 println!("still refused: {id}: {why}");
             }

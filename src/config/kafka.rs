@@ -249,7 +249,7 @@ const ASSIGNMENT_STRATEGY: &str = "partition.assignment.strategy";
 const DEFAULT_ASSIGNMENT_STRATEGY: &str = "range,roundrobin";
 
 impl KafkaConfig {
-    pub(super) fn check(&self) -> Result<(), Issue> {
+    pub(super) fn validate(&self) -> Result<(), Issue> {
         let kafka = self;
         let at = |field: &str| vec![key("kafka"), key(field)];
         if kafka.brokers.split(',').any(|b| b.trim().is_empty()) {

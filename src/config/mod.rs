@@ -120,7 +120,9 @@ impl Config {
     /// value came from.
     pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
         let config: Config = figment.extract().map_err(|e| error::from_figment(e, &figment))?;
-        config.check().map_err(|issue| issue_with_origin(issue, &figment))?;
+        config
+            .first_issue()
+            .map_err(|issue| issue_with_origin(issue, &figment))?;
         Ok(config)
     }
 
@@ -129,7 +131,7 @@ impl Config {
     /// and the librdkafka properties sluice refuses to pass through. Returns
     /// the first problem found.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.check().map_err(issue_to_error)
+        self.first_issue().map_err(issue_to_error)
     }
 
     /// The librdkafka consumer properties: the passthrough
@@ -154,11 +156,11 @@ impl Config {
         props
     }
 
-    fn check(&self) -> Result<(), Issue> {
-        self.kafka.check()?;
-        self.postgres.check()?;
-        self.breaker.check()?;
-        self.telemetry.check()?;
+    fn first_issue(&self) -> Result<(), Issue> {
+        self.kafka.validate()?;
+        self.postgres.validate()?;
+        self.breaker.validate()?;
+        self.telemetry.validate()?;
         if self.pipelines.is_empty() {
             return Err((vec![key("pipelines")], "at least one pipeline is required".to_owned()));
         }
@@ -166,7 +168,7 @@ impl Config {
         let mut topics: HashMap<&str, usize> = HashMap::new();
         for (i, pipeline) in self.pipelines.iter().enumerate() {
             let at = |field: &str| vec![key("pipelines"), Seg::Index(i), key(field)];
-            pipeline.check(&at)?;
+            pipeline.validate(&at)?;
             if let Some(first) = names.insert(&pipeline.name, i) {
                 return Err((
                     at("name"),
@@ -225,7 +227,7 @@ impl Config {
                 }
             }
         }
-        self.check_upsert_sources()
+        self.validate_upsert_sources()
     }
 }
 

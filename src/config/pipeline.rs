@@ -387,7 +387,7 @@ impl Config {
     /// could overwrite a newer one. Such a table needs a `version` (update
     /// only if newer: the same outcome in any order), the same column in
     /// every pipeline writing it.
-    pub(super) fn check_upsert_sources(&self) -> Result<(), Issue> {
+    pub(super) fn validate_upsert_sources(&self) -> Result<(), Issue> {
         let at = |i: usize| vec![key("pipelines"), Seg::Index(i), key("version")];
         // (schema, table) → the (pipeline, topic or pattern) feeding it, in config order.
         let mut sources: BTreeMap<(String, String), Vec<(usize, &str)>> = BTreeMap::new();
@@ -478,7 +478,7 @@ impl Config {
 
 impl PipelineConfig {
     /// `mode`, `key` and `delete_on_tombstone` agree with each other and with `columns`.
-    fn check_mode(&self, at: &dyn Fn(&str) -> Vec<Seg>) -> Result<(), Issue> {
+    fn validate_mode(&self, at: &dyn Fn(&str) -> Vec<Seg>) -> Result<(), Issue> {
         match self.mode {
             WriteMode::Insert => {
                 if !self.key.is_empty() {
@@ -533,7 +533,7 @@ impl PipelineConfig {
         Ok(())
     }
 
-    pub(super) fn check(&self, at: &dyn Fn(&str) -> Vec<Seg>) -> Result<(), Issue> {
+    pub(super) fn validate(&self, at: &dyn Fn(&str) -> Vec<Seg>) -> Result<(), Issue> {
         if self.name.is_empty()
             || !self
                 .name
@@ -624,7 +624,7 @@ impl PipelineConfig {
                 return Err((path, why));
             }
         }
-        self.check_mode(at)?;
+        self.validate_mode(at)?;
         if self.batch_size == 0 {
             return Err((at("batch_size"), "must be at least 1".to_owned()));
         }

@@ -121,7 +121,7 @@ impl fmt::Debug for PostgresConfig {
 }
 
 impl PostgresConfig {
-    pub(super) fn check(&self) -> Result<(), Issue> {
+    pub(super) fn validate(&self) -> Result<(), Issue> {
         let pg = self;
         let at = |field: &str| vec![key("postgres"), key(field)];
         let scheme = pg.url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
@@ -157,7 +157,7 @@ impl PostgresConfig {
 }
 
 impl BreakerConfig {
-    pub(super) fn check(&self) -> Result<(), Issue> {
+    pub(super) fn validate(&self) -> Result<(), Issue> {
         let b = self;
         let at = |field: &str| vec![key("breaker"), key(field)];
         if b.failure_threshold == 0 {

@@ -3,7 +3,7 @@
 //!
 //! OTLP is off unless an endpoint is configured here or in
 //! `OTEL_EXPORTER_OTLP_ENDPOINT`. Keys left unset here fall back to the
-//! standard `OTEL_*` variables; see [`crate::telemetry::otlp`] for the
+//! standard `OTEL_*` variables; see `telemetry::otlp` for the
 //! resolution.
 
 use std::collections::BTreeMap;
@@ -119,7 +119,7 @@ impl TelemetryConfig {
             .collect()
     }
 
-    pub(super) fn check(&self) -> Result<(), Issue> {
+    pub(super) fn validate(&self) -> Result<(), Issue> {
         let at = |field: &str| vec![key("telemetry"), key(field)];
         if !is_off(&self.http_addr) && self.http_addr.trim().parse::<SocketAddr>().is_err() {
             return Err((
@@ -131,7 +131,7 @@ impl TelemetryConfig {
             ));
         }
         if let Some(endpoint) = self.otlp_endpoint.as_deref().filter(|e| !is_off(e)) {
-            check_endpoint(endpoint, self.otlp_protocol).map_err(|why| (at("otlp_endpoint"), why))?;
+            validate_endpoint(endpoint, self.otlp_protocol).map_err(|why| (at("otlp_endpoint"), why))?;
         }
         for (name, value) in &self.otlp_headers {
             let mut path = at("otlp_headers");
@@ -167,7 +167,7 @@ impl TelemetryConfig {
 
 /// An OTLP endpoint sluice can export to with `protocol` (`None`: not
 /// known yet, the environment may choose).
-pub fn check_endpoint(endpoint: &str, protocol: Option<OtlpProtocol>) -> Result<(), String> {
+pub fn validate_endpoint(endpoint: &str, protocol: Option<OtlpProtocol>) -> Result<(), String> {
     let lower = endpoint.trim().to_ascii_lowercase();
     let rest = if let Some(rest) = lower.strip_prefix("http://") {
         rest

@@ -26,48 +26,27 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use crate::config::{OnOffsetOutOfRange, PipelineConfig, Strategy};
-use crate::kafka::offsets::{out_of_range, skip_to, start_position, NextOffset, OutOfRange};
-use crate::kafka::refetch::Raw;
-use crate::kafka::{TopicId, Topics, Tp};
+use crate::config::OnOffsetOutOfRange;
+use crate::kafka::message::{dead_letter_of, raw_of, record_meta};
+use crate::kafka::offsets::start_position;
+use crate::model::offsets::{out_of_range, skip_to, NextOffset, OutOfRange};
+use crate::model::{Topics, Tp};
 use crate::pipeline::buffer::Entry;
-use crate::pipeline::{pause_decision, Admission, Counters, Offer, PartState, PauseDecision, Pipeline, Target};
+use crate::pipeline::ports::{AssignError, AssignRequest, ConsumerCommand, WriterCommand};
+use crate::pipeline::{Admission, Counters, Offer, Pipeline, Target};
+use crate::row::statements::WriteSql;
 use crate::row::{key_hashes, DecodeError, HeaderRef, RecentKeys, RecordRef};
-use crate::sink::dead_letter::DeadLetter;
-use crate::sink::upsert::WriteSql;
-use crate::sink::writer::WriterCommand;
-
-/// Requests from the writers to the consumer loop, which owns the consumer.
-#[derive(Debug)]
-pub enum ConsumerCommand {
-    /// Commit `next` to Kafka (for lag tooling) if the partition is still
-    /// held under `epoch`.
-    Commit {
-        pipeline: usize,
-        tp: Tp,
-        epoch: u64,
-        next: NextOffset,
-    },
-    /// A flush was fenced: move the partition back to the stored offset
-    /// (`None`: no row, use the reset policy).
-    Seek {
-        pipeline: usize,
-        tp: Tp,
-        epoch: u64,
-        to: Option<NextOffset>,
-    },
-}
 
 /// State shared by the loop, the rebalance callback and the runtime.
 pub struct Shared {
     pub pipelines: Vec<Arc<Pipeline>>,
     pub topics: Arc<Topics>,
-    pub pool: PgPool,
-    pub group_id: Arc<str>,
+    /// Plans new topics' tables and reads and moves stored offsets: the
+    /// database side of an assignment, served by the application.
+    pub assigner: mpsc::UnboundedSender<AssignRequest>,
     pub reset_earliest: bool,
     /// What a partition positioned outside its log does.
     pub on_out_of_range: OnOffsetOutOfRange,
@@ -83,8 +62,6 @@ pub struct Shared {
     pub assigned: AtomicUsize,
     /// Set by a rebalance: librdkafka forgets pauses on (re)assignment.
     reapply_pauses: AtomicBool,
-    /// The pipelines' configs, to plan the table of a topic that appears.
-    configs: Vec<PipelineConfig>,
     /// Why sluice must stop (a new topic's table can't be written).
     fatal: std::sync::Mutex<Option<String>>,
 }
@@ -94,20 +71,17 @@ impl Shared {
     pub fn new(
         pipelines: Vec<Arc<Pipeline>>,
         topics: Arc<Topics>,
-        pool: PgPool,
-        group_id: Arc<str>,
+        assigner: mpsc::UnboundedSender<AssignRequest>,
         reset_earliest: bool,
         on_out_of_range: OnOffsetOutOfRange,
         writers: Vec<mpsc::UnboundedSender<WriterCommand>>,
         runtime: tokio::runtime::Handle,
         revoke_flush_timeout: Duration,
-        configs: Vec<PipelineConfig>,
     ) -> Self {
         Self {
             pipelines,
             topics,
-            pool,
-            group_id,
+            assigner,
             reset_earliest,
             on_out_of_range,
             writers,
@@ -117,7 +91,6 @@ impl Shared {
             stop: AtomicBool::new(false),
             assigned: AtomicUsize::new(0),
             reapply_pauses: AtomicBool::new(false),
-            configs,
             fatal: std::sync::Mutex::new(None),
         }
     }
@@ -135,35 +108,11 @@ impl Shared {
         self.stop.store(true, Ordering::SeqCst);
     }
 
-    /// Plans the table of a topic a per-topic pipeline sees for the first
-    /// time. Database errors are retried for a while (the database may be
-    /// restarting); a mapping that does not fit is returned at once.
-    fn plan_new_topic(&self, index: usize, topic_id: TopicId, topic: &str) -> Result<(), String> {
-        let pipeline = &self.pipelines[index];
-        let config = &self.configs[index];
-        let mut delay = Duration::from_millis(100);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let planned = self.runtime.block_on(crate::service::plan_topic(
-                &self.pool, config, index, pipeline, topic_id, topic,
-            ));
-            match planned {
-                Ok(Ok(target)) => {
-                    info!(pipeline = %pipeline.name, %topic, table = %target.table, "table planned for a new topic");
-                    return Ok(());
-                }
-                Ok(Err(why)) => {
-                    return Err(format!("pipeline `{}`: topic {topic:?}: {why}", pipeline.name));
-                }
-                Err(err) if Instant::now() < deadline => {
-                    warn!(pipeline = %pipeline.name, %topic, error = %format!("{err:#}"), retry_in = ?delay,
-                        "planning the table of a new topic failed");
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(err) => return Err(format!("pipeline `{}`: topic {topic:?}: {err:#}", pipeline.name)),
-            }
-        }
+    /// Sends `request` to the assigner and waits for its answer.
+    fn ask<T>(&self, request: impl FnOnce(oneshot::Sender<T>) -> AssignRequest) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.assigner.send(request(reply)).ok()?;
+        answer.blocking_recv().ok()
     }
 
     /// Reads the stored positions of the assigned partitions, records them
@@ -183,7 +132,7 @@ impl Shared {
                     // be ignored for ever, so stop instead.
                     self.fail(format!(
                         "topic {topic:?} matches a pattern, but sluice already reads {} topics, its maximum",
-                        crate::kafka::MAX_TOPICS
+                        crate::model::MAX_TOPICS
                     ));
                 } else {
                     warn!(%topic, "assigned a topic no pipeline maps; ignoring it");
@@ -196,16 +145,27 @@ impl Shared {
                 continue;
             };
             let pipeline = &self.pipelines[index];
-            if pipeline.target(topic_id).is_none() {
-                // A topic new to a per-topic pipeline. Until its table is
-                // planned its partitions are not registered, so nothing of
-                // it is buffered or committed.
-                if let Err(why) = self.plan_new_topic(index, topic_id, &topic) {
-                    self.fail(why);
+            // The assigner plans the table of a topic new to a per-topic
+            // pipeline (until then its partitions are not registered, so
+            // nothing of it is buffered or committed), then reads the
+            // stored offsets: starting anywhere else would only get fenced.
+            let answer = self.ask(|reply| AssignRequest::Assign {
+                pipeline: index,
+                topic_id,
+                topic: topic.clone(),
+                partitions: partitions.clone(),
+                reply,
+            });
+            let stored = match answer.unwrap_or(Err(AssignError::Gone)) {
+                Ok(stored) => stored,
+                Err(err) => {
+                    self.fail(err.to_string());
+                    for &partition in &partitions {
+                        let _ = tpl.set_partition_offset(&topic, partition, Offset::End);
+                    }
                     continue;
                 }
-            }
-            let stored = self.load_offsets(&topic, &partitions);
+            };
             let mut state = pipeline.lock();
             for &partition in &partitions {
                 let stored = stored.get(&partition).copied();
@@ -224,28 +184,6 @@ impl Shared {
         }
         self.assigned.store(tpl.count(), Ordering::Relaxed);
         self.reapply_pauses.store(true, Ordering::Relaxed);
-    }
-
-    /// Reading offsets must succeed before the partitions start: starting
-    /// anywhere else would only get fenced. Retry while the database is away.
-    fn load_offsets(&self, topic: &str, partitions: &[i32]) -> HashMap<i32, NextOffset> {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let result = self.runtime.block_on(crate::sink::offset_store::load(
-                &self.pool,
-                &self.group_id,
-                topic,
-                partitions,
-            ));
-            match result {
-                Ok(map) => return map,
-                Err(err) => {
-                    warn!(%topic, error = %err, retry_in = ?delay, "reading stored offsets failed");
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
     }
 
     /// Flushes what the writers hold (unless shutting down, when that was
@@ -357,7 +295,7 @@ pub fn create(
 }
 
 /// How often paused pipelines are checked for resumption.
-const RESUME_CHECK: Duration = Duration::from_millis(20);
+const RESUME_LOOK: Duration = Duration::from_millis(20);
 
 /// Runs the loop on the calling thread until `shared.stop` is set, then
 /// commits what it can and closes the consumer (leaving the group).
@@ -372,7 +310,7 @@ pub fn run(consumer: BaseConsumer<Context>, shared: Arc<Shared>, commands: std_m
         drained: false,
         range: RangeWatch::default(),
     };
-    let mut last_resume_check = Instant::now();
+    let mut last_resume_look = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
         state.serve_commands(&consumer, &shared, &commands);
         if shared.draining.load(Ordering::Relaxed) && !state.drained {
@@ -391,9 +329,9 @@ pub fn run(consumer: BaseConsumer<Context>, shared: Arc<Shared>, commands: std_m
             Some(Err(err)) => warn!(error = %err, "kafka consumer error"),
         }
         state.watch_range(&consumer, &shared);
-        if idle || last_resume_check.elapsed() >= RESUME_CHECK {
-            last_resume_check = Instant::now();
-            check_resume(&consumer, &shared, state.drained);
+        if idle || last_resume_look.elapsed() >= RESUME_LOOK {
+            last_resume_look = Instant::now();
+            resume_at_low_watermark(&consumer, &shared);
         }
     }
     state.serve_commands(&consumer, &shared, &commands);
@@ -607,11 +545,15 @@ impl LoopState {
                 continue;
             };
             let topic = shared.topics.name(skip.tp.topic);
-            let moved = shared.runtime.block_on(async {
-                let mut conn = shared.pool.acquire().await?;
-                crate::sink::offset_store::advance(&mut conn, &shared.group_id, topic, skip.tp.partition, from, skip.to)
-                    .await
-            });
+            let moved = shared
+                .ask(|reply| AssignRequest::Advance {
+                    topic: topic.to_owned(),
+                    partition: skip.tp.partition,
+                    from,
+                    to: skip.to,
+                    reply,
+                })
+                .unwrap_or_else(|| Err("the assigner stopped".into()));
             match moved {
                 Ok(true) => {
                     pipeline.lock().moved(skip.tp, skip.epoch, Some(skip.to));
@@ -647,7 +589,13 @@ impl LoopState {
 
     /// The stored offset of one partition, retried while the database is away.
     fn reread(&self, shared: &Shared, topic: &str, partition: i32) -> Option<NextOffset> {
-        shared.load_offsets(topic, &[partition]).get(&partition).copied()
+        shared
+            .ask(|reply| AssignRequest::Stored {
+                topic: topic.to_owned(),
+                partition,
+                reply,
+            })
+            .flatten()
     }
 
     fn serve_commands(
@@ -768,28 +716,28 @@ impl LoopState {
         // A record that can't become a row keeps its raw bytes as a dead
         // letter, stored with its batch; its offset advances in order.
         let (row, dead_letter) = match record.value.filter(|v| v.len() > s.max_record_bytes) {
-            Some(_) => (None, Some(DeadLetter::of_message(msg, None, s.max_record_bytes))),
+            Some(_) => (None, Some(dead_letter_of(msg, None, s.max_record_bytes))),
             None => match target.encoder.encode(&record, &mut self.scratch) {
                 Ok(()) => (Some(Box::<[u8]>::from(self.scratch.as_slice())), None),
-                Err(err) => (None, Some(DeadLetter::of_message(msg, Some(&err), s.max_record_bytes))),
+                Err(err) => (None, Some(dead_letter_of(msg, Some(&err), s.max_record_bytes))),
             },
         };
         // A row repeating a recent row's unique key keeps its raw record:
         // it will most likely be refused, and then needs it for its dead letter.
-        let raw = (row.is_some() && self.repeats_recent_key(index, &target, s.batch_size))
-            .then(|| Box::new(Raw::of_message(msg)));
+        let raw =
+            (row.is_some() && self.repeats_recent_key(index, &target, s.batch_size)).then(|| Box::new(raw_of(msg)));
         if let Some(d) = &dead_letter {
             debug!(pipeline = %pipeline.name, topic = %record.topic, partition = record.partition, offset,
                 error = %d.error, "record cannot become a row: dead letter");
         }
-        let meta = crate::telemetry::RecordMeta::of(msg);
+        let meta = record_meta(msg);
         let mut entry = Entry::new(tp, 0, offset, row, meta);
         entry.dead_letter = dead_letter.map(Box::new);
         entry.raw = raw;
         // No entry may cost more than half the buffer: it could never be
         // admitted under `block`, and `drop_oldest` would evict everything for it.
         entry.fit(s.limits.max_bytes / 2, |why| {
-            DeadLetter::of_message(msg, Some(&DecodeError::for_record(why)), s.max_record_bytes)
+            dead_letter_of(msg, Some(&DecodeError::for_record(why)), s.max_record_bytes)
         });
         let (wake, pause, offer) = {
             let mut state = pipeline.lock();
@@ -810,17 +758,7 @@ impl LoopState {
             pipeline.refresh_state(state);
             let queued = state.buffer.queued_records();
             let wake = queued == 1 || queued >= s.batch_size || state.buffer.queued_bytes() >= s.batch_bytes;
-            // Only `block` pauses: the shedding strategies keep consuming and drop.
-            let pause = s.strategy == Strategy::Block
-                && pause_decision(
-                    state.paused,
-                    state.buffer.utilization(),
-                    s.high_watermark,
-                    s.low_watermark,
-                ) == PauseDecision::Pause;
-            if pause {
-                state.paused = true;
-            }
+            let pause = state.should_pause(s);
             (
                 wake,
                 pause.then(|| partition_list(shared, state.partitions.keys())),
@@ -913,28 +851,19 @@ fn partition_list<'a>(shared: &Shared, tps: impl Iterator<Item = &'a Tp>) -> Top
     tpl
 }
 
-fn check_resume(consumer: &BaseConsumer<Context>, shared: &Shared, drained: bool) {
-    if drained {
-        return;
-    }
+fn resume_at_low_watermark(consumer: &BaseConsumer<Context>, shared: &Shared) {
     for pipeline in &shared.pipelines {
-        let tpl = {
+        let (tpl, positions) = {
             let mut state = pipeline.lock();
-            let s = &pipeline.settings;
-            if pause_decision(
-                state.paused,
-                state.buffer.utilization(),
-                s.high_watermark,
-                s.low_watermark,
-            ) != PauseDecision::Resume
-            {
+            let Some(positions) = state.resume(&pipeline.settings) else {
                 continue;
+            };
+            let mut seek = TopicPartitionList::new();
+            for (tp, NextOffset(next)) in positions {
+                let _ = seek.add_partition_offset(shared.topics.name(tp.topic), tp.partition, Offset::Offset(next));
             }
-            state.paused = false;
-            let positions = resume_positions(shared, &state.partitions);
-            (partition_list(shared, state.partitions.keys()), positions)
+            (partition_list(shared, state.partitions.keys()), seek)
         };
-        let (tpl, positions) = tpl;
         match consumer.resume(&tpl) {
             Ok(()) => {
                 info!(pipeline = %pipeline.name, partitions = tpl.count(), "buffer at low watermark: partitions resumed")
@@ -953,19 +882,6 @@ fn check_resume(consumer: &BaseConsumer<Context>, shared: &Shared, drained: bool
             }
         }
     }
-}
-
-/// Where each resumed partition continues: the next offset its buffer
-/// expects. Partitions with nothing read yet, or waiting for a seek of
-/// their own (after a fence), are left out.
-fn resume_positions(shared: &Shared, partitions: &HashMap<Tp, PartState>) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    for (tp, part) in partitions {
-        if let (Some(NextOffset(next)), false) = (part.expected, part.awaiting_seek) {
-            let _ = tpl.add_partition_offset(shared.topics.name(tp.topic), tp.partition, Offset::Offset(next));
-        }
-    }
-    tpl
 }
 
 fn reapply_pauses(consumer: &BaseConsumer<Context>, shared: &Shared, drained: bool) {

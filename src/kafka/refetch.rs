@@ -14,37 +14,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::sink::dead_letter::message_headers;
-
-/// A record as read back.
-#[derive(Debug, Clone)]
-pub struct Raw {
-    pub key: Option<Box<[u8]>>,
-    pub value: Option<Box<[u8]>>,
-    pub headers: Box<str>,
-}
-
-impl Raw {
-    /// What a dead letter keeps of a consumed record.
-    pub fn of_message<M: Message>(msg: &M) -> Raw {
-        Raw {
-            key: msg.key().map(Box::from),
-            value: msg.payload().map(Box::from),
-            headers: message_headers(msg),
-        }
-    }
-
-    /// Bytes it holds, for the buffer's accounting.
-    pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Raw>()
-            + self.key.as_ref().map_or(0, |k| k.len())
-            + self.value.as_ref().map_or(0, |v| v.len())
-            + self.headers.len()
-    }
-}
-
-/// `(topic, partition, offset)`.
-pub type Coordinates = (String, i32, i64);
+use crate::kafka::message::raw_of;
+use crate::model::record::{Coordinates, Raw};
+use crate::pipeline::ports::ReadBack;
 
 /// A lazily created assign-only consumer.
 pub struct Refetcher {
@@ -77,18 +49,15 @@ impl Refetcher {
             consumer: None,
         }
     }
+}
 
+impl ReadBack for Refetcher {
     /// Reads the records at `wanted`, until about `budget` bytes of them are
     /// found; the flag says whether it looked for all of them (`false`: it
     /// stopped at the budget, ask again for the rest). What is not found
     /// within `timeout` (deleted by retention, or Kafka unreachable) is
     /// missing from the map. Blocking: call it from `spawn_blocking`.
-    pub fn fetch(
-        &mut self,
-        wanted: &[Coordinates],
-        timeout: Duration,
-        budget: usize,
-    ) -> (HashMap<Coordinates, Raw>, bool) {
+    fn fetch(&mut self, wanted: &[Coordinates], timeout: Duration, budget: usize) -> (HashMap<Coordinates, Raw>, bool) {
         let mut found = HashMap::new();
         if wanted.is_empty() {
             return (found, true);
@@ -140,7 +109,7 @@ impl Refetcher {
                 Some(Ok(msg)) => {
                     let (t, p, o) = (msg.topic(), msg.partition(), msg.offset());
                     if wanted_set.contains(&(t, p, o)) {
-                        let raw = Raw::of_message(&msg);
+                        let raw = raw_of(&msg);
                         bytes += raw.bytes();
                         found.insert((t.to_owned(), p, o), raw);
                     }

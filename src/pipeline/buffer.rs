@@ -16,10 +16,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-use crate::kafka::refetch::Raw;
-use crate::kafka::Tp;
-use crate::sink::dead_letter::DeadLetter;
-use crate::telemetry::{RecordMeta, TraceParent};
+use crate::model::{DeadLetter, Raw, RecordMeta, Tp, TraceParent};
+use crate::telemetry::RowFacts;
 
 /// Bookkeeping bytes charged per entry on top of the row itself, so that a
 /// flood of tiny rows still counts against `max_buffer_bytes`: the entry
@@ -188,6 +186,20 @@ pub struct Batch {
     /// Offsets dropped from the head, per partition: covered by this batch
     /// although no entry carries them; they come before its entries.
     pub covered: Vec<Ahead>,
+}
+
+impl Batch {
+    /// What telemetry needs of the batch's rows (drop markers and dead
+    /// letters are not rows).
+    pub fn row_facts(&self) -> impl Iterator<Item = RowFacts<'_>> {
+        self.entries.iter().filter_map(|e| {
+            e.row.as_ref().map(|row| RowFacts {
+                bytes: row.len(),
+                timestamp_ms: e.timestamp_ms,
+                trace: e.trace.as_deref(),
+            })
+        })
+    }
 }
 
 impl Buffer {
@@ -411,7 +423,7 @@ impl Buffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::TopicId;
+    use crate::model::TopicId;
     use proptest::prelude::*;
 
     fn entry(partition: i32, offset: i64, len: usize) -> Entry {
@@ -441,7 +453,7 @@ mod tests {
             key: Some(vec![b'k'; key].into_boxed_slice()),
             value: Some(vec![b'v'; value].into_boxed_slice()),
             headers: format!("[{}]", "h".repeat(headers)).into(),
-            class: crate::sink::dead_letter::DeadLetterClass::Decode,
+            class: crate::model::dead_letter::DeadLetterClass::Decode,
             sqlstate: None,
             error: "bad".into(),
         }

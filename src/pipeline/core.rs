@@ -21,10 +21,11 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::kafka::offsets::{is_new, Covered, NextOffset};
-use crate::kafka::Tp;
+use crate::config::Strategy;
+use crate::model::offsets::{is_new, Covered, NextOffset};
+use crate::model::Tp;
 use crate::pipeline::buffer::{Batch, Entry};
-use crate::pipeline::{Admission, PipelineState, Settings};
+use crate::pipeline::{pause_decision, Admission, PauseDecision, PipelineState, Settings};
 
 /// What the writer and the consumer loop know about a partition this
 /// instance owns.
@@ -173,6 +174,60 @@ impl PipelineState {
         }
         part.expected = Some(NextOffset(offset + 1));
         Offer::Taken(admission)
+    }
+
+    /// After an offer: whether the pipeline's partitions must be paused now
+    /// (at the high watermark). Only `block` pauses: the shedding strategies
+    /// keep consuming and drop.
+    pub fn should_pause(&mut self, s: &Settings) -> bool {
+        let pause = s.strategy == Strategy::Block
+            && pause_decision(
+                self.paused,
+                self.buffer.utilization(),
+                s.high_watermark,
+                s.low_watermark,
+            ) == PauseDecision::Pause;
+        if pause {
+            self.paused = true;
+        }
+        pause
+    }
+
+    /// Whether the paused partitions resume (at the low watermark; never
+    /// while draining). `Some` with where each continues: the next offset
+    /// its buffer expects, for the shell to seek to (librdkafka drops what
+    /// it prefetched when pausing). Partitions with nothing read yet, or
+    /// waiting for a seek of their own, are left out.
+    pub fn resume(&mut self, s: &Settings) -> Option<Vec<(Tp, NextOffset)>> {
+        if self.draining
+            || pause_decision(
+                self.paused,
+                self.buffer.utilization(),
+                s.high_watermark,
+                s.low_watermark,
+            ) != PauseDecision::Resume
+        {
+            return None;
+        }
+        self.paused = false;
+        let mut positions: Vec<(Tp, NextOffset)> = self
+            .partitions
+            .iter()
+            .filter_map(|(tp, p)| match (p.expected, p.awaiting_seek) {
+                (Some(next), false) => Some((*tp, next)),
+                _ => None,
+            })
+            .collect();
+        positions.sort_unstable();
+        Some(positions)
+    }
+
+    /// Shutdown begins: from now on nothing is taken ([`PipelineState::offer`]
+    /// answers `Ignored`), so the writer's final flush holds everything
+    /// that will be committed; what is not flushed by the deadline is
+    /// simply not committed, and the next owner reads it again.
+    pub fn drain(&mut self) {
+        self.draining = true;
     }
 
     /// The shell seeked `tp` as asked under `epoch`: records flow again.

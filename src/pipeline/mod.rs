@@ -6,24 +6,28 @@
 //! lock only for bookkeeping, never across I/O.
 
 pub mod backpressure;
+pub mod breaker;
 pub mod buffer;
 pub mod core;
+pub mod flush_policy;
+pub mod ports;
 #[cfg(test)]
 mod sim;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use crate::config::Strategy;
-use crate::kafka::{TopicId, Tp};
+use crate::mapping::TableRef;
+use crate::model::{TopicId, Tp};
+use crate::row::statements::WriteSql;
 use crate::row::RowEncoder;
-use crate::sink::schema::TableRef;
-use crate::sink::upsert::WriteSql;
 use backpressure::BpState;
+use breaker::BreakerGauge;
 use buffer::{Buffer, Entry, Limits};
 pub use core::{Gap, Offer, PartState, Span, Spans};
 
@@ -39,7 +43,7 @@ pub struct Settings {
     pub strategy: Strategy,
     pub sample_rate: u32,
     /// Adaptive flushing bounds (`flush_interval` is where the interval starts).
-    pub flush: crate::sink::flush_policy::FlushSettings,
+    pub flush: crate::pipeline::flush_policy::FlushSettings,
     /// A record value above this many bytes is dead-lettered without decoding.
     pub max_record_bytes: usize,
     /// What a record that cannot be written does to the pipeline.
@@ -200,10 +204,10 @@ pub struct Pipeline {
     state: Mutex<PipelineState>,
     /// Wakes the writer when a batch is ready or something changed.
     pub wake_writer: Notify,
-    /// The database circuit breaker's state, one of [`breaker_state`].
-    /// Hook: the breaker stores its state here on every transition;
-    /// `/readyz`, `/status` and `sluice_breaker_state` read it.
-    pub breaker_state: AtomicU8,
+    /// The database circuit breaker's phase, set by the writer's breaker
+    /// on every transition; `/readyz`, `/status` and `sluice_breaker_state`
+    /// read it.
+    pub breaker: Arc<BreakerGauge>,
     /// The flush interval in force, in microseconds: the configured one
     /// until adaptive flushing stores the interval it chose
     /// (`sluice_flush_interval_seconds`).
@@ -211,26 +215,6 @@ pub struct Pipeline {
     /// Set when the pipeline has stopped for good (e.g. a data error under
     /// `errors.tolerance = none`); `/readyz` is unready while set.
     pub stopped: AtomicBool,
-}
-
-/// Values of [`Pipeline::breaker_state`], as `sluice_breaker_state` reports them.
-pub mod breaker_state {
-    /// Flushes go through (also the value while no breaker exists).
-    pub const CLOSED: u8 = 0;
-    /// One trial flush is let through.
-    pub const HALF_OPEN: u8 = 1;
-    /// Nothing is attempted; `/readyz` is unready.
-    pub const OPEN: u8 = 2;
-
-    /// The label value of a state.
-    pub fn name(state: u8) -> &'static str {
-        match state {
-            CLOSED => "CLOSED",
-            HALF_OPEN => "HALF_OPEN",
-            OPEN => "OPEN",
-            _ => "UNKNOWN",
-        }
-    }
 }
 
 /// Whether the consumer loop should change a pipeline's pause state.
@@ -328,7 +312,7 @@ impl Pipeline {
             counters: Counters::default(),
             state: Mutex::new(state),
             wake_writer: Notify::new(),
-            breaker_state: AtomicU8::new(breaker_state::CLOSED),
+            breaker: Arc::default(),
             flush_interval_us,
             stopped: AtomicBool::new(false),
         }
@@ -379,7 +363,7 @@ pub(crate) fn test_settings(strategy: Strategy, max_records: usize, max_bytes: u
         low_watermark: 0.5,
         strategy,
         sample_rate: 3,
-        flush: crate::sink::flush_policy::FlushSettings {
+        flush: crate::pipeline::flush_policy::FlushSettings {
             target_latency: Duration::from_secs(1),
             min_interval: Duration::from_millis(20),
             max_interval: Duration::from_secs(5),
@@ -403,7 +387,7 @@ mod model_tests {
     use proptest::strategy::Strategy as Gen;
 
     use super::*;
-    use crate::kafka::TopicId;
+    use crate::model::TopicId;
 
     #[derive(Debug, Clone)]
     enum Op {

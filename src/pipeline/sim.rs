@@ -5,7 +5,8 @@
 //! refusals and seeks, pause/resume at the watermarks, batch takes, flush
 //! transactions split in two steps (so a rebalance can fall between a
 //! batch's spans and its commit: a zombie write), fences, eager rebalances
-//! between two members, crashes and restarts — against an in-memory log (with
+//! between two members, graceful stops (drain, final flush, leave), crashes
+//! and restarts — against an in-memory log (with
 //! holes, as after compaction) and an in-memory store that implements the
 //! fenced offset protocol of DESIGN.md. After every step a checker asserts:
 //! no (partition, offset) is written twice, and no stored offset passes a
@@ -21,11 +22,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use crate::config::Strategy;
-use crate::kafka::offsets::NextOffset;
-use crate::kafka::{TopicId, Tp};
+use crate::model::dead_letter::{DeadLetter, DeadLetterClass};
+use crate::model::offsets::NextOffset;
+use crate::model::{TopicId, Tp};
 use crate::pipeline::buffer::{Batch, Entry};
-use crate::pipeline::{pause_decision, Offer, PauseDecision, PipelineState, Settings, Span};
-use crate::sink::dead_letter::{DeadLetter, DeadLetterClass};
+use crate::pipeline::{Offer, PipelineState, Settings, Span};
 
 /// A small deterministic generator (xorshift64*): the same seed, the same run.
 pub struct Rng(u64);
@@ -105,6 +106,7 @@ pub struct Sim {
     pub refusals: u64,
     pub rebalances: u64,
     pub crashes: u64,
+    pub stops: u64,
 }
 
 const TOPIC: TopicId = TopicId(0);
@@ -188,6 +190,7 @@ impl Sim {
             refusals: 0,
             rebalances: 0,
             crashes: 0,
+            stops: 0,
         };
         for m in 0..members {
             sim.members[m] = Some(Member::new(&sim.settings));
@@ -248,7 +251,7 @@ impl Sim {
                 self.members[m] = Some(Member::new(&self.settings));
                 self.rebalance();
             }
-            return self.check();
+            return self.verify();
         }
         match roll {
             0..=449 => self.poll(m),
@@ -257,8 +260,9 @@ impl Sim {
             650..=729 => self.write_spans(m)?,
             730..=749 => self.split(m),
             750..=869 => self.commit(m)?,
-            870..=979 => self.resume_check(m),
+            870..=979 => self.resume(m),
             980..=989 => self.rebalance(),
+            990..=994 => self.stop(m)?,
             _ => {
                 // Crash: everything in memory is gone.
                 self.crashes += 1;
@@ -266,7 +270,27 @@ impl Sim {
                 self.rebalance();
             }
         }
-        self.check()
+        self.verify()
+    }
+
+    /// A graceful stop (SIGTERM): the member drains — takes nothing more,
+    /// the writer flushes what is buffered (as many rounds as it gets
+    /// before its deadline) — then leaves the group; what it did not commit
+    /// is re-read by the next owner.
+    fn stop(&mut self, m: usize) -> Result<(), String> {
+        self.stops += 1;
+        self.member(m).state.drain();
+        let rounds = self.rng.below(40);
+        for _ in 0..rounds {
+            // Records keep arriving from the fetch queue: the core ignores them.
+            self.poll(m);
+            self.take(m);
+            self.write_spans(m)?;
+            self.commit(m)?;
+        }
+        self.members[m] = None;
+        self.rebalance();
+        Ok(())
     }
 
     fn member(&mut self, m: usize) -> &mut Member {
@@ -318,19 +342,8 @@ impl Sim {
             }
             Offer::Ignored | Offer::Taken(_) => {}
         }
-        let s = &mut member.state;
-        s.refresh(&settings);
-        // Only `block` pauses; the shedding strategies keep consuming and drop.
-        if settings.strategy == Strategy::Block
-            && pause_decision(
-                s.paused,
-                s.buffer.utilization(),
-                settings.high_watermark,
-                settings.low_watermark,
-            ) == PauseDecision::Pause
-        {
-            s.paused = true;
-        }
+        member.state.refresh(&settings);
+        member.state.should_pause(&settings);
     }
 
     /// The consumer loop carries out one asked-for seek.
@@ -350,25 +363,15 @@ impl Sim {
 
     /// Resume at the low watermark; like the loop, seek to where each
     /// partition continues (which discards prefetched records).
-    fn resume_check(&mut self, m: usize) {
+    fn resume(&mut self, m: usize) {
         let settings = self.settings.clone();
         let member = self.members[m].as_mut().expect("live member");
-        let s = &mut member.state;
-        if pause_decision(
-            s.paused,
-            s.buffer.utilization(),
-            settings.high_watermark,
-            settings.low_watermark,
-        ) != PauseDecision::Resume
-        {
+        let Some(positions) = member.state.resume(&settings) else {
             return;
-        }
-        s.paused = false;
-        for (tp, part) in &s.partitions {
-            if let (Some(NextOffset(next)), false) = (part.expected, part.awaiting_seek) {
-                let at = self.log[tp.partition as usize].partition_point(|r| r.offset < next);
-                member.position.insert(tp.partition, at);
-            }
+        };
+        for (tp, NextOffset(next)) in positions {
+            let at = self.log[tp.partition as usize].partition_point(|r| r.offset < next);
+            member.position.insert(tp.partition, at);
         }
     }
 
@@ -509,7 +512,7 @@ impl Sim {
     }
 
     /// No stored offset passes a record that is in neither rows nor dead letters.
-    fn check(&mut self) -> Result<(), String> {
+    fn verify(&mut self) -> Result<(), String> {
         self.checks += 1;
         for (p, &next) in &self.store.next {
             for r in &self.log[*p as usize] {
@@ -552,12 +555,12 @@ impl Sim {
             for m in 0..self.members.len() {
                 self.seek(m);
                 self.poll(m);
-                self.resume_check(m);
+                self.resume(m);
                 self.take(m);
                 self.write_spans(m)?;
                 self.commit(m)?;
             }
-            self.check()?;
+            self.verify()?;
             let done = (0..self.partitions()).all(|p| {
                 let end = self.log[p as usize].last().map_or(0, |r| r.offset + 1);
                 self.store.next.get(&p).copied() == Some(end)
@@ -638,7 +641,8 @@ mod tests {
 
     #[test]
     fn every_record_exactly_once_under_every_interleaving() {
-        let (mut steps, mut checks, mut fences, mut refusals, mut rebalances, mut crashes) = (0, 0, 0, 0, 0, 0);
+        let (mut steps, mut checks, mut fences, mut refusals, mut rebalances, mut crashes, mut stops) =
+            (0, 0, 0, 0, 0, 0, 0);
         let seeds = seeds();
         for &seed in &seeds {
             let mut sim = Sim::new(seed);
@@ -651,10 +655,11 @@ mod tests {
             refusals += sim.refusals;
             rebalances += sim.rebalances;
             crashes += sim.crashes;
+            stops += sim.stops;
         }
         eprintln!(
             "simulation: {} seeds, {steps} steps, {checks} checks, {refusals} refusals, {fences} fenced flushes, \
-             {rebalances} rebalances, {crashes} crashes, 0 violations",
+             {rebalances} rebalances, {crashes} crashes, {stops} graceful stops, 0 violations",
             seeds.len()
         );
         // The schedule must really exercise what it claims to.
@@ -662,6 +667,7 @@ mod tests {
             assert!(refusals > 100 * seeds.len() as u64 / 10, "refusals: {refusals}");
             assert!(fences > seeds.len() as u64 / 10, "fences: {fences}");
             assert!(crashes > seeds.len() as u64, "crashes: {crashes}");
+            assert!(stops > seeds.len() as u64, "graceful stops: {stops}");
         }
     }
 }

@@ -52,6 +52,7 @@ mod numeric;
 mod plan;
 mod show;
 mod sources;
+pub mod statements;
 #[cfg(test)]
 mod testing;
 mod time;

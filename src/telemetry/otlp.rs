@@ -20,7 +20,7 @@ use opentelemetry_otlp::{
 use opentelemetry_sdk::Resource;
 use tonic::metadata::{MetadataKey, MetadataValue};
 
-use crate::config::telemetry::{check_endpoint, is_off};
+use crate::config::telemetry::{is_off, validate_endpoint};
 use crate::config::{OtlpProtocol, TelemetryConfig};
 
 /// Where and how to export.
@@ -53,13 +53,14 @@ pub fn resolve(config: &TelemetryConfig, env: impl Fn(&str) -> Option<String>) -
         None => match env("OTEL_EXPORTER_OTLP_ENDPOINT") {
             Some(e) if !e.trim().is_empty() => {
                 let e = e.trim().to_owned();
-                check_endpoint(&e, Some(protocol)).map_err(|why| format!("OTEL_EXPORTER_OTLP_ENDPOINT: {why}"))?;
+                validate_endpoint(&e, Some(protocol)).map_err(|why| format!("OTEL_EXPORTER_OTLP_ENDPOINT: {why}"))?;
                 e
             }
             _ => return Ok(None),
         },
     };
-    check_endpoint(&endpoint, Some(protocol)).map_err(|why| format!("config key `telemetry.otlp_endpoint`: {why}"))?;
+    validate_endpoint(&endpoint, Some(protocol))
+        .map_err(|why| format!("config key `telemetry.otlp_endpoint`: {why}"))?;
     Ok(Some(Otlp {
         endpoint,
         protocol,

@@ -132,7 +132,7 @@ type StoredLetter = (i32, i64, String, Option<String>, String, Option<i32>);
 async fn poison_corpus_lands_every_good_row_and_dead_letters_every_bad_one() {
     let services = Services::from_env();
     let pool = services.pool().await;
-    sluice::service::migrate(&pool).await.unwrap();
+    sluice::app::migrate(&pool).await.unwrap();
     let (values, poisons) = poison_corpus::corpus(GOOD, PARTITIONS as u64);
     let total = values.len() as u64;
     let bad = poisons.len() as i64;
@@ -674,7 +674,7 @@ async fn a_dead_letter_too_large_for_the_dlq_topic_is_cut_to_fit_and_nothing_wed
     const MAX_RECORD_BYTES: usize = 1024 * 1024;
     let services = Services::from_env();
     let pool = services.pool().await;
-    sluice::service::migrate(&pool).await.unwrap();
+    sluice::app::migrate(&pool).await.unwrap();
     let (topic, group, table) = (unique("dlqhuge"), unique("g"), unique("strict"));
     let dlq = unique("dlq");
     create_topic(&services.brokers, &topic, PARTITIONS).await;
@@ -845,7 +845,7 @@ async fn a_failing_dlq_topic_is_retried_without_the_database_breaker() {
     const FAILURES: usize = 4;
     let services = Services::from_env();
     let pool = services.pool().await;
-    sluice::service::migrate(&pool).await.unwrap();
+    sluice::app::migrate(&pool).await.unwrap();
     let cluster = MockCluster::new(1).expect("mock cluster");
     let (topic, group, table, dlq) = (unique("dlqfail"), unique("g"), unique("strict"), unique("dlq"));
     cluster.create_topic(&topic, 1, 1).expect("topic");

@@ -5,16 +5,16 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice::kafka::consumer::ConsumerCommand;
-use sluice::kafka::offsets::NextOffset;
-use sluice::kafka::{Topics, Tp};
+use sluice::mapping::TableRef;
 use sluice::mapping::{ColumnSource, PgType};
+use sluice::model::offsets::NextOffset;
+use sluice::model::{Topics, Tp};
+use sluice::pipeline::breaker::BreakerSettings;
 use sluice::pipeline::buffer::{Entry, Limits};
+use sluice::pipeline::ports::ConsumerCommand;
 use sluice::pipeline::{Offer, Pipeline, Settings};
+use sluice::postgres::writer::{Control, Writer};
 use sluice::row::{ColumnPlan, RecordRef, RowEncoder};
-use sluice::sink::breaker::BreakerSettings;
-use sluice::sink::schema::TableRef;
-use sluice::sink::writer::{Control, Writer};
 
 use crate::harness::*;
 
@@ -41,7 +41,7 @@ fn entry(pipeline: &Pipeline, tp: Tp, topic: &str, offset: i64, id: i64, keep_ra
         .unwrap();
     let mut entry = Entry::new(tp, 0, offset, Some(row.into_boxed_slice()), Default::default());
     if keep_raw {
-        entry.raw = Some(Box::new(sluice::kafka::refetch::Raw {
+        entry.raw = Some(Box::new(sluice::model::Raw {
             key: None,
             value: Some(value.as_bytes().into()),
             headers: "[]".into(),
@@ -75,7 +75,7 @@ fn settings(max_records: usize, max_bytes: usize) -> Settings {
         low_watermark: 0.5,
         strategy: sluice::config::Strategy::Block,
         sample_rate: 10,
-        flush: sluice::sink::flush_policy::FlushSettings {
+        flush: sluice::pipeline::flush_policy::FlushSettings {
             target_latency: Duration::from_secs(1),
             min_interval: Duration::from_millis(20),
             max_interval: Duration::from_secs(5),
@@ -110,7 +110,7 @@ async fn setup(settings: Settings) -> Setup {
 async fn setup_with(settings: Settings, ddl: &str, unique_keys: &[(String, Vec<String>)]) -> Setup {
     let services = Services::from_env();
     let pool = services.pool().await;
-    sluice::service::migrate(&pool).await.unwrap();
+    sluice::app::migrate(&pool).await.unwrap();
     let (topic, group, table) = (unique("fence"), unique("g"), unique("fenced"));
     let ddl = ddl.replace("{table}", &table);
     sqlx::query(&format!("CREATE TABLE {table} ({ddl})"))
@@ -159,6 +159,7 @@ async fn setup_with(settings: Settings, ddl: &str, unique_keys: &[(String, Vec<S
             Default::default(),
         ))),
         dlq: None,
+        flushes: Default::default(),
     };
     Setup {
         pool,

@@ -35,7 +35,7 @@ async fn create_table(pool: &PgPool, table: &str) {
 
 /// Stores `next_offset` for partition 0 of `topic`, as an earlier run would have.
 async fn store_offset(pool: &PgPool, group: &str, topic: &str, next_offset: i64) {
-    sluice::service::migrate(pool).await.expect("migrate");
+    sluice::app::migrate(pool).await.expect("migrate");
     sqlx::query("INSERT INTO sluice.offsets (group_id, topic, partition, next_offset) VALUES ($1, $2, 0, $3)")
         .bind(group)
         .bind(topic)

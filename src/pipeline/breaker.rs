@@ -1,14 +1,19 @@
 //! The circuit breaker around a pipeline's database writes.
 //!
 //! CLOSED counts consecutive *transient* failures (the one classifier in
-//! `sink::error` decides); at `failure_threshold` it opens. OPEN attempts
+//! `postgres::error` decides); at `failure_threshold` it opens. OPEN attempts
 //! nothing for the open duration, which doubles with each consecutive
 //! opening up to a cap, with ±20 % jitter so a fleet of instances does not
 //! probe a recovering database in lockstep. Then HALF_OPEN lets exactly one
 //! trial flush through: success closes the breaker, failure re-opens it.
 //!
-//! Pure logic: the caller passes `Instant`s, so tests drive it without sleeping.
+//! Pure logic: the caller passes `Instant`s, so tests drive it without
+//! sleeping. The state lives here only: observers (`/readyz`, `/status`,
+//! `sluice_breaker_state`) read the [`BreakerGauge`] the breaker itself
+//! sets on every transition.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -21,7 +26,7 @@ pub struct BreakerSettings {
     pub max_open_duration: Duration,
 }
 
-/// The breaker's state (the writer publishes it as `Pipeline::breaker_state`).
+/// The breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
     /// Writes flow; `failures` consecutive transient failures so far.
@@ -33,12 +38,58 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
-    pub fn name(self) -> &'static str {
+    /// The phase, as observers see it.
+    pub fn phase(self) -> BreakerPhase {
         match self {
-            BreakerState::Closed { .. } => "closed",
-            BreakerState::Open { .. } => "open",
-            BreakerState::HalfOpen => "half_open",
+            BreakerState::Closed { .. } => BreakerPhase::Closed,
+            BreakerState::HalfOpen => BreakerPhase::HalfOpen,
+            BreakerState::Open { .. } => BreakerPhase::Open,
         }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.phase().as_str()
+    }
+}
+
+/// A breaker's state without its data: the value of `sluice_breaker_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerPhase {
+    /// Flushes go through (also the value while no breaker exists).
+    Closed = 0,
+    /// One trial flush is let through.
+    HalfOpen = 1,
+    /// Nothing is attempted; `/readyz` is unready.
+    Open = 2,
+}
+
+impl BreakerPhase {
+    /// The label value (`state="…"`), also used in logs and `/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerPhase::Closed => "CLOSED",
+            BreakerPhase::HalfOpen => "HALF_OPEN",
+            BreakerPhase::Open => "OPEN",
+        }
+    }
+}
+
+/// Where observers read a breaker's phase, without a lock; only the
+/// breaker writes it.
+#[derive(Debug, Default)]
+pub struct BreakerGauge(AtomicU8);
+
+impl BreakerGauge {
+    pub fn get(&self) -> BreakerPhase {
+        match self.0.load(Ordering::Relaxed) {
+            1 => BreakerPhase::HalfOpen,
+            2 => BreakerPhase::Open,
+            _ => BreakerPhase::Closed,
+        }
+    }
+
+    fn set(&self, phase: BreakerPhase) {
+        self.0.store(phase as u8, Ordering::Relaxed);
     }
 }
 
@@ -58,15 +109,20 @@ pub struct Breaker {
     openings: u32,
     /// xorshift state for the jitter; seeded per breaker.
     rng: u64,
+    /// Where the phase is published.
+    gauge: Arc<BreakerGauge>,
 }
 
 impl Breaker {
-    pub fn new(settings: BreakerSettings, seed: u64) -> Self {
+    /// A closed breaker that publishes its phase in `gauge`.
+    pub fn new(settings: BreakerSettings, seed: u64, gauge: Arc<BreakerGauge>) -> Self {
+        gauge.set(BreakerPhase::Closed);
         Self {
             settings,
             state: BreakerState::Closed { failures: 0 },
             openings: 0,
             rng: seed | 1,
+            gauge,
         }
     }
 
@@ -128,6 +184,7 @@ impl Breaker {
 
     fn transition(&mut self, to: BreakerState, pipeline: &str) {
         let from = std::mem::replace(&mut self.state, to);
+        self.gauge.set(to.phase());
         match to {
             BreakerState::Open { until } => warn!(
                 pipeline, from = from.name(), to = to.name(), open_for = ?until.saturating_duration_since(Instant::now()),
@@ -155,7 +212,27 @@ mod tests {
                 max_open_duration: Duration::from_secs(8),
             },
             42,
+            Arc::default(),
         )
+    }
+
+    #[test]
+    fn the_gauge_follows_every_transition() {
+        let gauge = Arc::new(BreakerGauge::default());
+        let settings = BreakerSettings {
+            failure_threshold: 1,
+            open_duration: Duration::from_secs(1),
+            max_open_duration: Duration::from_secs(1),
+        };
+        let mut b = Breaker::new(settings, 7, gauge.clone());
+        let t = Instant::now();
+        assert_eq!(gauge.get(), BreakerPhase::Closed);
+        b.on_transient_failure(t, "p");
+        assert_eq!(gauge.get(), BreakerPhase::Open);
+        assert_eq!(b.permit(t + Duration::from_secs(2), "p"), Permit::Allowed);
+        assert_eq!(gauge.get(), BreakerPhase::HalfOpen);
+        b.on_success("p");
+        assert_eq!((gauge.get(), gauge.get().as_str()), (BreakerPhase::Closed, "CLOSED"));
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!   breaker, lag, last flush, counters). No secrets: the Postgres URL is
 //!   shown redacted.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -17,9 +19,48 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use tracing::{info, warn};
 
+use crate::app::observe::Observed;
 use crate::telemetry::prometheus::{PrometheusEndpoint, CONTENT_TYPE};
-use crate::telemetry::Observed;
+
+/// The running server; [`Server::stop`] ends it.
+pub struct Server {
+    /// Where it listens (the real port when configured as 0).
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `addr` and serves the routes until [`Server::stop`].
+    pub async fn start(
+        addr: SocketAddr,
+        observed: Arc<Observed>,
+        prometheus: Option<PrometheusEndpoint>,
+    ) -> std::io::Result<Server> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        let (stop, rx) = tokio::sync::oneshot::channel();
+        let app = router(observed, prometheus);
+        let task = tokio::spawn(async move {
+            let server = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = rx.await;
+            });
+            if let Err(err) = server.await {
+                warn!(error = %err, "telemetry http server failed");
+            }
+        });
+        info!(%addr, "serving /metrics /healthz /readyz /status");
+        Ok(Server { addr, stop, task })
+    }
+
+    /// Stops serving (waits up to 2 s for requests in progress).
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+    }
+}
 
 #[derive(Clone)]
 struct AppState {

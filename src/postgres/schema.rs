@@ -1,37 +1,9 @@
 //! The live table schema, and checking a mapping against it.
 
-use std::fmt;
-
 use sqlx::PgPool;
 
-use crate::mapping::{ColumnSource, PgType};
+use crate::mapping::{ColumnSource, PgType, TableRef};
 use crate::row::{CheckExpr, ColumnPlan, Constraints, Limit};
-
-/// A table, schema-qualified. Names are used exactly as written and always
-/// quoted, so they are case-sensitive.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableRef {
-    pub schema: String,
-    pub name: String,
-}
-
-impl TableRef {
-    /// `"schema"."name"`, safe to splice into SQL.
-    pub fn quoted(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
-    }
-}
-
-impl fmt::Display for TableRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
-    }
-}
-
-/// Quotes an identifier for SQL: `a"b` → `"a""b"`.
-pub fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
 
 /// A column as the database has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +124,10 @@ pub enum MappingError {
         table: String,
         key: String,
     },
+    /// A setting of the pipeline that does not fit (a table name from a
+    /// topic, the upsert key or version column).
+    #[error("pipeline `{pipeline}`: {reason}")]
+    Invalid { pipeline: String, reason: String },
     #[error("pipeline `{pipeline}`: column `{column}` ({type_name}): {reason}")]
     Incompatible {
         pipeline: String,
@@ -237,6 +213,7 @@ fn constraints_of(col: &LiveColumn, ty: PgType) -> Constraints {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mapping::quote_ident;
 
     fn live() -> Vec<LiveColumn> {
         vec![

@@ -1,11 +1,6 @@
-//! The dead-letter store: `sluice.dead_letters`.
-//!
-//! A record that can never become a row is kept here with its raw bytes and
-//! the precise reason, instead of stalling the pipeline or vanishing. Dead
-//! letters are inserted in the flush transaction that advances the offsets
-//! covering them, so — like rows — each one is stored exactly once: a
-//! rolled-back flush stores none, a retried or re-delivered one cannot store
-//! it twice (`ON CONFLICT DO NOTHING` on the record's coordinates).
+//! A dead letter: a record that will not become a row, with what is kept of
+//! it (stored in `sluice.dead_letters` by [`crate::postgres::dead_letters`],
+//! produced to the dead-letter topic by [`crate::kafka::dead_letter_topic`]).
 //!
 //! Two classes: `decode` (refused before the database: invalid JSON or
 //! UTF-8, a value of the wrong type or out of the column's range, a record
@@ -15,8 +10,6 @@
 //! first, with the SQLSTATE Postgres would raise).
 
 use std::fmt;
-
-use sqlx::PgConnection;
 
 use crate::row::{header_value_json, DecodeError};
 
@@ -96,23 +89,6 @@ impl DeadLetter {
         Self::decode(key, Some(value), headers, &error, max_record_bytes)
     }
 
-    /// The dead letter of a consumed record: `error` from the encoder, or
-    /// `None` when the value is above `max_record_bytes` (not decoded).
-    pub fn of_message<M: rdkafka::Message>(msg: &M, error: Option<&DecodeError>, max_record_bytes: usize) -> Self {
-        let headers = message_headers(msg);
-        match (error, msg.payload()) {
-            (Some(error), value) => Self::decode(msg.key(), value, headers, error, max_record_bytes),
-            (None, Some(value)) => Self::oversized(msg.key(), value, headers, max_record_bytes),
-            (None, None) => Self::decode(
-                msg.key(),
-                None,
-                headers,
-                &DecodeError::for_record("null value (tombstone)"),
-                max_record_bytes,
-            ),
-        }
-    }
-
     /// Bytes this dead letter holds, charged to the pipeline buffer.
     pub fn bytes(&self) -> usize {
         std::mem::size_of::<DeadLetter>()
@@ -176,15 +152,6 @@ fn capped(bytes: &[u8], max: usize) -> Box<[u8]> {
     Box::from(&bytes[..bytes.len().min(max)])
 }
 
-/// A consumed record's headers, as [`headers_json`] stores them.
-pub fn message_headers<M: rdkafka::Message>(msg: &M) -> Box<str> {
-    use rdkafka::message::Headers;
-    match msg.headers() {
-        Some(h) => headers_json(h.iter().map(|h| (h.key, h.value))),
-        None => headers_json(std::iter::empty()),
-    }
-}
-
 /// Record headers as stored in `headers`: a JSON array, in order, of
 /// `{"key": k, "value": v}` where `v` is the value as a string when it is
 /// UTF-8, `{"base64": …}` when not, and `null` for a null header.
@@ -230,7 +197,7 @@ pub fn headers_from_json(json: &str) -> Vec<(String, Option<Vec<u8>>)> {
 }
 
 /// Postgres text and jsonb cannot hold NUL.
-fn no_nul(s: &str) -> String {
+pub fn no_nul(s: &str) -> String {
     s.replace('\0', "\u{FFFD}")
 }
 
@@ -242,59 +209,6 @@ pub struct Stored<'a> {
     pub offset: i64,
     pub timestamp_ms: Option<i64>,
     pub letter: &'a DeadLetter,
-}
-
-/// Inserts dead letters of `pipeline` in the caller's transaction, one
-/// statement for all of them. A record already stored (re-delivered after a
-/// fence or a crash) is skipped. Returns how many were inserted.
-pub async fn insert(tx: &mut PgConnection, pipeline: &str, letters: &[Stored<'_>]) -> Result<u64, sqlx::Error> {
-    if letters.is_empty() {
-        return Ok(0);
-    }
-    let n = letters.len();
-    let (mut topics, mut partitions, mut offsets, mut timestamps) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut keys, mut values, mut headers) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut classes, mut sqlstates, mut errors) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    for s in letters {
-        topics.push(s.topic);
-        partitions.push(s.partition);
-        offsets.push(s.offset);
-        timestamps.push(s.timestamp_ms);
-        keys.push(s.letter.key.as_deref());
-        values.push(s.letter.value.as_deref());
-        headers.push(&*s.letter.headers);
-        classes.push(s.letter.class.as_str());
-        sqlstates.push(s.letter.sqlstate.as_deref());
-        errors.push(no_nul(&s.letter.error));
-    }
-    let result = sqlx::query(
-        "INSERT INTO sluice.dead_letters \
-           (pipeline, topic, partition, \"offset\", kafka_timestamp, key, value, headers, error_class, sqlstate, error) \
-         SELECT $1, t, p, o, to_timestamp(ts::float8 / 1000), k, v, h::jsonb, c, s, e \
-         FROM UNNEST($2::text[], $3::int4[], $4::int8[], $5::int8[], $6::bytea[], $7::bytea[], $8::text[], \
-                     $9::text[], $10::text[], $11::text[]) AS u(t, p, o, ts, k, v, h, c, s, e) \
-         ON CONFLICT (pipeline, topic, partition, \"offset\") DO NOTHING",
-    )
-    .bind(pipeline)
-    .bind(topics)
-    .bind(partitions)
-    .bind(offsets)
-    .bind(timestamps)
-    .bind(keys)
-    .bind(values)
-    .bind(headers)
-    .bind(classes)
-    .bind(sqlstates)
-    .bind(errors)
-    .execute(&mut *tx)
-    .await?;
-    Ok(result.rows_affected())
 }
 
 #[cfg(test)]

@@ -5,17 +5,7 @@
 //! the batch is retried. Data errors are the record's fault. Configuration
 //! errors (missing table or column, permissions) need an operator.
 
-/// What kind of failure a database error is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// Retry: connection lost or refused, pool timeout, serialization
-    /// failure, deadlock, resources, shutdown, read-only transaction.
-    Transient,
-    /// The rows are at fault (SQLSTATE classes 22 and 23).
-    Data,
-    /// The mapping or the database setup is at fault (class 42, 28, …).
-    Config,
-}
+use crate::model::ErrorClass;
 
 /// Classifies by SQLSTATE, or by the kind of I/O failure.
 pub fn classify(err: &sqlx::Error) -> ErrorClass {

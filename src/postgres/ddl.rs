@@ -9,7 +9,8 @@
 
 use sqlx::PgPool;
 
-use crate::sink::schema::{quote_ident, LiveColumn, TableRef};
+use crate::mapping::{quote_ident, TableRef};
+use crate::postgres::schema::LiveColumn;
 
 /// A column as `auto_create`/`auto_evolve` would make it: name and SQL
 /// type (canonical, from `mapping::parse_sql_type`).

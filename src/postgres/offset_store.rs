@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use sqlx::{PgConnection, PgPool};
 
-use crate::kafka::offsets::NextOffset;
+use crate::model::offsets::NextOffset;
 
 /// Stored positions of `partitions` of `topic` for `group_id`.
 pub async fn load(

@@ -15,9 +15,10 @@ use std::sync::Arc;
 
 use sqlx::{PgPool, Row as _};
 
+use crate::model::dead_letter::headers_from_json;
 use crate::pipeline::Target;
+use crate::postgres::upsert;
 use crate::row::{HeaderRef, RecordRef};
-use crate::sink::dead_letter::headers_from_json;
 
 /// One dead letter, as listed.
 #[derive(Debug, Clone)]
@@ -195,8 +196,8 @@ pub async fn replay(
         let mut data = Vec::with_capacity(line.len() + 4);
         write_sql.frame(&mut data, &line, 0);
         let copied = async {
-            write_sql.prepare(&mut tx).await?;
-            write_sql.write(&mut tx, &data).await
+            upsert::prepare(write_sql, &mut tx).await?;
+            upsert::write(write_sql, &mut tx, &data).await
         }
         .await;
         match copied {
@@ -205,8 +206,8 @@ pub async fn replay(
                 report.replayed.push(id);
             }
             Err(sqlx::Error::Database(db))
-                if crate::sink::error::classify_sqlstate(db.code().as_deref().unwrap_or(""))
-                    == crate::sink::error::ErrorClass::Data =>
+                if crate::postgres::error::classify_sqlstate(db.code().as_deref().unwrap_or(""))
+                    == crate::model::ErrorClass::Data =>
             {
                 tx.rollback().await?;
                 report.still_bad.push((

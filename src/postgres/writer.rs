@@ -15,7 +15,7 @@
 //! Records that can never be written never stall the pipeline: undecodable
 //! ones arrive as dead letters, and rows the database refuses for a data
 //! reason (SQLSTATE class 22 or 23) are isolated inside the flush
-//! transaction ([`crate::sink::bisect`]). Both kinds go to
+//! transaction ([`crate::postgres::bisect`]). Both kinds go to
 //! `sluice.dead_letters` in that same transaction, with the rows that land
 //! and the offsets they all cover. Under `errors.tolerance = "none"` the
 //! first such record stops the pipeline instead, before anything past it
@@ -31,26 +31,22 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Tolerance;
-use crate::kafka::consumer::ConsumerCommand;
-use crate::kafka::refetch::{Coordinates, Raw, Refetcher};
-use crate::kafka::{Topics, Tp};
+use crate::model::dead_letter::{DeadLetter, DeadLetterClass, Stored};
+use crate::model::record::{Coordinates, Raw};
+use crate::model::ErrorClass;
+use crate::model::{Topics, Tp};
+use crate::pipeline::breaker::{Breaker, BreakerSettings, BreakerState, Permit};
 use crate::pipeline::buffer::{Batch, Entry};
-use crate::pipeline::{breaker_state, Counters, Pipeline, Span, Target};
-use crate::sink::bisect::{self, Isolator, Refusal};
-use crate::sink::breaker::{Breaker, BreakerSettings, BreakerState, Permit};
-use crate::sink::dead_letter::{self, DeadLetter, DeadLetterClass, Stored};
-use crate::sink::dlq::DlqError;
-use crate::sink::error::{classify, ErrorClass};
-use crate::sink::flush_policy::FlushPolicy;
-use crate::sink::offset_store;
-use crate::sink::upsert::WriteSql;
-
-/// Requests to a writer.
-#[derive(Debug)]
-pub enum WriterCommand {
-    /// Flush everything buffered, then answer (rebalance and shutdown).
-    FlushAll { ack: oneshot::Sender<()> },
-}
+use crate::pipeline::flush_policy::FlushPolicy;
+use crate::pipeline::ports::{ConsumerCommand, DeadLetterTopic, DeadLetterTopicError, ReadBack, WriterCommand};
+use crate::pipeline::{Counters, Pipeline, Span, Target};
+use crate::postgres::bisect::{self, Isolator, Refusal};
+use crate::postgres::dead_letters;
+use crate::postgres::error::classify;
+use crate::postgres::offset_store;
+use crate::postgres::upsert;
+use crate::row::statements::WriteSql;
+use crate::telemetry::{FlushEvent, FlushOutcome, Flushes};
 
 /// What one transaction did.
 #[derive(Debug)]
@@ -66,7 +62,7 @@ enum Outcome {
     },
     /// Producing the dead letters to `errors.dlq_topic` failed: rolled back.
     /// Not a database failure: retried without the breaker.
-    DlqFailed(DlqError),
+    DlqFailed(DeadLetterTopicError),
 }
 
 /// What a committed flush wrote.
@@ -102,9 +98,11 @@ pub struct Writer {
     pub consumer: std_mpsc::Sender<ConsumerCommand>,
     pub control: Control,
     /// Reads refused records back from Kafka for their dead letters.
-    pub refetch: Arc<std::sync::Mutex<Refetcher>>,
+    pub refetch: Arc<std::sync::Mutex<dyn ReadBack>>,
     /// Produces dead letters to `errors.dlq_topic`, when set.
-    pub dlq: Option<crate::sink::dlq::DlqProducer>,
+    pub dlq: Option<Arc<dyn DeadLetterTopic>>,
+    /// Where each flush attempt is recorded (metrics, span, `/status`).
+    pub flushes: Flushes,
 }
 
 /// The writer's own decision state: the breaker, the adaptive flush policy
@@ -124,7 +122,7 @@ impl Control {
             .map_or(0, |d| d.as_nanos() as u64);
         let seed = clock ^ u64::from(std::process::id()).rotate_left(32) ^ (pipeline.name.len() as u64);
         Self {
-            breaker: Breaker::new(breaker, seed ^ 0x9E37_79B9_7F4A_7C15),
+            breaker: Breaker::new(breaker, seed ^ 0x9E37_79B9_7F4A_7C15, pipeline.breaker.clone()),
             policy: FlushPolicy::new(pipeline.settings.flush, pipeline.settings.flush_interval),
             write_timeout,
         }
@@ -136,7 +134,7 @@ enum Letters {
     /// In the store (this many new) and, if set, on the dead-letter topic.
     Stored(u64),
     /// The dead-letter topic refused them: roll back and retry the flush.
-    DlqFailed(DlqError),
+    DlqFailed(DeadLetterTopicError),
 }
 
 /// A write that did not finish within `write_timeout`.
@@ -238,11 +236,11 @@ impl Writer {
                 continue;
             };
             if let Permit::Wait(until) = self.control.breaker.permit(Instant::now(), &self.pipeline.name) {
-                self.publish_breaker();
+                self.publish_interval();
                 self.wait_while_open(until, pending_acks).await;
                 continue;
             }
-            self.publish_breaker();
+            self.publish_interval();
             let rows = batch.entries.iter().filter(|e| e.row.is_some()).count();
             let started = Instant::now();
             let deadline = started + self.control.write_timeout;
@@ -260,7 +258,7 @@ impl Writer {
                     let took = started.elapsed();
                     self.control.breaker.on_success(&self.pipeline.name);
                     self.control.policy.observe(took);
-                    self.publish_breaker();
+                    self.publish_interval();
                     self.committed(&batch, &spans, &written, took);
                     if rest.is_empty() {
                         return;
@@ -299,7 +297,7 @@ impl Writer {
                 Err(err) => {
                     failures += 1;
                     let class = classify(&err);
-                    crate::telemetry::flush_failed(&self.pipeline, &batch, spans.len(), started.elapsed(), class);
+                    self.record_flush(&batch, spans.len(), started.elapsed(), FlushOutcome::Failed(class));
                     if is_timeout(&err) {
                         timeouts += 1;
                     } else {
@@ -324,7 +322,7 @@ impl Writer {
                             error = %err, "flush refused by the database, operator action needed"
                         ),
                     }
-                    self.publish_breaker();
+                    self.publish_interval();
                     if timeouts >= SPLIT_AFTER_TIMEOUTS && batch.entries.len() > 1 {
                         // The same batch keeps running out of time: a smaller
                         // one may not. Its later half waits, in order, until
@@ -364,16 +362,8 @@ impl Writer {
         }
     }
 
-    /// Makes the breaker state and the flush interval visible to telemetry.
-    fn publish_breaker(&self) {
-        let state = match self.control.breaker.state() {
-            BreakerState::Closed { .. } => breaker_state::CLOSED,
-            BreakerState::HalfOpen => breaker_state::HALF_OPEN,
-            BreakerState::Open { .. } => breaker_state::OPEN,
-        };
-        self.pipeline
-            .breaker_state
-            .store(state, std::sync::atomic::Ordering::Relaxed);
+    /// Makes the flush interval in force visible to telemetry.
+    fn publish_interval(&self) {
         let interval = self.control.policy.interval().as_micros().min(u64::MAX as u128) as u64;
         self.pipeline
             .flush_interval_us
@@ -600,7 +590,7 @@ impl Writer {
     /// In upsert mode a refusal raised by the upsert statement (NOT NULL,
     /// CHECK, foreign keys of the target) names no COPY line, so its range is
     /// split in halves; applying the parts in order is equivalent to applying
-    /// the whole (see [`crate::sink::upsert`]).
+    /// the whole (see [`crate::postgres::upsert`]).
     async fn copy_isolating(
         &self,
         tx: &mut PgConnection,
@@ -615,7 +605,7 @@ impl Writer {
         // Deferred constraints are checked per statement, so that a refusal
         // surfaces at the COPY that caused it, not at COMMIT.
         tx.execute("SET CONSTRAINTS ALL IMMEDIATE").await?;
-        write_sql.prepare(tx).await?;
+        upsert::prepare(write_sql, tx).await?;
         // Rows repeating an earlier row's unique key (`repeats`, positions
         // in `rows`) are left out of the first pass, and refused without a
         // COPY when that earlier row landed.
@@ -639,7 +629,7 @@ impl Writer {
             // Postgres refuse the repeats.
             tx.execute("ROLLBACK TO SAVEPOINT sluice_ordered; SAVEPOINT sluice_rows")
                 .await?;
-            write_sql.reset(tx).await?;
+            upsert::reset(write_sql, tx).await?;
             let (refused, more) = self.isolate(tx, target, rows).await?;
             return Ok((refused, copies + more));
         }
@@ -665,10 +655,10 @@ impl Writer {
             for (entry, row) in &rows[range.clone()] {
                 write_sql.frame(&mut data, row, *entry);
             }
-            match write_sql.write(tx, &data).await {
+            match upsert::write(write_sql, tx, &data).await {
                 Ok(()) => {
                     if isolator.more() {
-                        write_sql.reset(tx).await?;
+                        upsert::reset(write_sql, tx).await?;
                         tx.execute("RELEASE SAVEPOINT sluice_rows; SAVEPOINT sluice_rows")
                             .await?;
                     }
@@ -796,7 +786,7 @@ impl Writer {
         if letters.is_empty() {
             return Ok(Letters::Stored(0));
         }
-        let inserted = dead_letter::insert(tx, &self.pipeline.name, letters).await?;
+        let inserted = dead_letters::insert(tx, &self.pipeline.name, letters).await?;
         if let Some(dlq) = &self.dlq {
             // By the flush's deadline, less a tenth of `write_timeout` kept
             // for the rollback or the commit. Out of time already: the
@@ -871,7 +861,20 @@ impl Writer {
             });
         }
         debug!(pipeline = %self.pipeline.name, rows, records = batch.entries.len(), partitions = spans.len(), took_ms = took.as_millis() as u64, "flushed");
-        crate::telemetry::flush_committed(&self.pipeline, batch, spans.len(), took);
+        self.record_flush(batch, spans.len(), took, FlushOutcome::Committed);
+    }
+
+    /// Records a flush attempt with telemetry.
+    fn record_flush(&self, batch: &Batch, partitions: usize, duration: Duration, outcome: FlushOutcome) {
+        let table = self.pipeline.table.to_string();
+        let event = FlushEvent {
+            pipeline: &self.pipeline.name,
+            table: &table,
+            partitions,
+            duration,
+            outcome,
+        };
+        self.flushes.record(event, batch.row_facts());
     }
 
     /// After a fence or a gap: read where the partition really is, forget

@@ -4,7 +4,7 @@
 //! inside the flush, after they are inserted and *before* the Postgres
 //! transaction commits, and the flush waits for the broker's acks. A produce
 //! that fails fails the flush, which is retried with backoff — as a failure of
-//! the dead-letter topic ([`DlqError`]), never as a database outage: it does
+//! the dead-letter topic ([`DeadLetterTopicError`]), never as a database outage: it does
 //! not count towards the database circuit breaker. A flush that fails after
 //! producing (its COMMIT lost, or fenced) produces them again on retry or by
 //! the next owner. So every dead letter reaches the topic at least once, some
@@ -37,7 +37,8 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use tracing::warn;
 
-use crate::sink::dead_letter::{headers_from_json, Stored};
+use crate::model::dead_letter::{headers_from_json, Stored};
+use crate::pipeline::ports::{DeadLetterTopic, DeadLetterTopicError, SendFuture};
 
 /// The longest a flush waits for the dead-letter topic's acks; less when
 /// less is left of the flush's `postgres.write_timeout`.
@@ -66,7 +67,7 @@ const MARKERS: usize = 3 * (HEADER_OVERHEAD + 24 + 20);
 /// A dead letter the topic did not take.
 #[derive(Debug, thiserror::Error)]
 #[error("producing to dead-letter topic {topic}: {why}")]
-pub struct DlqError {
+pub struct ProduceError {
     pub topic: String,
     why: Why,
 }
@@ -252,14 +253,16 @@ fn too_large(err: &KafkaError) -> bool {
 }
 
 /// A producer for one pipeline's dead-letter topic.
-pub struct DlqProducer {
+pub struct DeadLetterProducer {
     producer: FutureProducer,
     topic: String,
 }
 
-impl std::fmt::Debug for DlqProducer {
+impl std::fmt::Debug for DeadLetterProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DlqProducer").field("topic", &self.topic).finish()
+        f.debug_struct("DeadLetterProducer")
+            .field("topic", &self.topic)
+            .finish()
     }
 }
 
@@ -279,7 +282,7 @@ fn producer_properties(consumer: &BTreeMap<String, String>) -> BTreeMap<String, 
         .collect()
 }
 
-impl DlqProducer {
+impl DeadLetterProducer {
     pub fn new(consumer_properties: &BTreeMap<String, String>, topic: &str) -> rdkafka::error::KafkaResult<Self> {
         let mut config = rdkafka::ClientConfig::new();
         for (k, v) in producer_properties(consumer_properties) {
@@ -291,14 +294,14 @@ impl DlqProducer {
             .set("message.max.bytes", PRODUCER_MESSAGE_MAX_BYTES.to_string())
             // librdkafka gives up on a letter no flush waits for any more.
             .set("message.timeout.ms", PRODUCE_TIMEOUT.as_millis().to_string());
-        Ok(DlqProducer {
+        Ok(DeadLetterProducer {
             producer: config.create()?,
             topic: topic.to_owned(),
         })
     }
 
-    fn error(&self, why: Why) -> DlqError {
-        DlqError {
+    fn error(&self, why: Why) -> ProduceError {
+        ProduceError {
             topic: self.topic.clone(),
             why,
         }
@@ -308,7 +311,7 @@ impl DlqProducer {
     /// 30 s); the first failure is the error. All are sent at once; one the
     /// broker refuses as too large is sent again alone, with half the budget
     /// each time (see the module doc).
-    pub async fn send(&self, pipeline: &str, letters: &[Stored<'_>], deadline: Instant) -> Result<(), DlqError> {
+    pub async fn produce(&self, pipeline: &str, letters: &[Stored<'_>], deadline: Instant) -> Result<(), ProduceError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(deadline.min(started + PRODUCE_TIMEOUT));
         let letters: Vec<Letter<'_>> = letters.iter().map(|s| Letter::new(pipeline, s)).collect();
@@ -359,7 +362,7 @@ impl DlqProducer {
         cap: usize,
         deadline: tokio::time::Instant,
         started: Instant,
-    ) -> Result<Option<DeliveryFuture>, DlqError> {
+    ) -> Result<Option<DeliveryFuture>, ProduceError> {
         loop {
             match self.producer.send_result(letter.record(&self.topic, cap)) {
                 Ok(delivery) => return Ok(Some(delivery)),
@@ -382,7 +385,7 @@ impl DlqProducer {
         delivery: DeliveryFuture,
         deadline: tokio::time::Instant,
         started: Instant,
-    ) -> Result<bool, DlqError> {
+    ) -> Result<bool, ProduceError> {
         match tokio::time::timeout_at(deadline, delivery).await {
             Err(_) => Err(self.error(Why::TimedOut(started.elapsed()))),
             Ok(Err(_)) => Err(self.error(Why::Canceled)),
@@ -393,10 +396,23 @@ impl DlqProducer {
     }
 }
 
+impl DeadLetterTopic for DeadLetterProducer {
+    fn send<'a>(&'a self, pipeline: &'a str, letters: &'a [Stored<'a>], deadline: Instant) -> SendFuture<'a> {
+        Box::pin(async move {
+            self.produce(pipeline, letters, deadline)
+                .await
+                .map_err(|err| DeadLetterTopicError {
+                    topic: err.topic,
+                    source: Box::new(err.why),
+                })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::dead_letter::{DeadLetter, DeadLetterClass};
+    use crate::model::dead_letter::{DeadLetter, DeadLetterClass};
     use proptest::prelude::*;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
@@ -616,14 +632,14 @@ mod tests {
         cluster.create_topic("dlq", 1, 1).expect("topic");
         let mut props = BTreeMap::new();
         props.insert("bootstrap.servers".to_owned(), cluster.bootstrap_servers());
-        let producer = DlqProducer::new(&props, "dlq").expect("producer");
+        let producer = DeadLetterProducer::new(&props, "dlq").expect("producer");
         let too_large = RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
         cluster.request_errors(rdkafka::types::RDKafkaApiKey::Produce, &[too_large, too_large]);
         let value: Vec<u8> = vec![b'x'; 1_048_576];
         let d = letter(b"k", value);
         let letters = [stored(&d)];
         producer
-            .send("p", &letters, Instant::now() + Duration::from_secs(20))
+            .produce("p", &letters, Instant::now() + Duration::from_secs(20))
             .await
             .expect("delivered");
         let seen = read_all(&cluster.bootstrap_servers(), "dlq");
@@ -640,13 +656,13 @@ mod tests {
         cluster.create_topic("dlq", 1, 1).expect("topic");
         let mut props = BTreeMap::new();
         props.insert("bootstrap.servers".to_owned(), cluster.bootstrap_servers());
-        let producer = DlqProducer::new(&props, "dlq").expect("producer");
+        let producer = DeadLetterProducer::new(&props, "dlq").expect("producer");
         cluster.broker_down(1).expect("broker down");
         let d = letter(b"k", b"v".to_vec());
         let letters = [stored(&d)];
         let started = Instant::now();
         let err = producer
-            .send("p", &letters, started + Duration::from_millis(1500))
+            .produce("p", &letters, started + Duration::from_millis(1500))
             .await
             .expect_err("no broker");
         let took = started.elapsed();

@@ -1,0 +1,371 @@
+//! What `/readyz`, `/status` and the observable metrics report, read from
+//! the live pipelines and the consumer's shared state.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use opentelemetry::metrics::{Meter, ObservableCounter, ObservableGauge};
+use opentelemetry::KeyValue;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::kafka::consumer::Shared;
+use crate::model::Topics;
+use crate::pipeline::breaker::BreakerPhase;
+use crate::pipeline::{Counters, Pipeline};
+use crate::postgres::health::DbHealth;
+use crate::telemetry::lag::LagTable;
+use crate::telemetry::metrics::*;
+use crate::telemetry::{FlushOutcome, Flushes};
+
+/// Everything telemetry reads: the pipelines and the consumer's shared
+/// state (read under their locks, briefly), and what the lag poller, the
+/// database probe and flush events record.
+pub struct Observed {
+    pub pipelines: Vec<Arc<Pipeline>>,
+    pub topics: Arc<Topics>,
+    pub shared: Arc<Shared>,
+    pub lag: Arc<LagTable>,
+    pub db: Arc<DbHealth>,
+    pub flushes: Flushes,
+    /// For `/status`; no secrets.
+    pub group_id: String,
+    pub brokers: String,
+    pub postgres: String,
+    pub started: SystemTime,
+}
+
+impl Observed {
+    pub fn new(
+        config: &Config,
+        pipelines: Vec<Arc<Pipeline>>,
+        topics: Arc<Topics>,
+        shared: Arc<Shared>,
+        flushes: Flushes,
+    ) -> Observed {
+        Observed {
+            pipelines,
+            topics,
+            shared,
+            lag: Arc::new(LagTable::default()),
+            db: Arc::new(DbHealth::default()),
+            flushes,
+            group_id: config.kafka.group_id.clone(),
+            brokers: config.kafka.brokers.clone(),
+            postgres: config.postgres.redacted_url(),
+            started: SystemTime::now(),
+        }
+    }
+
+    /// Why sluice is not ready; empty when it is. Ready means: partitions
+    /// assigned, Postgres answering, no breaker open, no pipeline stopped,
+    /// not shutting down.
+    pub fn unready_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if self.shared.draining.load(Ordering::Relaxed) {
+            reasons.push("shutting down".to_owned());
+        }
+        if self.shared.assigned.load(Ordering::Relaxed) == 0 {
+            reasons.push("no partitions assigned".to_owned());
+        }
+        if !self.db.is_ok() {
+            let error = self.db.last_error().unwrap_or_default();
+            reasons.push(format!("postgres unreachable: {error}"));
+        }
+        for p in &self.pipelines {
+            if p.breaker.get() == BreakerPhase::Open {
+                reasons.push(format!("pipeline {}: circuit breaker open", p.name));
+            }
+            if p.stopped.load(Ordering::Relaxed) {
+                reasons.push(format!("pipeline {}: stopped", p.name));
+            }
+        }
+        reasons
+    }
+
+    /// The `/status` document.
+    pub fn status(&self) -> Value {
+        let reasons = self.unready_reasons();
+        let lag = self.lag.snapshot();
+        let last_flush = self.flushes.last();
+        let pipelines: Vec<Value> = self
+            .pipelines
+            .iter()
+            .enumerate()
+            .map(|(index, p)| {
+                let (state, utilization, records, bytes, paused, mut partitions) = {
+                    let s = p.lock();
+                    let mut parts: Vec<(String, i32)> = s
+                        .partitions
+                        .keys()
+                        .map(|tp| (self.topics.name(tp.topic).to_owned(), tp.partition))
+                        .collect();
+                    parts.sort();
+                    (
+                        s.bp.as_str(),
+                        s.buffer.utilization(),
+                        s.buffer.records(),
+                        s.buffer.bytes(),
+                        s.paused || s.draining,
+                        parts,
+                    )
+                };
+                let limits = p.settings.limits;
+                let as_json = |parts: &[(String, i32)]| -> Vec<Value> {
+                    parts
+                        .iter()
+                        .map(|(t, part)| json!({"topic": t, "partition": part}))
+                        .collect()
+                };
+                let assigned = as_json(&partitions);
+                if !paused {
+                    partitions.clear();
+                }
+                let lags: Vec<Value> = lag
+                    .iter()
+                    .filter(|l| l.pipeline == index)
+                    .map(|l| {
+                        json!({
+                            "topic": self.topics.name(l.tp.topic),
+                            "partition": l.tp.partition,
+                            "lag": l.lag,
+                            "high_watermark": l.high,
+                            "position": l.position,
+                        })
+                    })
+                    .collect();
+                let total_lag: i64 = lag.iter().filter(|l| l.pipeline == index).map(|l| l.lag).sum();
+                let c = &p.counters;
+                json!({
+                    "name": p.name,
+                    "table": p.table.to_string(),
+                    "state": state,
+                    "strategy": p.settings.strategy.as_str(),
+                    "utilization": utilization,
+                    "buffer": {
+                        "records": records,
+                        "bytes": bytes,
+                        "max_records": limits.max_records,
+                        "max_bytes": limits.max_bytes,
+                    },
+                    "assigned_partitions": assigned,
+                    "paused_partitions": as_json(&partitions),
+                    "breaker": p.breaker.get().as_str(),
+                    "stopped": p.stopped.load(Ordering::Relaxed),
+                    "flush_interval_ms": p.flush_interval().as_secs_f64() * 1000.0,
+                    "lag": lags,
+                    "lag_total": total_lag,
+                    "last_flush": last_flush.get(&p.name).map(|f| json!({
+                        "at": rfc3339(f.at),
+                        "outcome": f.outcome.as_str(),
+                        "error": match f.outcome {
+                            FlushOutcome::Failed(class) => Value::from(class.as_str()),
+                            FlushOutcome::Committed => Value::Null,
+                        },
+                        "rows": f.rows,
+                        "bytes": f.bytes,
+                        "partitions": f.partitions,
+                        "duration_ms": f.duration.as_secs_f64() * 1000.0,
+                    })),
+                    "counters": {
+                        "consumed": Counters::get(&c.consumed),
+                        "written": Counters::get(&c.written),
+                        "dropped": Counters::get(&c.dropped),
+                        "dead_lettered": Counters::get(&c.dead_lettered),
+                        "flushes": Counters::get(&c.flushes),
+                        "fenced": Counters::get(&c.fenced),
+                        "gaps": Counters::get(&c.gaps),
+                    },
+                })
+            })
+            .collect();
+        json!({
+            "service": "sluice",
+            "version": env!("CARGO_PKG_VERSION"),
+            "started": rfc3339(self.started),
+            "ready": reasons.is_empty(),
+            "unready_reasons": reasons,
+            "draining": self.shared.draining.load(Ordering::Relaxed),
+            "kafka": {
+                "brokers": self.brokers,
+                "group_id": self.group_id,
+                "assigned_partitions": self.shared.assigned.load(Ordering::Relaxed),
+            },
+            "postgres": {
+                "url": self.postgres,
+                "reachable": self.db.is_ok(),
+                "last_error": self.db.last_error(),
+            },
+            "pipelines": pipelines,
+        })
+    }
+}
+
+/// The observable instruments' handles: they report while held.
+#[derive(Default)]
+pub struct Instruments {
+    _counters: Vec<ObservableCounter<u64>>,
+    _gauges_u64: Vec<ObservableGauge<u64>>,
+    _gauges_f64: Vec<ObservableGauge<f64>>,
+}
+
+/// Reports one value with its labels.
+type Observe<'a, T> = &'a mut dyn FnMut(T, &[KeyValue]);
+/// Reads a pipeline's counter.
+type ReadCounter = fn(&Counters, &Labels, Observe<'_, u64>);
+/// Reads a gauge of pipeline `index`.
+type ReadGauge<T> = fn(&Observed, usize, &Labels, Observe<'_, T>);
+
+/// Per-pipeline label sets, built once.
+struct Labels {
+    pipeline: Vec<KeyValue>,
+    written: Vec<KeyValue>,
+    strategy: Vec<KeyValue>,
+}
+
+/// Registers every observable instrument of [`CATALOGUE`].
+pub fn register(meter: &Meter, observed: Arc<Observed>) -> Instruments {
+    let labels: Arc<Vec<Labels>> = Arc::new(
+        observed
+            .pipelines
+            .iter()
+            .map(|p| {
+                let name = KeyValue::new("pipeline", p.name.clone());
+                let reason = |r: &'static str| vec![name.clone(), KeyValue::new("reason", r)];
+                Labels {
+                    pipeline: vec![name.clone()],
+                    written: vec![name.clone(), KeyValue::new("table", p.table.to_string())],
+                    // Always present, so dashboards and alerts find the series;
+                    // under `block` it stays 0.
+                    strategy: reason(p.settings.strategy.as_str()),
+                }
+            })
+            .collect(),
+    );
+
+    // A counter that reads one of each pipeline's `Counters`.
+    let counter = |info: MetricInfo, read: ReadCounter| {
+        let (observed, labels) = (observed.clone(), labels.clone());
+        meter
+            .u64_observable_counter(info.name)
+            .with_description(info.help)
+            .with_unit(info.unit)
+            .with_callback(move |o| {
+                for (p, l) in observed.pipelines.iter().zip(labels.iter()) {
+                    read(&p.counters, l, &mut |v, attrs| o.observe(v, attrs));
+                }
+            })
+            .build()
+    };
+    let counters = vec![
+        counter(CONSUMED, |c, l, o| o(Counters::get(&c.consumed), &l.pipeline)),
+        counter(WRITTEN, |c, l, o| o(Counters::get(&c.written), &l.written)),
+        counter(DROPPED, |c, l, o| {
+            o(Counters::get(&c.dropped), &l.strategy);
+        }),
+        counter(DEAD_LETTERED, |c, l, o| o(Counters::get(&c.dead_lettered), &l.pipeline)),
+        counter(DLQ_PRODUCE_FAILURES, |c, l, o| {
+            o(Counters::get(&c.dlq_produce_failures), &l.pipeline)
+        }),
+        counter(FENCED, |c, l, o| o(Counters::get(&c.fenced), &l.pipeline)),
+        counter(GAPS, |c, l, o| o(Counters::get(&c.gaps), &l.pipeline)),
+        counter(OUT_OF_RANGE, |c, l, o| o(Counters::get(&c.out_of_range), &l.pipeline)),
+    ];
+
+    // Gauges read each pipeline's state under its lock, once per collection.
+    let gauge_f64 = |info: MetricInfo, read: ReadGauge<f64>| {
+        let (observed, labels) = (observed.clone(), labels.clone());
+        meter
+            .f64_observable_gauge(info.name)
+            .with_description(info.help)
+            .with_unit(info.unit)
+            .with_callback(move |o| {
+                for (i, l) in labels.iter().enumerate() {
+                    read(&observed, i, l, &mut |v, attrs| o.observe(v, attrs));
+                }
+            })
+            .build()
+    };
+    let gauge_u64 = |info: MetricInfo, read: ReadGauge<u64>| {
+        let (observed, labels) = (observed.clone(), labels.clone());
+        meter
+            .u64_observable_gauge(info.name)
+            .with_description(info.help)
+            .with_unit(info.unit)
+            .with_callback(move |o| {
+                for (i, l) in labels.iter().enumerate() {
+                    read(&observed, i, l, &mut |v, attrs| o.observe(v, attrs));
+                }
+            })
+            .build()
+    };
+    let mut gauges_u64 = vec![
+        gauge_u64(BUFFER_RECORDS, |ob, i, l, o| {
+            o(ob.pipelines[i].lock().buffer.records() as u64, &l.pipeline)
+        }),
+        gauge_u64(BUFFER_BYTES, |ob, i, l, o| {
+            o(ob.pipelines[i].lock().buffer.bytes() as u64, &l.pipeline)
+        }),
+        gauge_u64(BACKPRESSURE_STATE, |ob, i, l, o| {
+            let state = ob.pipelines[i].lock().bp;
+            let mut attrs = l.pipeline.clone();
+            attrs.push(KeyValue::new("state", state.as_str()));
+            o(state as u64, &attrs)
+        }),
+        gauge_u64(PAUSED_PARTITIONS, |ob, i, l, o| {
+            let s = ob.pipelines[i].lock();
+            let paused = if s.paused || s.draining { s.partitions.len() } else { 0 };
+            o(paused as u64, &l.pipeline)
+        }),
+        gauge_u64(ASSIGNED_PARTITIONS, |ob, i, l, o| {
+            o(ob.pipelines[i].lock().partitions.len() as u64, &l.pipeline)
+        }),
+        gauge_u64(BREAKER_STATE, |ob, i, l, o| {
+            let state = ob.pipelines[i].breaker.get();
+            let mut attrs = l.pipeline.clone();
+            attrs.push(KeyValue::new("state", state.as_str()));
+            o(state as u64, &attrs)
+        }),
+    ];
+    let gauges_f64 = vec![
+        gauge_f64(BUFFER_UTILIZATION, |ob, i, l, o| {
+            o(ob.pipelines[i].lock().buffer.utilization(), &l.pipeline)
+        }),
+        gauge_f64(FLUSH_INTERVAL, |ob, i, l, o| {
+            o(ob.pipelines[i].flush_interval().as_secs_f64(), &l.pipeline)
+        }),
+    ];
+    let lag_observed = observed.clone();
+    gauges_u64.push(
+        meter
+            .u64_observable_gauge(CONSUMER_LAG.name)
+            .with_description(CONSUMER_LAG.help)
+            .with_unit(CONSUMER_LAG.unit)
+            .with_callback(move |o| {
+                for l in lag_observed.lag.snapshot() {
+                    let Some(pipeline) = lag_observed.pipelines.get(l.pipeline) else {
+                        continue;
+                    };
+                    o.observe(
+                        l.lag.max(0) as u64,
+                        &[
+                            KeyValue::new("pipeline", pipeline.name.clone()),
+                            KeyValue::new("topic", lag_observed.topics.name(l.tp.topic).to_owned()),
+                            KeyValue::new("partition", i64::from(l.tp.partition)),
+                        ],
+                    );
+                }
+            })
+            .build(),
+    );
+    Instruments {
+        _counters: counters,
+        _gauges_u64: gauges_u64,
+        _gauges_f64: gauges_f64,
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,297 @@
+//! Planning: the pipelines from the config, each mapping checked against
+//! its live table (running the DDL a pipeline allows), and the encoder of
+//! each table.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tracing::info;
+
+use crate::config::{Config, PipelineConfig, WriteMode};
+use crate::mapping::{ColumnSource, TableRef};
+use crate::model::{TopicId, Topics};
+use crate::pipeline::buffer::Limits;
+use crate::pipeline::flush_policy::FlushSettings;
+use crate::pipeline::{Pipeline, Settings, Target};
+use crate::postgres::ddl::{self, ColumnDef};
+use crate::postgres::schema::{live_columns, plan_columns, MappingError};
+use crate::postgres::upsert::{has_unique_key, unique_keys};
+use crate::row::{ColumnPlan, RowEncoder};
+
+/// Why a pipeline or a table cannot be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The database failed while planning (it may be restarting: a caller
+    /// that can wait retries).
+    #[error("{what}: {source}")]
+    Database {
+        what: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The mapping does not fit the table: every problem found.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Mapping(Vec<MappingError>),
+    /// A topic pattern that is not a valid regular expression.
+    #[error("pipeline `{pipeline}`: topic pattern {pattern:?}: {source}")]
+    TopicPattern {
+        pipeline: String,
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
+    /// More topics than sluice can hold.
+    #[error("more than {} topics", crate::model::MAX_TOPICS)]
+    TooManyTopics,
+}
+
+impl PlanError {
+    fn database(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> PlanError {
+        let what = what.into();
+        move |source| PlanError::Database { what, source }
+    }
+}
+
+pub fn settings(p: &PipelineConfig) -> Settings {
+    Settings {
+        batch_size: p.batch_size,
+        batch_bytes: p.batch_bytes.bytes() as usize,
+        flush_interval: p.flush_interval,
+        limits: Limits {
+            max_records: p.max_buffer_records,
+            max_bytes: p.max_buffer_bytes.bytes() as usize,
+        },
+        high_watermark: p.high_watermark,
+        low_watermark: p.low_watermark,
+        strategy: p.strategy,
+        sample_rate: p.sample_rate,
+        flush: FlushSettings {
+            target_latency: p.target_latency,
+            min_interval: p.min_interval,
+            max_interval: p.max_interval,
+            max_batch_rows: p.batch_size,
+            min_batch_rows: (p.batch_size / 10).max(1),
+        },
+        max_record_bytes: p.max_record_bytes.bytes() as usize,
+        tolerance: p.errors.tolerance,
+        dlq_topic: p.errors.dlq_topic.clone(),
+    }
+}
+
+pub fn table_ref(p: &PipelineConfig) -> TableRef {
+    let (schema, name) = p.table_ref();
+    TableRef { schema, name }
+}
+
+/// Whether planning may change the database (`auto_create`, `auto_evolve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ddl {
+    /// Start-up: run the DDL the pipeline allows.
+    Apply,
+    /// `sluice check`: only say what would run.
+    DryRun,
+}
+
+/// What planning one table found.
+pub enum Planned {
+    /// The encoder for the table.
+    Ready(RowEncoder),
+    /// `Ddl::DryRun` and the table still needs these statements.
+    NeedsDdl(Vec<String>),
+}
+
+/// Plans pipeline `p` (at `index` in the config) into `table`: runs or
+/// reports the DDL it allows, checks the mapping against the live table and
+/// builds the encoder. Mapping problems are all returned, not the first.
+pub async fn plan_table(
+    pool: &PgPool,
+    p: &PipelineConfig,
+    index: usize,
+    table: &TableRef,
+    ddl: Ddl,
+) -> Result<Planned, PlanError> {
+    let sources = p.column_sources();
+    let mut live = live_columns(pool, table)
+        .await
+        .map_err(PlanError::database(format!("reading the columns of {table}")))?;
+    if p.auto_create || p.auto_evolve {
+        let defs: Vec<ColumnDef> = sources
+            .iter()
+            .map(|(name, source)| ColumnDef {
+                name: name.clone(),
+                sql_type: p.column_sql_type(name, source),
+            })
+            .collect();
+        let key = if p.mode == WriteMode::Upsert {
+            p.key.as_slice()
+        } else {
+            &[]
+        };
+        let statements = ddl::plan(table, live.as_deref(), &defs, key, p.auto_create, p.auto_evolve);
+        if !statements.is_empty() {
+            if ddl == Ddl::DryRun {
+                return Ok(Planned::NeedsDdl(statements));
+            }
+            ddl::apply(pool, table, &statements)
+                .await
+                .map_err(PlanError::database(format!(
+                    "pipeline `{}`: {}",
+                    p.name,
+                    statements.join("; ")
+                )))?;
+            for statement in &statements {
+                info!(pipeline = %p.name, %table, %statement, "table changed to fit the mapping");
+            }
+            live = live_columns(pool, table)
+                .await
+                .map_err(PlanError::database(format!("reading the columns of {table}")))?;
+        }
+    }
+    let columns = match plan_columns(&p.name, table, &sources, live.as_deref()) {
+        Ok(columns) => columns,
+        Err(errors) => return Err(PlanError::Mapping(errors)),
+    };
+    let bad_constants = verify_constants(pool, &p.name, &columns).await;
+    if !bad_constants.is_empty() {
+        return Err(PlanError::Mapping(bad_constants));
+    }
+    let mut encoder = RowEncoder::new(columns);
+    // A BEFORE trigger may change a row's key: then leave duplicates to Postgres.
+    let before_triggers = live.iter().flatten().any(|c| c.table_has_before_triggers);
+    if p.mode == WriteMode::Insert && !before_triggers {
+        let keys = unique_keys(pool, table)
+            .await
+            .map_err(PlanError::database(format!("reading the unique indexes of {table}")))?;
+        encoder = encoder.with_unique_keys(&keys);
+    }
+    if p.mode == WriteMode::Upsert {
+        // `Config::validate` checked that the key columns are mapped.
+        let invalid = |reason: String| {
+            PlanError::Mapping(vec![MappingError::Invalid {
+                pipeline: p.name.clone(),
+                reason,
+            }])
+        };
+        encoder = encoder.with_upsert(&p.key, p.deletes_on_tombstone()).map_err(invalid)?;
+        if let Some(version) = &p.version {
+            encoder = encoder.with_version(version).map_err(invalid)?;
+        }
+        let unique = has_unique_key(pool, table, &p.key)
+            .await
+            .map_err(PlanError::database(format!("reading the unique indexes of {table}")))?;
+        if !unique {
+            return Err(PlanError::Mapping(vec![MappingError::NoUniqueKey {
+                pipeline: p.name.clone(),
+                index,
+                table: table.to_string(),
+                key: p.key.join(", "),
+            }]));
+        }
+    }
+    Ok(Planned::Ready(encoder))
+}
+
+/// The topics of the config: named ones registered, patterns added.
+pub fn topics_of(config: &Config) -> Result<Topics, PlanError> {
+    let mut topics = Topics::default();
+    for (index, p) in config.pipelines.iter().enumerate() {
+        for t in &p.topics {
+            if t.starts_with('^') {
+                topics.add_pattern(t, index).map_err(|source| PlanError::TopicPattern {
+                    pipeline: p.name.clone(),
+                    pattern: t.clone(),
+                    source,
+                })?;
+            } else {
+                topics.insert(t, index).ok_or(PlanError::TooManyTopics)?;
+            }
+        }
+    }
+    Ok(topics)
+}
+
+/// Plans the table of `topic` for the per-topic pipeline `index` (running
+/// the DDL it allows) and adds it to `pipeline`.
+pub async fn plan_topic(
+    pool: &PgPool,
+    config: &PipelineConfig,
+    index: usize,
+    pipeline: &Pipeline,
+    topic_id: TopicId,
+    topic: &str,
+) -> Result<Arc<Target>, PlanError> {
+    let (schema, name) = config.table_for(topic).map_err(|reason| {
+        PlanError::Mapping(vec![MappingError::Invalid {
+            pipeline: config.name.clone(),
+            reason,
+        }])
+    })?;
+    let table = TableRef { schema, name };
+    match plan_table(pool, config, index, &table, Ddl::Apply).await? {
+        Planned::Ready(encoder) => Ok(pipeline.add_target(topic_id, table, encoder)),
+        Planned::NeedsDdl(_) => unreachable!("Ddl::Apply runs the DDL"),
+    }
+}
+
+/// Checks every pipeline's mapping against its live table (running the DDL
+/// the pipelines allow) and builds the pipelines. A pipeline with a table
+/// per topic gets the tables of its named topics now; those of topics
+/// matching its patterns are planned when they are assigned. A mapping
+/// error holds every problem found, not just the first.
+pub async fn plan_pipelines(config: &Config, pool: &PgPool, topics: &Topics) -> Result<Vec<Pipeline>, PlanError> {
+    let mut pipelines = Vec::new();
+    let mut problems = Vec::new();
+    for (index, p) in config.pipelines.iter().enumerate() {
+        let table = table_ref(p);
+        if p.table_per_topic() {
+            let pipeline = Pipeline::per_topic(p.name.clone(), table, settings(p));
+            for t in p.topics.iter().filter(|t| !t.starts_with('^')) {
+                let Some((topic_id, _)) = topics.route(t) else {
+                    continue;
+                };
+                match plan_topic(pool, p, index, &pipeline, topic_id, t).await {
+                    Ok(_) => {}
+                    Err(PlanError::Mapping(errors)) => problems.extend(errors),
+                    Err(other) => return Err(other),
+                }
+            }
+            pipelines.push(pipeline);
+            continue;
+        }
+        match plan_table(pool, p, index, &table, Ddl::Apply).await {
+            Ok(Planned::Ready(encoder)) => pipelines.push(Pipeline::new(p.name.clone(), table, encoder, settings(p))),
+            Ok(Planned::NeedsDdl(_)) => unreachable!("Ddl::Apply runs the DDL"),
+            Err(PlanError::Mapping(errors)) => problems.extend(errors),
+            Err(other) => return Err(other),
+        }
+    }
+    match problems.is_empty() {
+        true => Ok(pipelines),
+        false => Err(PlanError::Mapping(problems)),
+    }
+}
+
+/// Constant columns (`"=value"`) must be valid input for their column's
+/// type; Postgres itself says whether they are.
+async fn verify_constants(pool: &PgPool, pipeline: &str, columns: &[ColumnPlan]) -> Vec<MappingError> {
+    let mut problems = Vec::new();
+    for c in columns {
+        let ColumnSource::Const(text) = &c.source else {
+            continue;
+        };
+        let cast = format!("SELECT CAST($1::text AS {})::text", c.ty.sql_name());
+        if let Err(err) = sqlx::query(&cast).bind(text).execute(pool).await {
+            let why = match &err {
+                sqlx::Error::Database(db) => db.message().to_owned(),
+                other => other.to_string(),
+            };
+            problems.push(MappingError::Incompatible {
+                pipeline: pipeline.to_owned(),
+                column: c.name.clone(),
+                type_name: c.ty.sql_name().to_owned(),
+                reason: format!("the constant {text:?} is not a valid {}: {why}", c.ty.sql_name()),
+            });
+        }
+    }
+    problems
+}
