@@ -2,6 +2,9 @@
 # sluice throughput and latency against the physical limit, in one run.
 #
 #   bench/run.sh            # 1,000,000 events; SLUICE_BENCH_EVENTS to change
+#   SLUICE_BENCH_BASELINE=/path/to/older/sluice bench/run.sh
+#                           # also runs the catch-up with that binary, in the
+#                           # same run, for a before/after comparison
 #
 # 1. raw limit: psql \copy of the very rows sluice wrote, into an identical
 #    logged table (same columns, same primary key), timed;
@@ -18,7 +21,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 events=${SLUICE_BENCH_EVENTS:-1000000}
-unset SLUICE_BENCH_EVENTS
+baseline=${SLUICE_BENCH_BASELINE:-}
+unset SLUICE_BENCH_EVENTS SLUICE_BENCH_BASELINE
 # shellcheck source=bench/common.sh
 source bench/common.sh
 
@@ -41,21 +45,36 @@ config() { # topic table port
 
 
 # --- 2. catch-up ---------------------------------------------------------------
-topic="bench_catchup_$run_id"
-table="catchup_$run_id"
-sql "$(table_ddl "$table")"
-"$produce" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$topic" --partitions 3 --count "$events" >&2
-config "$topic" "$table" 9471 >"$work/catchup.toml"
-"$sluice" run --config "$work/catchup.toml" 2>"$work/catchup.log" &
-pid=$!
-while [ "$(sql "select count(*) from $table")" = 0 ]; do sleep 0.05; done
-t0=$(date +%s.%N)
-while [ "$(sql "select count(*) from $table")" -lt "$events" ]; do sleep 0.2; done
-t1=$(date +%s.%N)
-peak_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-batch=$(curl -s 127.0.0.1:9471/metrics | awk '/^sluice_batch_rows_sum/ {s=$2} /^sluice_batch_rows_count/ {c=$2} END {if (c) printf "%.0f", s/c}')
-kill -TERM $pid; wait $pid || true
-catchup_rate=$(echo "$events / ($t1 - $t0)" | bc -l)
+# catchup BINARY NAME: N events produced first, then BINARY started; sets
+# rate (rows/s first row to last), cpu_us (sluice's user + system CPU per
+# row), peak_kb and batch; leaves the table as $table.
+catchup() {
+    local bin=$1 name=$2
+    topic="bench_${name}_$run_id"
+    table="${name}_$run_id"
+    sql "$(table_ddl "$table")"
+    "$produce" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$topic" --partitions 3 --count "$events" >&2
+    config "$topic" "$table" 9471 >"$work/$name.toml"
+    "$bin" run --config "$work/$name.toml" 2>"$work/$name.log" &
+    local pid=$!
+    while [ "$(sql "select count(*) from $table")" = 0 ]; do sleep 0.05; done
+    local t0 t1 ticks
+    t0=$(date +%s.%N)
+    while [ "$(sql "select count(*) from $table")" -lt "$events" ]; do sleep 0.2; done
+    t1=$(date +%s.%N)
+    peak_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+    ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    cpu_us=$(echo "1000000 * $ticks / $(getconf CLK_TCK) / $events" | bc -l)
+    batch=$(curl -s 127.0.0.1:9471/metrics | awk '/^sluice_batch_rows_sum/ {s=$2} /^sluice_batch_rows_count/ {c=$2} END {if (c) printf "%.0f", s/c}')
+    kill -TERM $pid; wait $pid || true
+    rate=$(echo "$events / ($t1 - $t0)" | bc -l)
+}
+if [ -n "$baseline" ]; then
+    catchup "$baseline" baseline
+    base_rate=$rate base_cpu=$cpu_us base_peak=$peak_kb
+fi
+catchup "$sluice" catchup
+catchup_rate=$rate
 
 # --- 1. raw COPY of the same rows into the same table shape -------------------
 sql "copy (select order_id, customer, amount, created_at, doc, kafka_offset, kafka_ts from $table) to stdout" >"$work/rows.tsv"
@@ -91,7 +110,13 @@ cat <<OUT
 | raw \`\\copy\` of the same $events rows into the same table shape | $(printf '%.0f' "$raw_rate") rows/s |
 | sluice catch-up, first row to last | $(printf '%.0f' "$catchup_rate") rows/s ($(echo "100 * $catchup_rate / $raw_rate" | bc -l | xargs printf '%.0f') % of raw) |
 | batch size adaptive flushing settled on (mean rows per flush) | $batch |
+| sluice CPU (user + system) per row during catch-up | $(printf '%.2f' "$cpu_us") µs |
 | peak RSS during catch-up (default 64 MiB buffer) | $((peak_kb / 1024)) MiB |
 | light load (500 events/s, 30 s): Kafka timestamp → row inserted, p50 / p99 | $lat |
 | flush interval at light load | $interval |
 OUT
+if [ -n "$baseline" ]; then
+    cat <<OUT
+| baseline ($baseline) catch-up, same run | $(printf '%.0f' "$base_rate") rows/s ($(echo "100 * $base_rate / $raw_rate" | bc -l | xargs printf '%.0f') % of raw), $(printf '%.2f' "$base_cpu") µs CPU per row, peak RSS $((base_peak / 1024)) MiB |
+OUT
+fi

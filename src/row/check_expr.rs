@@ -2,7 +2,7 @@
 //! the encoder before Postgres does ([`CheckExpr`]).
 //!
 //! A row breaking a CHECK fails its whole COPY, and isolating it costs
-//! re-copying part of the batch (see `sink::bisect`). The common CHECKs
+//! re-copying part of the batch (see `postgres::bisect`). The common CHECKs
 //! compare one column with a constant (`score >= 0`, `name <> ''`); those
 //! are read from the live table and evaluated on each encoded value, so
 //! such a record is set aside alone with SQLSTATE 23514, as Postgres would.

@@ -30,11 +30,12 @@
 //! # Layering
 //!
 //! `row` is at the bottom, next to [`crate::mapping`]: it imports only that
-//! and std or external crates, never `sink`, `kafka`, `pipeline`,
-//! `telemetry` or `config`, so those can all build on it. Inside, imports
-//! run downward only:
+//! and std or external crates, never `model`, `kafka`, `postgres`,
+//! `pipeline`, `telemetry` or `config`, so those can all build on it.
+//! Inside, imports run downward only:
 //!
 //! ```text
+//! statements                  the SQL text of a target's writes (COPY, upsert through a stage)
 //! encoder                     RowEncoder, DecodeError; upsert and tombstone lines
 //! sources   constraints       pointer and metadata columns, RecordRef; NOT NULL, length, precision, CHECK
 //! convert   plan    keys      JSON value -> column; ColumnPlan and friends; unique-key hashes

@@ -31,7 +31,7 @@ impl ColumnPlan {
 
 /// Constraints of a live column that the encoder checks before Postgres
 /// does. A row breaking one would fail its whole COPY batch, to be isolated
-/// by re-copying parts of it (see `sink::bisect`); checked here, the record
+/// by re-copying parts of it (see `postgres::bisect`); checked here, the record
 /// is set aside alone. It is reported with the SQLSTATE Postgres would raise,
 /// as a `data` dead letter. Empty when the table has BEFORE row triggers,
 /// which may change a row before the constraints apply.

@@ -15,14 +15,14 @@
 //! librdkafka runs with `auto.offset.reset=error`, and `RangeWatch` finds
 //! the partition and applies `kafka.on_offset_out_of_range`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -32,13 +32,16 @@ use tracing::{debug, error, info, warn};
 use crate::config::OnOffsetOutOfRange;
 use crate::kafka::message::{dead_letter_of, raw_of, record_meta};
 use crate::kafka::offsets::start_position;
-use crate::model::offsets::{out_of_range, skip_to, NextOffset, OutOfRange};
+use crate::model::offsets::NextOffset;
 use crate::model::{Topics, Tp};
 use crate::pipeline::buffer::Entry;
 use crate::pipeline::ports::{AssignError, AssignRequest, ConsumerCommand, WriterCommand};
 use crate::pipeline::{Admission, Counters, Offer, Pipeline, Target};
 use crate::row::statements::WriteSql;
 use crate::row::{key_hashes, DecodeError, HeaderRef, RecentKeys, RecordRef};
+use out_of_range::{is_out_of_range, RangeWatch};
+
+mod out_of_range;
 
 /// State shared by the loop, the rebalance callback and the runtime.
 pub struct Shared {
@@ -357,247 +360,7 @@ struct LoopState {
     range: RangeWatch,
 }
 
-/// How long one watermark query may take while looking for a partition
-/// out of range.
-const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
-/// At most one search this often: one bad assignment brings an error per partition.
-const RANGE_SEARCH_INTERVAL: Duration = Duration::from_secs(1);
-/// An out-of-range error this soon after a search found a partition out
-/// of range is taken to be about that partition (it was still queued).
-const RANGE_EXPLAINED_FOR: Duration = Duration::from_secs(10);
-
-/// Whether a consumer error is librdkafka's report of a fetch position
-/// outside the log (`auto.offset.reset=error`): the partition's fetcher has
-/// stopped, and nothing else moves it.
-fn is_out_of_range(err: &KafkaError) -> bool {
-    err.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset)
-}
-
-/// Partitions positioned outside the log on the broker.
-///
-/// The broker answers a fetch below the log start or above its end with
-/// OFFSET_OUT_OF_RANGE; librdkafka (with `auto.offset.reset=error`) stops
-/// fetching the partition and reports an error, but the rdkafka crate's
-/// error does not say which partition. So the loop looks: every held
-/// partition's position (the next offset its buffer expects) against its
-/// log's watermarks. What it finds follows `kafka.on_offset_out_of_range`:
-/// the pipeline stops, or the partition skips to the log's start or end
-/// once what it read before has committed, moving the stored offset under
-/// the fencing rule.
-#[derive(Debug, Default)]
-struct RangeWatch {
-    /// An out-of-range error (its text) that no search has explained yet.
-    pending: Option<String>,
-    last_search: Option<Instant>,
-    last_found: Option<Instant>,
-    /// Partitions to skip, waiting for their earlier records to commit.
-    skips: Vec<Skip>,
-    /// `(pipeline, partition, epoch)` already reported: one ERROR each.
-    reported: HashSet<(usize, Tp, u64)>,
-}
-
-/// A partition to move past a gap (`on_offset_out_of_range` = `earliest` / `latest`).
-#[derive(Debug)]
-struct Skip {
-    pipeline: usize,
-    tp: Tp,
-    epoch: u64,
-    position: NextOffset,
-    why: OutOfRange,
-    low: i64,
-    high: i64,
-    to: NextOffset,
-    skipped: i64,
-    not_before: Instant,
-}
-
-/// A held partition's position: `(pipeline, partition, epoch, position, stored)`.
-type Held = (usize, Tp, u64, NextOffset, Option<NextOffset>);
-
 impl LoopState {
-    /// Searches for the partition an out-of-range error was about (at most
-    /// once a second) and carries out pending skips.
-    fn watch_range(&mut self, consumer: &BaseConsumer<Context>, shared: &Shared) {
-        if self.drained {
-            return;
-        }
-        let now = Instant::now();
-        let due = self
-            .range
-            .last_search
-            .is_none_or(|t| now.duration_since(t) >= RANGE_SEARCH_INTERVAL);
-        if self.range.pending.is_some() && due {
-            self.search_out_of_range(consumer, shared);
-        }
-        if !self.range.skips.is_empty() && self.apply_skips(shared) {
-            restart_fetch(consumer, shared);
-        }
-    }
-
-    fn search_out_of_range(&mut self, consumer: &BaseConsumer<Context>, shared: &Shared) {
-        let error = self.range.pending.take().unwrap_or_default();
-        let now = Instant::now();
-        self.range.last_search = Some(now);
-        let held = held_positions(shared);
-        self.range
-            .reported
-            .retain(|r| held.iter().any(|h| (h.0, h.1, h.2) == *r));
-        let (mut found, mut unanswered) = (false, false);
-        for &(index, tp, epoch, position, stored) in &held {
-            let topic = shared.topics.name(tp.topic);
-            let (low, high) = match consumer.fetch_watermarks(topic, tp.partition, WATERMARK_TIMEOUT) {
-                Ok(w) => w,
-                Err(err) => {
-                    warn!(%topic, partition = tp.partition, error = %err,
-                        "reading watermarks to find an offset out of range failed; looking again");
-                    unanswered = true;
-                    continue;
-                }
-            };
-            let Some(why) = out_of_range(position, low, high) else {
-                continue;
-            };
-            found = true;
-            if self.range.reported.insert((index, tp, epoch)) {
-                self.found_out_of_range(shared, (index, tp, epoch, position, stored), why, low, high);
-            }
-        }
-        if found {
-            self.range.last_found = Some(now);
-        } else if unanswered {
-            self.range.pending = Some(error);
-        } else if self
-            .range
-            .last_found
-            .is_none_or(|t| now.duration_since(t) >= RANGE_EXPLAINED_FOR)
-        {
-            // Every position is inside its log now: the broker's answer did
-            // not last (a leader change, say). librdkafka stopped fetching
-            // the partition, which one is unknown: restart them all where
-            // their buffers left off.
-            warn!(error = %error, partitions = held.len(),
-                "kafka reported an offset out of range, but every position is inside its log; fetching again from each");
-            restart_fetch(consumer, shared);
-        }
-    }
-
-    /// Counts and reports a partition found outside its log, and stops its
-    /// pipeline or schedules the skip `on_offset_out_of_range` asks for.
-    fn found_out_of_range(&mut self, shared: &Shared, held: Held, why: OutOfRange, low: i64, high: i64) {
-        let (index, tp, epoch, position, stored) = held;
-        let pipeline = &shared.pipelines[index];
-        let topic = shared.topics.name(tp.topic);
-        Counters::add(&pipeline.counters.out_of_range, 1);
-        let to_earliest = match shared.on_out_of_range {
-            OnOffsetOutOfRange::Stop => {
-                // As under `errors.tolerance = "none"`: nothing more of the
-                // pipeline commits, so the stored offset stays for the
-                // operator to judge; librdkafka fetches nothing more for the
-                // partition, and the other partitions fill the buffer and pause.
-                pipeline.stopped.store(true, Ordering::Relaxed);
-                error!(pipeline = %pipeline.name, %topic, partition = tp.partition, offset = position.0,
-                    stored = ?stored.map(|s| s.0), log_start = low, log_end = high, reason = why.as_str(),
-                    on_offset_out_of_range = "stop",
-                    "offset out of range: pipeline stopped, operator action needed");
-                return;
-            }
-            OnOffsetOutOfRange::Earliest => true,
-            OnOffsetOutOfRange::Latest => false,
-        };
-        let (to, skipped) = skip_to(position, low, high, to_earliest);
-        debug!(pipeline = %pipeline.name, %topic, partition = tp.partition, offset = position.0, to = to.0,
-            "offset out of range: skipping once what was read before it has committed");
-        self.range.skips.push(Skip {
-            pipeline: index,
-            tp,
-            epoch,
-            position,
-            why,
-            low,
-            high,
-            to,
-            skipped,
-            not_before: Instant::now(),
-        });
-    }
-
-    /// Moves each scheduled partition past its gap: once everything it
-    /// read before has committed (stored = expected), the stored offset
-    /// moves to the skip's target under the fencing rule. Returns whether a
-    /// partition has a new position to fetch from.
-    fn apply_skips(&mut self, shared: &Shared) -> bool {
-        let now = Instant::now();
-        let mut moved_any = false;
-        for mut skip in std::mem::take(&mut self.range.skips) {
-            let pipeline = &shared.pipelines[skip.pipeline];
-            let from = match pipeline.lock().partitions.get(&skip.tp) {
-                // Revoked or re-read meanwhile: its holder looks again.
-                Some(p) if p.epoch != skip.epoch => None,
-                None => None,
-                Some(p) if p.stored != p.expected || skip.not_before > now => {
-                    self.range.skips.push(skip);
-                    continue;
-                }
-                Some(p) => Some(p.stored),
-            };
-            let Some(from) = from else {
-                self.range.reported.remove(&(skip.pipeline, skip.tp, skip.epoch));
-                continue;
-            };
-            let topic = shared.topics.name(skip.tp.topic);
-            let moved = shared
-                .ask(|reply| AssignRequest::Advance {
-                    topic: topic.to_owned(),
-                    partition: skip.tp.partition,
-                    from,
-                    to: skip.to,
-                    reply,
-                })
-                .unwrap_or_else(|| Err("the assigner stopped".into()));
-            match moved {
-                Ok(true) => {
-                    pipeline.lock().moved(skip.tp, skip.epoch, Some(skip.to));
-                    let setting = shared.on_out_of_range.as_str();
-                    error!(pipeline = %pipeline.name, %topic, partition = skip.tp.partition,
-                        offset = skip.position.0, log_start = skip.low, log_end = skip.high,
-                        reason = skip.why.as_str(), reset_to = skip.to.0, skipped = skip.skipped,
-                        on_offset_out_of_range = setting, "offset out of range: records skipped");
-                    self.range.reported.remove(&(skip.pipeline, skip.tp, skip.epoch));
-                    moved_any = true;
-                }
-                Ok(false) => {
-                    // Another owner moved the stored offset (nothing of the
-                    // partition is buffered: stored = expected). As after a
-                    // fence, continue from where it is now.
-                    let stored = self.reread(shared, topic, skip.tp.partition);
-                    pipeline.lock().moved(skip.tp, skip.epoch, stored);
-                    self.range.reported.remove(&(skip.pipeline, skip.tp, skip.epoch));
-                    moved_any = true;
-                    info!(pipeline = %pipeline.name, %topic, partition = skip.tp.partition, stored = ?stored.map(|s| s.0),
-                        "fenced while skipping an offset out of range; re-reading from the stored offset");
-                }
-                Err(err) => {
-                    warn!(pipeline = %pipeline.name, %topic, partition = skip.tp.partition, error = %err,
-                        "moving the stored offset past an out-of-range gap failed; retrying");
-                    skip.not_before = now + Duration::from_secs(1);
-                    self.range.skips.push(skip);
-                }
-            }
-        }
-        moved_any
-    }
-
-    /// The stored offset of one partition, retried while the database is away.
-    fn reread(&self, shared: &Shared, topic: &str, partition: i32) -> Option<NextOffset> {
-        shared
-            .ask(|reply| AssignRequest::Stored {
-                topic: topic.to_owned(),
-                partition,
-                reply,
-            })
-            .flatten()
-    }
-
     fn serve_commands(
         &mut self,
         consumer: &BaseConsumer<Context>,
@@ -786,61 +549,6 @@ impl LoopState {
             }
         }
     }
-}
-
-/// Restarts fetching every assigned partition at its position. librdkafka
-/// does not fetch a partition it found out of range any more, and cannot
-/// seek it (its fetcher is stopped); under the eager protocol only a full
-/// `assign` starts it again. The other partitions restart where their
-/// buffers left off (a refetch, as after a seek; one with no record read
-/// yet resolves its reset position again), and pauses are re-applied.
-fn restart_fetch(consumer: &BaseConsumer<Context>, shared: &Shared) {
-    let assignment = match consumer.assignment() {
-        Ok(a) => a,
-        Err(err) => {
-            warn!(error = %err, "reading the assignment to restart fetching failed");
-            return;
-        }
-    };
-    let mut tpl = TopicPartitionList::new();
-    for elem in assignment.elements() {
-        let held = shared.topics.route(elem.topic()).and_then(|(topic, index)| {
-            let tp = Tp {
-                topic,
-                partition: elem.partition(),
-            };
-            let state = shared.pipelines[index].lock();
-            state.partitions.get(&tp).map(|p| match p.expected {
-                Some(NextOffset(next)) => Offset::Offset(next),
-                None => start_position(p.stored, shared.reset_earliest),
-            })
-        });
-        // A topic no pipeline holds is ignored anyway.
-        let offset = held.unwrap_or(Offset::End);
-        if let Err(err) = tpl.add_partition_offset(elem.topic(), elem.partition(), offset) {
-            warn!(topic = elem.topic(), partition = elem.partition(), error = %err, "cannot set restart offset");
-        }
-    }
-    match consumer.assign(&tpl) {
-        Ok(()) => info!(partitions = tpl.count(), "fetching restarted"),
-        Err(err) => warn!(error = %err, "restarting fetching failed"),
-    }
-    shared.reapply_pauses.store(true, Ordering::Relaxed);
-}
-
-/// Every held partition with a known position that is not waiting for a
-/// seek: where its fetch stands.
-fn held_positions(shared: &Shared) -> Vec<Held> {
-    let mut held = Vec::new();
-    for (index, pipeline) in shared.pipelines.iter().enumerate() {
-        let state = pipeline.lock();
-        for (tp, p) in &state.partitions {
-            if let (Some(position), false) = (p.expected, p.awaiting_seek) {
-                held.push((index, *tp, p.epoch, position, p.stored));
-            }
-        }
-    }
-    held
 }
 
 fn partition_list<'a>(shared: &Shared, tps: impl Iterator<Item = &'a Tp>) -> TopicPartitionList {
