@@ -37,9 +37,31 @@ pub enum ColumnSource {
     Const(String),
 }
 
+/// A column spec or a column type that does not parse; says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error(
+        "expected a JSON pointer starting with \"/\" (\"/\" for the whole value), one of @topic, @partition, \
+         @offset, @timestamp, @key, @headers, \"@key/<pointer>\", \"@header:<name>\", or a constant \"=<value>\"; \
+         found {0:?}"
+    )]
+    Source(String),
+    #[error(
+        "expected one of text, varchar(n), char(n), smallint, integer, bigint, real, double precision, numeric, \
+         numeric(p), numeric(p,s), boolean, timestamptz, timestamp, date, uuid, json, jsonb, bytea; found {0:?}"
+    )]
+    SqlType(String),
+    #[error("unbalanced parentheses in {0:?}")]
+    Parentheses(String),
+    #[error("bad type modifier in {0:?}")]
+    Modifier(String),
+    #[error("type modifiers not valid for {ty}: {spec:?}")]
+    Modifiers { ty: &'static str, spec: String },
+}
+
 impl ColumnSource {
     /// Parses a column spec; the error says what was expected.
-    pub fn parse(spec: &str) -> Result<Self, String> {
+    pub fn parse(spec: &str) -> Result<Self, SpecError> {
         match spec {
             "" | "/" => Ok(Self::Pointer(String::new())),
             "@topic" => Ok(Self::Topic),
@@ -54,11 +76,7 @@ impl ColumnSource {
                 Ok(Self::Header(s["@header:".len()..].to_owned()))
             }
             s if s.starts_with('=') => Ok(Self::Const(s[1..].to_owned())),
-            other => Err(format!(
-                "expected a JSON pointer starting with \"/\" (\"/\" for the whole value), one of \
-                 @topic, @partition, @offset, @timestamp, @key, @headers, \"@key/<pointer>\", \
-                 \"@header:<name>\", or a constant \"=<value>\"; found {other:?}"
-            )),
+            other => Err(SpecError::Source(other.to_owned())),
         }
     }
 }
@@ -181,19 +199,19 @@ impl PgType {
 /// one of sluice's types, with a length for `varchar(n)`/`char(n)` and a
 /// precision (and scale) for `numeric(p[,s])`. Only these exact forms are
 /// accepted, since the text goes into DDL. The error says what was expected.
-pub fn parse_sql_type(spec: &str) -> Result<String, String> {
+pub fn parse_sql_type(spec: &str) -> Result<String, SpecError> {
     let norm = spec.trim().to_ascii_lowercase();
     let (base, args) = match norm.split_once('(') {
         Some((base, rest)) => {
             let inner = rest
                 .strip_suffix(')')
-                .ok_or_else(|| format!("unbalanced parentheses in {spec:?}"))?;
+                .ok_or_else(|| SpecError::Parentheses(spec.to_owned()))?;
             let args: Vec<u32> = inner
                 .split(',')
                 .map(|a| {
                     a.trim()
                         .parse::<u32>()
-                        .map_err(|_| format!("bad type modifier in {spec:?}"))
+                        .map_err(|_| SpecError::Modifier(spec.to_owned()))
                 })
                 .collect::<Result<_, _>>()?;
             (base.trim().to_owned(), args)
@@ -218,13 +236,7 @@ pub fn parse_sql_type(spec: &str) -> Result<String, String> {
         "json" => "json",
         "jsonb" => "jsonb",
         "bytea" => "bytea",
-        _ => {
-            return Err(format!(
-                "expected one of text, varchar(n), char(n), smallint, integer, bigint, real, double precision, \
-                 numeric, numeric(p), numeric(p,s), boolean, timestamptz, timestamp, date, uuid, json, jsonb, \
-                 bytea; found {spec:?}"
-            ))
-        }
+        _ => return Err(SpecError::SqlType(spec.to_owned())),
     };
     let ok_args = match (canonical, args.as_slice()) {
         (_, []) => true,
@@ -234,7 +246,10 @@ pub fn parse_sql_type(spec: &str) -> Result<String, String> {
         _ => false,
     };
     if !ok_args {
-        return Err(format!("type modifiers not valid for {canonical}: {spec:?}"));
+        return Err(SpecError::Modifiers {
+            ty: canonical,
+            spec: spec.to_owned(),
+        });
     }
     Ok(match args.as_slice() {
         [] => canonical.to_owned(),
@@ -298,7 +313,10 @@ mod tests {
             ColumnSource::Pointer("/a/b".into())
         );
         assert_eq!(ColumnSource::parse("@offset").unwrap(), ColumnSource::Offset);
-        assert!(ColumnSource::parse("id").unwrap_err().contains("JSON pointer"));
+        assert!(ColumnSource::parse("id")
+            .unwrap_err()
+            .to_string()
+            .contains("JSON pointer"));
         assert!(ColumnSource::parse("@nope").is_err());
         assert_eq!(
             ColumnSource::parse("@key/a/0").unwrap(),
@@ -333,7 +351,10 @@ mod tests {
         assert_eq!(parse_sql_type("Timestamp With Time Zone").unwrap(), "timestamptz");
         assert!(parse_sql_type("numeric(2,3)").is_err());
         assert!(parse_sql_type("text(3)").is_err());
-        assert!(parse_sql_type("point").unwrap_err().contains("expected one of"));
+        assert!(parse_sql_type("point")
+            .unwrap_err()
+            .to_string()
+            .contains("expected one of"));
         assert!(parse_sql_type("int); DROP TABLE x; --").is_err());
         assert!(parse_sql_type("varchar(0)").is_err());
         for (spec, ty) in [

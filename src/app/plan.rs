@@ -16,7 +16,7 @@ use crate::pipeline::{Pipeline, Settings, Target};
 use crate::postgres::ddl::{self, ColumnDef};
 use crate::postgres::schema::{live_columns, plan_columns, MappingError};
 use crate::postgres::upsert::{has_unique_key, unique_keys};
-use crate::row::{ColumnPlan, RowEncoder};
+use crate::row::{ColumnPlan, RowEncoder, UpsertError};
 
 /// Why a pipeline or a table cannot be planned.
 #[derive(Debug, thiserror::Error)]
@@ -166,10 +166,10 @@ pub async fn plan_table(
     }
     if p.mode == WriteMode::Upsert {
         // `Config::validate` checked that the key columns are mapped.
-        let invalid = |reason: String| {
+        let invalid = |why: UpsertError| {
             PlanError::Mapping(vec![MappingError::Invalid {
                 pipeline: p.name.clone(),
-                reason,
+                reason: why.to_string(),
             }])
         };
         encoder = encoder.with_upsert(&p.key, p.deletes_on_tombstone()).map_err(invalid)?;
@@ -220,10 +220,10 @@ pub async fn plan_topic(
     topic_id: TopicId,
     topic: &str,
 ) -> Result<Arc<Target>, PlanError> {
-    let (schema, name) = config.table_for(topic).map_err(|reason| {
+    let (schema, name) = config.table_for(topic).map_err(|why| {
         PlanError::Mapping(vec![MappingError::Invalid {
             pipeline: config.name.clone(),
-            reason,
+            reason: why.to_string(),
         }])
     })?;
     let table = TableRef { schema, name };

@@ -213,6 +213,15 @@ impl Strategy {
     }
 }
 
+/// A table name made from a topic name (`{topic}`) that Postgres would
+/// truncate silently.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("table name {name:?} for topic {topic:?} is longer than {MAX_IDENTIFIER_BYTES} bytes")]
+pub struct TableNameTooLong {
+    pub name: String,
+    pub topic: String,
+}
+
 impl PipelineConfig {
     /// A pipeline with the required fields and every other field at its default.
     pub fn new(
@@ -272,7 +281,7 @@ impl PipelineConfig {
     /// topic name with every character other than ASCII letters, digits and
     /// `_` turned into `_`. The error says when the name is too long for
     /// Postgres (63 bytes), which would otherwise truncate it silently.
-    pub fn table_for(&self, topic: &str) -> Result<(String, String), String> {
+    pub fn table_for(&self, topic: &str) -> Result<(String, String), TableNameTooLong> {
         let clean: String = topic
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
@@ -284,9 +293,10 @@ impl PipelineConfig {
         );
         for part in [&schema, &table] {
             if part.len() > MAX_IDENTIFIER_BYTES {
-                return Err(format!(
-                    "table name {part:?} for topic {topic:?} is longer than {MAX_IDENTIFIER_BYTES} bytes"
-                ));
+                return Err(TableNameTooLong {
+                    name: part.clone(),
+                    topic: topic.to_owned(),
+                });
             }
         }
         Ok((schema, table))
@@ -608,7 +618,7 @@ impl PipelineConfig {
                 ));
             }
             if let Err(why) = ColumnSource::parse(spec) {
-                return Err((path, why));
+                return Err((path, why.to_string()));
             }
         }
         for (column, ty) in &self.column_types {
@@ -621,7 +631,7 @@ impl PipelineConfig {
                 ));
             }
             if let Err(why) = crate::mapping::parse_sql_type(ty) {
-                return Err((path, why));
+                return Err((path, why.to_string()));
             }
         }
         self.validate_mode(at)?;

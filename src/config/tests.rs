@@ -497,6 +497,7 @@ fn other_pipeline_rules() {
     assert!(p
         .table_for(&"t".repeat(64))
         .unwrap_err()
+        .to_string()
         .contains("longer than 63 bytes"));
     assert_eq!(
         c.consumer_properties()["topic.metadata.refresh.interval.ms"],

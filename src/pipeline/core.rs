@@ -352,3 +352,61 @@ impl PipelineState {
         Some(epoch)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TopicId;
+
+    fn entry(p: i32, offset: i64, len: usize) -> Entry {
+        let tp = Tp {
+            topic: TopicId(0),
+            partition: p,
+        };
+        Entry::new(
+            tp,
+            0,
+            offset,
+            Some(vec![b'r'; len].into_boxed_slice()),
+            Default::default(),
+        )
+    }
+
+    /// Pause at the high watermark, resume at the low one with the next
+    /// offset of each partition to seek to, never while draining; a
+    /// draining pipeline takes nothing.
+    #[test]
+    fn the_core_pauses_resumes_and_drains() {
+        let s = crate::pipeline::test_settings(Strategy::Block, 10, 1 << 20);
+        let mut state = PipelineState::new(s.limits);
+        let now = Instant::now();
+        state.assign(entry(0, 0, 1).tp, Some(NextOffset(0)));
+        state.assign(entry(1, 0, 1).tp, None);
+        let mut paused_at = None;
+        for offset in 0..8 {
+            assert!(matches!(state.offer(entry(0, offset, 10), &s, now), Offer::Taken(_)));
+            if state.should_pause(&s) {
+                paused_at.get_or_insert(offset);
+            }
+        }
+        assert_eq!(paused_at, Some(7), "8 of 10 records is the 0.8 high watermark");
+        assert!(state.paused);
+        assert_eq!(state.resume(&s), None, "not at the low watermark yet");
+        let mut batch = state.buffer.take_batch(4, 1 << 20, now);
+        let spans = state.spans(&mut batch);
+        assert!(spans.gaps.is_empty());
+        state.committed(&spans.spans, &batch.entries);
+        assert_eq!(state.buffer.records(), 4);
+        assert_eq!(
+            state.resume(&s),
+            Some(vec![(entry(0, 0, 1).tp, NextOffset(8))]),
+            "partition 1 has read nothing yet: it stays where librdkafka is"
+        );
+        assert!(!state.paused);
+        assert_eq!(state.partitions[&entry(0, 0, 1).tp].stored, Some(NextOffset(4)));
+        state.drain();
+        assert_eq!(state.offer(entry(1, 0, 10), &s, now), Offer::Ignored);
+        state.paused = true;
+        assert_eq!(state.resume(&s), None, "never resumes while draining");
+    }
+}

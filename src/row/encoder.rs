@@ -100,6 +100,19 @@ struct Upsert {
     version: Option<usize>,
 }
 
+/// An upsert key or version column that does not fit the mapped columns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpsertError {
+    #[error("key column `{0}` is not a mapped column")]
+    KeyNotMapped(String),
+    #[error("version column `{0}` is not a mapped column")]
+    VersionNotMapped(String),
+    #[error("a version column needs upsert mode")]
+    VersionWithoutUpsert,
+    #[error("version column `{0}` is a key column")]
+    VersionIsKey(String),
+}
+
 impl RowEncoder {
     pub fn new(columns: Vec<ColumnPlan>) -> Self {
         let paths: Vec<Path> = columns.iter().map(|c| Path::compile(&c.source)).collect();
@@ -123,14 +136,14 @@ impl RowEncoder {
     /// tombstone becomes a delete line whose key columns come from the Kafka
     /// key (see [`RowEncoder::encode`]). The error names a key column that is
     /// not among the columns.
-    pub fn with_upsert(mut self, key: &[String], delete_on_tombstone: bool) -> Result<Self, String> {
+    pub fn with_upsert(mut self, key: &[String], delete_on_tombstone: bool) -> Result<Self, UpsertError> {
         let key = key
             .iter()
             .map(|k| {
                 self.columns
                     .iter()
                     .position(|c| &c.name == k)
-                    .ok_or_else(|| format!("key column `{k}` is not a mapped column"))
+                    .ok_or_else(|| UpsertError::KeyNotMapped(k.clone()))
             })
             .collect::<Result<_, _>>()?;
         self.upsert = Some(Upsert {
@@ -144,15 +157,15 @@ impl RowEncoder {
     /// In upsert mode, names the version column: rows only replace older
     /// versions, and a record's version must not be null. The error names a
     /// column that is not mapped, or a key column.
-    pub fn with_version(mut self, column: &str) -> Result<Self, String> {
+    pub fn with_version(mut self, column: &str) -> Result<Self, UpsertError> {
         let index = self
             .columns
             .iter()
             .position(|c| c.name == column)
-            .ok_or_else(|| format!("version column `{column}` is not a mapped column"))?;
-        let upsert = self.upsert.as_mut().ok_or("a version column needs upsert mode")?;
+            .ok_or_else(|| UpsertError::VersionNotMapped(column.to_owned()))?;
+        let upsert = self.upsert.as_mut().ok_or(UpsertError::VersionWithoutUpsert)?;
         if upsert.key.contains(&index) {
-            return Err(format!("version column `{column}` is a key column"));
+            return Err(UpsertError::VersionIsKey(column.to_owned()));
         }
         upsert.version = Some(index);
         Ok(self)
@@ -623,8 +636,7 @@ mod tests {
         assert_eq!(err.to_string(), "column `region` (text): a key column must not be null");
         assert!(RowEncoder::new(vec![col("id", "/id", Int8)])
             .with_upsert(&["nope".to_owned()], true)
-            .unwrap_err()
-            .contains("`nope`"));
+            .is_err_and(|e| e == UpsertError::KeyNotMapped("nope".into())));
     }
 
     #[test]

@@ -59,7 +59,7 @@ mod testing;
 mod time;
 
 pub use check_expr::CheckExpr;
-pub use encoder::{DecodeError, RowEncoder};
+pub use encoder::{DecodeError, RowEncoder, UpsertError};
 pub(crate) use keys::{field_ranges, key_fields};
 pub use keys::{key_hashes, RecentKeys};
 pub use plan::{ColumnPlan, Constraints, Limit, UniqueKey};
