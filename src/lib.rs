@@ -5,8 +5,8 @@
 //!
 //! Imports run one way: a module uses only modules of a lower layer, never
 //! a sibling, never a higher one. `src/layering.rs` reads every `crate::`
-//! path and fails the build's tests on an import against the rule or an
-//! import cycle.
+//! path outside comments and test code (grouped `crate::{a, b}` too) and
+//! fails the tests on an import against the rule or an import cycle.
 //!
 //! ```text
 //! 6  app         wires it all: run, check, migrate, dlq; the assigner; /metrics /healthz /readyz /status
@@ -32,12 +32,13 @@
 //!   core ([`pipeline::core`]: admission, refusal and re-read, pause/resume, epochs, assign/revoke,
 //!   which records a flush covers from which stored position, the gap check, drain) that the
 //!   consumer loop and the writer only carry out, and its deterministic simulation (`pipeline::sim`);
-//!   backpressure states; adaptive flushing; the ports ([`pipeline::ports`]) through which the two
+//!   backpressure states; the circuit breaker; adaptive flushing; the ports ([`pipeline::ports`]) through which the two
 //!   sides and the application talk.
 //! - [`kafka`]: the consumer loop (a thin shell over the core: polls, seeks, pauses, the rebalance
 //!   callback), reading records back, the dead-letter topic, the lag poller.
 //! - [`postgres`]: the batch writer (COPY or upsert + fenced offsets, a shell over the core), stored
-//!   offsets, the dead-letter store and replay, schema checks, DDL, the breaker, error classes.
+//!   offsets, the dead-letter store and replay, schema checks, DDL, the database probe, error
+//!   classification.
 //! - [`app`]: `run` (wiring and the shutdown drain), the assigner that plans tables and loads stored
 //!   offsets off the rebalance callback, `check`, `dlq replay`, observation (`/status`, observable
 //!   metrics) and the HTTP server.

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::error_chain;
 use super::plan::{plan_topic, PlanError};
 use crate::config::PipelineConfig;
 use crate::model::{NextOffset, TopicId};
@@ -107,7 +108,7 @@ impl Assigner {
                     return Ok(());
                 }
                 Err(err @ PlanError::Database { .. }) if Instant::now() < deadline => {
-                    warn!(pipeline = %pipeline.name, %topic, error = %err, retry_in = ?delay,
+                    warn!(pipeline = %pipeline.name, %topic, error = %error_chain(&err), retry_in = ?delay,
                         "planning the table of a new topic failed");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -116,8 +117,8 @@ impl Assigner {
                     return Err(AssignError::Unplannable {
                         pipeline: pipeline.name.clone(),
                         topic: topic.to_owned(),
-                        reason: err.to_string(),
-                    })
+                        reason: error_chain(&err),
+                    });
                 }
             }
         }

@@ -117,7 +117,7 @@ async fn check_table(pool: &PgPool, p: &PipelineConfig, index: usize, table: &Ta
             errors.len()
         }
         Err(err) => {
-            println!("error: {err:#}");
+            println!("error: {}", super::error_chain(&err));
             1
         }
     }

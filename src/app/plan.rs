@@ -23,7 +23,7 @@ use crate::row::{ColumnPlan, RowEncoder, UpsertError};
 pub enum PlanError {
     /// The database failed while planning (it may be restarting: a caller
     /// that can wait retries).
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Database {
         what: String,
         #[source]
@@ -33,7 +33,7 @@ pub enum PlanError {
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Mapping(Vec<MappingError>),
     /// A topic pattern that is not a valid regular expression.
-    #[error("pipeline `{pipeline}`: topic pattern {pattern:?}: {source}")]
+    #[error("pipeline `{pipeline}`: topic pattern {pattern:?}")]
     TopicPattern {
         pipeline: String,
         pattern: String,
@@ -220,12 +220,9 @@ pub async fn plan_topic(
     topic_id: TopicId,
     topic: &str,
 ) -> Result<Arc<Target>, PlanError> {
-    let (schema, name) = config.table_for(topic).map_err(|why| {
-        PlanError::Mapping(vec![MappingError::Invalid {
-            pipeline: config.name.clone(),
-            reason: why.to_string(),
-        }])
-    })?;
+    let (schema, name) = config
+        .table_for(topic)
+        .map_err(|why| PlanError::Mapping(vec![MappingError::TableName(why)]))?;
     let table = TableRef { schema, name };
     match plan_table(pool, config, index, &table, Ddl::Apply).await? {
         Planned::Ready(encoder) => Ok(pipeline.add_target(topic_id, table, encoder)),

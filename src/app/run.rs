@@ -116,7 +116,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         Some(addr) => Some(
             http::Server::start(addr, observed.clone(), telemetry.prometheus())
                 .await
-                .with_context(|| format!("binding telemetry.http_addr {addr}"))?,
+                .with_context(|| format!("starting telemetry: binding telemetry.http_addr {addr}"))?,
         ),
         None => None,
     };
@@ -130,9 +130,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         config.telemetry.lag_interval,
         background_stop.clone(),
     )
-    .context("starting the consumer lag poller")?;
+    .context("starting telemetry: the consumer lag poller")?;
     crate::postgres::health::spawn_probe(&config.postgres, observed.db.clone(), background_stop.clone())
-        .context("starting the postgres probe")?;
+        .context("starting telemetry: the postgres probe")?;
     let kafka =
         consumer::create(&config.consumer_properties(), shared.clone()).context("creating the kafka consumer")?;
     let (done_tx, mut done_rx) = oneshot::channel::<()>();
@@ -158,12 +158,14 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     // Whatever is not flushed by the deadline is simply not committed.
     let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
     let close_reserve = (config.shutdown_timeout / 4).min(Duration::from_secs(3));
-    shared.draining.store(true, Ordering::SeqCst);
+    // The core first: from here on nothing is taken and nothing resumes;
+    // then the loop pauses everything.
     for p in &pipelines {
         let mut state = p.lock();
         state.drain();
         p.refresh_state(&mut state);
     }
+    shared.draining.store(true, Ordering::SeqCst);
     let acks: Vec<oneshot::Receiver<()>> = writer_txs
         .iter()
         .filter_map(|w| {

@@ -1,6 +1,6 @@
 //! Plain data every layer shares: topic and partition ids, offsets and
-//! their arithmetic, what is kept of a record, dead letters, the table a
-//! pipeline writes and the classes of write failure. No I/O, no client
+//! their arithmetic, what is kept of a record, dead letters and the classes
+//! of write failure. No I/O, no client
 //! library types: the Kafka and Postgres layers convert to and from these.
 
 pub mod dead_letter;

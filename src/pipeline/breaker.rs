@@ -47,8 +47,13 @@ impl BreakerState {
         }
     }
 
+    /// The name logs use.
     pub fn name(self) -> &'static str {
-        self.phase().as_str()
+        match self {
+            BreakerState::Closed { .. } => "closed",
+            BreakerState::Open { .. } => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
     }
 }
 
@@ -64,7 +69,7 @@ pub enum BreakerPhase {
 }
 
 impl BreakerPhase {
-    /// The label value (`state="…"`), also used in logs and `/status`.
+    /// The label value (`state="…"`) and `/status`'s `breaker`.
     pub fn as_str(self) -> &'static str {
         match self {
             BreakerPhase::Closed => "CLOSED",
@@ -233,6 +238,7 @@ mod tests {
         assert_eq!(gauge.get(), BreakerPhase::HalfOpen);
         b.on_success("p");
         assert_eq!((gauge.get(), gauge.get().as_str()), (BreakerPhase::Closed, "CLOSED"));
+        assert_eq!(b.state().name(), "closed", "logs keep their own names");
     }
 
     #[test]

@@ -244,7 +244,7 @@ impl Sim {
     pub fn step(&mut self) -> Result<(), String> {
         self.steps += 1;
         let m = self.rng.below(self.members.len() as u64) as usize;
-        let roll = self.rng.below(1000);
+        let roll = self.rng.below(1005);
         if self.members[m].is_none() {
             if roll < 300 {
                 // Restart: a new incarnation joins, triggering a rebalance.
@@ -263,6 +263,7 @@ impl Sim {
             870..=979 => self.resume(m),
             980..=989 => self.rebalance(),
             990..=994 => self.stop(m)?,
+            // 995..=1004
             _ => {
                 // Crash: everything in memory is gone.
                 self.crashes += 1;

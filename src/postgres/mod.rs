@@ -1,7 +1,7 @@
 //! The Postgres side: the batch writer with its fenced offset commit (COPY,
 //! or upsert through a staging table), the stored offsets, the dead-letter
-//! store and its replay, the live-schema check, table DDL, the circuit
-//! breaker and error classification. Never imports [`crate::kafka`]: what
+//! store and its replay, the live-schema check, table DDL, the database
+//! probe and error classification (into [`crate::model::ErrorClass`]). Never imports [`crate::kafka`]: what
 //! it needs of Kafka comes through the pipeline's ports ([`crate::pipeline::ports`]).
 
 pub mod bisect;

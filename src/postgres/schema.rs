@@ -124,8 +124,11 @@ pub enum MappingError {
         table: String,
         key: String,
     },
-    /// A setting of the pipeline that does not fit (a table name from a
-    /// topic, the upsert key or version column).
+    /// The table name a topic makes (`{topic}`) is too long.
+    #[error("{0}")]
+    TableName(crate::config::TableNameTooLong),
+    /// A setting of the pipeline that does not fit (the upsert key or
+    /// version column).
     #[error("pipeline `{pipeline}`: {reason}")]
     Invalid { pipeline: String, reason: String },
     #[error("pipeline `{pipeline}`: column `{column}` ({type_name}): {reason}")]

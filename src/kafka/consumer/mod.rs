@@ -162,7 +162,11 @@ impl Shared {
             let stored = match answer.unwrap_or(Err(AssignError::Gone)) {
                 Ok(stored) => stored,
                 Err(err) => {
-                    self.fail(err.to_string());
+                    // Shutting down: the assigner may be gone; nothing of
+                    // the topic is held, so nothing is lost.
+                    if !self.draining.load(Ordering::Relaxed) {
+                        self.fail(err.to_string());
+                    }
                     for &partition in &partitions {
                         let _ = tpl.set_partition_offset(&topic, partition, Offset::End);
                     }

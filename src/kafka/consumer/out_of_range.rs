@@ -231,7 +231,13 @@ impl LoopState {
                     // Another owner moved the stored offset (nothing of the
                     // partition is buffered: stored = expected). As after a
                     // fence, continue from where it is now.
-                    let stored = self.reread(shared, topic, skip.tp.partition);
+                    let Some(stored) = self.reread(shared, topic, skip.tp.partition) else {
+                        // No answer (sluice is stopping): unknown is not
+                        // "nothing stored"; look again later.
+                        skip.not_before = now + Duration::from_secs(1);
+                        self.range.skips.push(skip);
+                        continue;
+                    };
                     pipeline.lock().moved(skip.tp, skip.epoch, stored);
                     self.range.reported.remove(&(skip.pipeline, skip.tp, skip.epoch));
                     moved_any = true;
@@ -249,15 +255,14 @@ impl LoopState {
         moved_any
     }
 
-    /// The stored offset of one partition, retried while the database is away.
-    fn reread(&self, shared: &Shared, topic: &str, partition: i32) -> Option<NextOffset> {
-        shared
-            .ask(|reply| AssignRequest::Stored {
-                topic: topic.to_owned(),
-                partition,
-                reply,
-            })
-            .flatten()
+    /// The stored offset of one partition (`Some(None)`: no row), retried
+    /// while the database is away; `None` when the assigner did not answer.
+    fn reread(&self, shared: &Shared, topic: &str, partition: i32) -> Option<Option<NextOffset>> {
+        shared.ask(|reply| AssignRequest::Stored {
+            topic: topic.to_owned(),
+            partition,
+            reply,
+        })
     }
 }
 
