@@ -4,7 +4,10 @@
 #   bench/run.sh            # 1,000,000 events; SLUICE_BENCH_EVENTS to change
 #   SLUICE_BENCH_BASELINE=/path/to/older/sluice bench/run.sh
 #                           # also runs the catch-up with that binary, in the
-#                           # same run, for a before/after comparison
+#                           # same run, for a before/after comparison;
+#                           # SLUICE_BENCH_ROUNDS=n (default 1) repeats both,
+#                           # alternating which goes first, and reports each
+#                           # round and the medians
 #
 # 1. raw limit: psql \copy of the very rows sluice wrote, into an identical
 #    logged table (same columns, same primary key), timed;
@@ -22,7 +25,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 events=${SLUICE_BENCH_EVENTS:-1000000}
 baseline=${SLUICE_BENCH_BASELINE:-}
-unset SLUICE_BENCH_EVENTS SLUICE_BENCH_BASELINE
+rounds=${SLUICE_BENCH_ROUNDS:-1}
+unset SLUICE_BENCH_EVENTS SLUICE_BENCH_BASELINE SLUICE_BENCH_ROUNDS
 # shellcheck source=bench/common.sh
 source bench/common.sh
 
@@ -69,12 +73,39 @@ catchup() {
     kill -TERM $pid; wait $pid || true
     rate=$(echo "$events / ($t1 - $t0)" | bc -l)
 }
+median() { tr ' ' '\n' | sed '/^$/d' | sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
+base_rates="" base_cpus="" rates="" cpus="" rounds_text=""
+for round in $(seq 1 "$rounds"); do
+    # Alternate which binary goes first: the later one finds a fuller
+    # broker and a busier database.
+    if [ -n "$baseline" ] && [ $((round % 2)) = 1 ]; then
+        catchup "$baseline" "baseline$round"
+        base_rates="$base_rates $rate" base_cpus="$base_cpus $cpu_us" base_peak=$peak_kb
+        first=baseline
+        sql "drop table $table"
+    fi
+    catchup "$sluice" "catchup$round"
+    rates="$rates $rate" cpus="$cpus $cpu_us" catchup_peak=$peak_kb catchup_batch=$batch catchup_table=$table
+    if [ -n "$baseline" ] && [ $((round % 2)) = 0 ]; then
+        catchup "$baseline" "baseline$round"
+        base_rates="$base_rates $rate" base_cpus="$base_cpus $cpu_us" base_peak=$peak_kb
+        first=this
+        sql "drop table $table"
+    fi
+    # Only the last round's table stays, for the raw COPY of its rows.
+    [ "$round" = "$rounds" ] || sql "drop table $catchup_table"
+    if [ -n "$baseline" ]; then
+        rounds_text="$rounds_text
+| round $round ($first first): this build / baseline | $(echo "$rates" | awk '{printf "%.0f", $NF}') / $(echo "$base_rates" | awk '{printf "%.0f", $NF}') rows/s; $(echo "$cpus" | awk '{printf "%.2f", $NF}') / $(echo "$base_cpus" | awk '{printf "%.2f", $NF}') µs CPU per row |"
+    fi
+done
+catchup_rate=$(echo "$rates" | median)
+cpu_us=$(echo "$cpus" | median)
+peak_kb=$catchup_peak batch=$catchup_batch table=$catchup_table
 if [ -n "$baseline" ]; then
-    catchup "$baseline" baseline
-    base_rate=$rate base_cpu=$cpu_us base_peak=$peak_kb
+    base_rate=$(echo "$base_rates" | median)
+    base_cpu=$(echo "$base_cpus" | median)
 fi
-catchup "$sluice" catchup
-catchup_rate=$rate
 
 # --- 1. raw COPY of the same rows into the same table shape -------------------
 sql "copy (select order_id, customer, amount, created_at, doc, kafka_offset, kafka_ts from $table) to stdout" >"$work/rows.tsv"
@@ -108,7 +139,7 @@ cat <<OUT
 | measure | value |
 | --- | --- |
 | raw \`\\copy\` of the same $events rows into the same table shape | $(printf '%.0f' "$raw_rate") rows/s |
-| sluice catch-up, first row to last | $(printf '%.0f' "$catchup_rate") rows/s ($(echo "100 * $catchup_rate / $raw_rate" | bc -l | xargs printf '%.0f') % of raw) |
+| sluice catch-up, first row to last (median of $rounds) | $(printf '%.0f' "$catchup_rate") rows/s ($(echo "100 * $catchup_rate / $raw_rate" | bc -l | xargs printf '%.0f') % of raw) |
 | batch size adaptive flushing settled on (mean rows per flush) | $batch |
 | sluice CPU (user + system) per row during catch-up | $(printf '%.2f' "$cpu_us") µs |
 | peak RSS during catch-up (default 64 MiB buffer) | $((peak_kb / 1024)) MiB |
@@ -117,6 +148,6 @@ cat <<OUT
 OUT
 if [ -n "$baseline" ]; then
     cat <<OUT
-| baseline ($baseline) catch-up, same run | $(printf '%.0f' "$base_rate") rows/s ($(echo "100 * $base_rate / $raw_rate" | bc -l | xargs printf '%.0f') % of raw), $(printf '%.2f' "$base_cpu") µs CPU per row, peak RSS $((base_peak / 1024)) MiB |
+| baseline ($baseline) catch-up, same run, median of $rounds | $(printf '%.0f' "$base_rate") rows/s ($(echo "100 * $base_rate / $raw_rate" | bc -l | xargs printf '%.0f') % of raw), $(printf '%.2f' "$base_cpu") µs CPU per row, peak RSS $((base_peak / 1024)) MiB |$rounds_text
 OUT
 fi
