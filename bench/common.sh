@@ -12,6 +12,9 @@
 #   sluice_config GROUP TOPIC TABLE HTTP_ADDR PIPELINE COLUMNS [EXTRA]
 #                     prints a config of one pipeline; COLUMNS is its
 #                     [pipelines.columns] block, EXTRA more pipeline keys
+#   orders_ddl NAME   the CREATE TABLE of the sample orders' table, with
+#                     `inserted_at` (clock_timestamp() during the COPY)
+#   orders_columns    its [pipelines.columns] block
 # shellcheck shell=bash
 
 # shellcheck source=scripts/services.sh
@@ -29,6 +32,21 @@ sql() { psql "$db_url" -XqtA -v ON_ERROR_STOP=1 -c "$1"; }
 run_id=$(date +%s)
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+orders_ddl() { # name
+    echo "create table $1 (order_id bigint primary key, customer text, amount numeric(12,2),
+          created_at timestamptz, doc jsonb, kafka_offset bigint, kafka_ts timestamptz,
+          inserted_at timestamptz not null default clock_timestamp())"
+}
+
+# shellcheck disable=SC2034 # used by the scripts that source this file
+orders_columns='order_id = "/id"
+customer = "/customer/name"
+amount = "/amount"
+created_at = "/ts"
+doc = "/"
+kafka_offset = "@offset"
+kafka_ts = "@timestamp"'
 
 sluice_config() { # group topic table http_addr pipeline columns [extra]
     cat <<TOML

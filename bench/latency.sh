@@ -26,19 +26,10 @@ source bench/common.sh
 
 topic="bench_latency_$run_id"
 table="latency_$run_id"
-sql "create table $table (order_id bigint primary key, customer text, amount numeric(12,2),
-     created_at timestamptz, doc jsonb, kafka_offset bigint, kafka_ts timestamptz,
-     inserted_at timestamptz not null default clock_timestamp())"
+sql "$(orders_ddl "$table")"
 "$produce" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$topic" --partitions 3 --count 0 >&2
-columns='order_id = "/id"
-customer = "/customer/name"
-amount = "/amount"
-created_at = "/ts"
-doc = "/"
-kafka_offset = "@offset"
-kafka_ts = "@timestamp"'
 {
-    sluice_config "bench-$run_id" "$topic" "$table" "127.0.0.1:9473" bench "$columns" "$pipeline"
+    sluice_config "bench-$run_id" "$topic" "$table" "127.0.0.1:9473" bench "$orders_columns" "$pipeline"
     printf '%s\n' "$extra"
 } >"$work/latency.toml"
 log="${TMPDIR:-/tmp}/sluice-latency-$run_id.log" # kept: the run's sluice log

@@ -30,21 +30,8 @@ unset SLUICE_BENCH_EVENTS SLUICE_BENCH_BASELINE SLUICE_BENCH_ROUNDS
 # shellcheck source=bench/common.sh
 source bench/common.sh
 
-table_ddl() {
-    echo "create table $1 (order_id bigint primary key, customer text, amount numeric(12,2),
-          created_at timestamptz, doc jsonb, kafka_offset bigint, kafka_ts timestamptz,
-          inserted_at timestamptz not null default clock_timestamp())"
-}
-
-columns='order_id = "/id"
-customer = "/customer/name"
-amount = "/amount"
-created_at = "/ts"
-doc = "/"
-kafka_offset = "@offset"
-kafka_ts = "@timestamp"'
 config() { # topic table port
-    sluice_config "bench-$run_id-$1" "$1" "$2" "127.0.0.1:$3" bench "$columns"
+    sluice_config "bench-$run_id-$1" "$1" "$2" "127.0.0.1:$3" bench "$orders_columns"
 }
 
 
@@ -56,7 +43,7 @@ catchup() {
     local bin=$1 name=$2
     topic="bench_${name}_$run_id"
     table="${name}_$run_id"
-    sql "$(table_ddl "$table")"
+    sql "$(orders_ddl "$table")"
     "$produce" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$topic" --partitions 3 --count "$events" >&2
     config "$topic" "$table" 9471 >"$work/$name.toml"
     "$bin" run --config "$work/$name.toml" 2>"$work/$name.log" &
@@ -110,7 +97,7 @@ fi
 # --- 1. raw COPY of the same rows into the same table shape -------------------
 sql "copy (select order_id, customer, amount, created_at, doc, kafka_offset, kafka_ts from $table) to stdout" >"$work/rows.tsv"
 raw="raw_$run_id"
-sql "$(table_ddl "$raw")"
+sql "$(orders_ddl "$raw")"
 r0=$(date +%s.%N)
 psql "$db_url" -Xq -v ON_ERROR_STOP=1 -c "\\copy $raw (order_id, customer, amount, created_at, doc, kafka_offset, kafka_ts) from '$work/rows.tsv'"
 r1=$(date +%s.%N)
@@ -119,7 +106,7 @@ raw_rate=$(echo "$events / ($r1 - $r0)" | bc -l)
 # --- 3. light load latency ----------------------------------------------------------
 ltopic="bench_light_$run_id"
 ltable="light_$run_id"
-sql "$(table_ddl "$ltable")"
+sql "$(orders_ddl "$ltable")"
 "$produce" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$ltopic" --partitions 3 --count 0 >&2
 config "$ltopic" "$ltable" 9472 >"$work/light.toml"
 "$sluice" run --config "$work/light.toml" 2>"$work/light.log" &

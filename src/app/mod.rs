@@ -18,15 +18,11 @@ use crate::config::{PostgresConfig, SslMode};
 pub use check::check;
 
 /// An error with its sources, `a: b: c`, as `{:#}` prints an anyhow error.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    anyhow::Chain::new(err)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 pub use dlq::dlq_replay;
 pub use run::run;

@@ -443,6 +443,28 @@ mod tests {
         }
     }
 
+    /// Telemetry sees the batch's rows only: a marker (no row) is neither
+    /// counted nor its timestamp taken as the oldest.
+    #[test]
+    fn row_facts_leave_markers_out() {
+        let trace = TraceParent::parse(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let with = |offset, len: Option<usize>, ts| Entry {
+            row: len.map(|len| vec![b'x'; len].into_boxed_slice()),
+            timestamp_ms: Some(ts),
+            trace: Some(Box::new(trace)),
+            ..entry(0, offset, 0)
+        };
+        let batch = Batch {
+            entries: vec![with(0, Some(4), 2_000), with(1, None, 1_000), with(2, Some(3), 1_500)],
+            covered: Vec::new(),
+        };
+        let facts: Vec<(usize, Option<i64>, bool)> = batch
+            .row_facts()
+            .map(|r| (r.bytes, r.timestamp_ms, r.trace.is_some()))
+            .collect();
+        assert_eq!(facts, vec![(4, Some(2_000), true), (3, Some(1_500), true)]);
+    }
+
     #[test]
     fn entry_overhead_covers_the_entry() {
         assert!(std::mem::size_of::<Entry>() <= ENTRY_OVERHEAD_BYTES);

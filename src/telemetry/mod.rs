@@ -34,6 +34,7 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::mapping::TableRef;
 use crate::model::{ErrorClass, TraceParent};
 
 /// What became of a flush attempt.
@@ -58,7 +59,7 @@ impl FlushOutcome {
 pub struct FlushEvent<'a> {
     pub pipeline: &'a str,
     /// The table (or `{topic}` template) the pipeline writes.
-    pub table: &'a str,
+    pub table: &'a TableRef,
     pub partitions: usize,
     pub duration: Duration,
     pub outcome: FlushOutcome,
@@ -194,7 +195,7 @@ impl Recorder {
         if let Some(tracer) = &self.tracer {
             let mut attributes = vec![
                 pipeline,
-                KeyValue::new("table", event.table.to_owned()),
+                KeyValue::new("table", event.table.to_string()),
                 KeyValue::new("rows", facts.rows as i64),
                 KeyValue::new("bytes", facts.bytes as i64),
                 KeyValue::new("partitions", event.partitions as i64),

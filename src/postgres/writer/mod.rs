@@ -638,10 +638,9 @@ impl Writer {
 
     /// Records a flush attempt with telemetry.
     fn record_flush(&self, batch: &Batch, partitions: usize, duration: Duration, outcome: FlushOutcome) {
-        let table = self.pipeline.table.to_string();
         let event = FlushEvent {
             pipeline: &self.pipeline.name,
-            table: &table,
+            table: &self.pipeline.table,
             partitions,
             duration,
             outcome,
