@@ -101,6 +101,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         writer_txs.clone(),
         tokio::runtime::Handle::current(),
         config.shutdown_timeout,
+        telemetry.flushes().wants_traces(),
     ));
     let observed = Arc::new(Observed::new(
         &config,

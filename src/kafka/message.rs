@@ -32,11 +32,15 @@ pub fn trace_parent<M: Message>(msg: &M) -> Option<Box<TraceParent>> {
     TraceParent::parse(header.value?).map(Box::new)
 }
 
-/// What flush telemetry needs of a record: its Kafka timestamp and producer trace context.
-pub fn record_meta<M: Message>(msg: &M) -> RecordMeta {
+/// What flush telemetry needs of a record: its Kafka timestamp and, when
+/// `traces` (flush spans are exported), its producer trace context. Reading
+/// the context parses the record's headers, which librdkafka does with an
+/// allocation even for a record without any: a tenth of the consumer
+/// thread's time when it was done for every record (`bench/RESULTS.md`).
+pub fn record_meta<M: Message>(msg: &M, traces: bool) -> RecordMeta {
     RecordMeta {
         timestamp_ms: msg.timestamp().to_millis(),
-        trace: trace_parent(msg),
+        trace: if traces { trace_parent(msg) } else { None },
     }
 }
 

@@ -9,3 +9,28 @@ pub mod lag;
 pub mod message;
 pub mod offsets;
 pub mod refetch;
+
+use rdkafka::config::RDKafkaLogLevel;
+
+/// The level librdkafka logs at: everything when a `debug` property asks
+/// for librdkafka's debug contexts (`kafka.properties.debug = "fetch"`),
+/// else warnings and errors. rdkafka would take it from the `log` crate,
+/// which sluice does not use (it logs through `tracing`).
+pub fn log_level(properties: &std::collections::BTreeMap<String, String>) -> RDKafkaLogLevel {
+    if properties.contains_key("debug") {
+        RDKafkaLogLevel::Debug
+    } else {
+        RDKafkaLogLevel::Warning
+    }
+}
+
+/// Forwards one librdkafka log line to `tracing` (target `librdkafka`).
+pub fn forward_log(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    use RDKafkaLogLevel::*;
+    match level {
+        Emerg | Alert | Critical | Error => tracing::error!(target: "librdkafka", facility, "{message}"),
+        Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+        Notice | Info => tracing::info!(target: "librdkafka", facility, "{message}"),
+        Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+    }
+}

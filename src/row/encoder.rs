@@ -10,9 +10,10 @@ use serde_json::Value;
 use crate::mapping::{ColumnSource, PgType};
 use crate::row::constraints;
 use crate::row::convert::write_json_value;
-use crate::row::copy_text::NULL;
+use crate::row::copy_text::{push_text, NulByte, NULL};
 use crate::row::plan::{ColumnPlan, UniqueKey};
-use crate::row::show::json_error;
+use crate::row::project::{check_raw_for_jsonb, Need};
+use crate::row::show::{json_error, show_str};
 use crate::row::sources::{write_key_pointer, write_meta, Path, RecordRef};
 
 /// Why a record could not become a row.
@@ -83,6 +84,12 @@ pub struct RowEncoder {
     /// instead of on every record.
     paths: Vec<Path>,
     reads_value: bool,
+    /// What of the record value to parse: only what the pointers reach.
+    need: Need,
+    /// Parallel to `columns`: the column is the whole value as `jsonb`, so
+    /// it takes the record's own text (Postgres normalizes it the same way)
+    /// instead of a parse serialized again.
+    raw_whole: Vec<bool>,
     reads_headers: bool,
     upsert: Option<Upsert>,
     /// The table's unique keys whose columns are all mapped (insert mode
@@ -120,10 +127,27 @@ impl RowEncoder {
         let reads_headers = columns
             .iter()
             .any(|c| matches!(c.source, ColumnSource::Header(_) | ColumnSource::Headers));
+        let raw_whole: Vec<bool> = columns
+            .iter()
+            .zip(&paths)
+            .map(|(c, p)| {
+                matches!(c.source, ColumnSource::Pointer(_)) && matches!(p, Path::Whole) && c.ty == PgType::Jsonb
+            })
+            .collect();
+        let need = Need::of(
+            columns
+                .iter()
+                .zip(&paths)
+                .zip(&raw_whole)
+                .filter(|((c, _), _)| matches!(c.source, ColumnSource::Pointer(_)))
+                .map(|((_, p), raw)| (p, *raw)),
+        );
         Self {
             columns,
             paths,
             reads_value,
+            need,
+            raw_whole,
             reads_headers,
             upsert: None,
             unique_keys: Vec::new(),
@@ -247,10 +271,15 @@ impl RowEncoder {
 
     fn encode_line(&self, rec: &RecordRef<'_>, out: &mut Vec<u8>) -> Result<(), DecodeError> {
         // `Value::Null` costs nothing when no column needs the document.
-        let doc = if self.reads_value {
-            parse_value(rec.value)?
+        let (doc, text) = if self.reads_value {
+            let text = value_text(rec.value)?;
+            let doc = self
+                .need
+                .parse(text)
+                .map_err(|e| DecodeError::for_record(json_error("invalid JSON", &e)))?;
+            (doc, text)
         } else {
-            Value::Null
+            (Value::Null, "")
         };
         for (i, (col, path)) in self.columns.iter().zip(&self.paths).enumerate() {
             if i > 0 {
@@ -258,6 +287,7 @@ impl RowEncoder {
             }
             let at = out.len();
             let written = match &col.source {
+                ColumnSource::Pointer(_) if self.raw_whole[i] => write_raw_jsonb(out, text),
                 ColumnSource::Pointer(_) => match path.resolve(&doc) {
                     None | Some(Value::Null) => {
                         out.extend_from_slice(NULL);
@@ -385,13 +415,24 @@ fn show_pointer(p: &str) -> &str {
     }
 }
 
-fn parse_value(value: Option<&[u8]>) -> Result<Value, DecodeError> {
+/// The record value as text, to be parsed as JSON.
+fn value_text(value: Option<&[u8]>) -> Result<&str, DecodeError> {
     let bytes = value.ok_or_else(|| DecodeError::for_record("null value (tombstone)"))?;
     // Checked up front so the message names the real problem; serde_json
     // would report stray bytes as a JSON syntax error.
-    let text =
-        std::str::from_utf8(bytes).map_err(|e| DecodeError::for_record(format!("value is not valid UTF-8: {e}")))?;
-    serde_json::from_str(text).map_err(|e| DecodeError::for_record(json_error("invalid JSON", &e)))
+    std::str::from_utf8(bytes).map_err(|e| DecodeError::for_record(format!("value is not valid UTF-8: {e}")))
+}
+
+/// The whole record value (valid JSON) into a `jsonb` column, as its own
+/// text: a JSON `null` is NULL, as when the value is parsed.
+fn write_raw_jsonb(out: &mut Vec<u8>, text: &str) -> Result<(), String> {
+    let text = text.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+    if text == "null" {
+        out.extend_from_slice(NULL);
+        return Ok(());
+    }
+    check_raw_for_jsonb(text).map_err(|why| format!("{} {why}", show_str(text)))?;
+    push_text(out, text).map_err(|NulByte| "contains a NUL byte".to_owned())
 }
 
 #[cfg(test)]

@@ -13,13 +13,20 @@ use crate::row::plan::UniqueKey;
 /// is cleared first); returns the line without its newline, which the
 /// ranges index.
 pub(crate) fn field_ranges<'a>(row: &'a [u8], out: &mut Vec<(usize, usize)>) -> &'a [u8] {
+    field_ranges_upto(row, usize::MAX, out)
+}
+
+/// [`field_ranges`], stopping once field `last` is found: the fields after
+/// it are not split (the last range may then run past field `last`).
+fn field_ranges_upto<'a>(row: &'a [u8], last: usize, out: &mut Vec<(usize, usize)>) -> &'a [u8] {
     let line = row.strip_suffix(b"\n").unwrap_or(row);
     out.clear();
     let mut start = 0;
-    for (i, &b) in line.iter().enumerate() {
-        if b == b'\t' {
-            out.push((start, i));
-            start = i + 1;
+    for i in memchr::memchr_iter(b'\t', line) {
+        out.push((start, i));
+        start = i + 1;
+        if out.len() > last {
+            return line;
         }
     }
     out.push((start, line.len()));
@@ -50,7 +57,9 @@ pub fn key_hashes(table: usize, keys: &[UniqueKey], row: &[u8], fields: &mut Vec
     if keys.is_empty() {
         return;
     }
-    let line = field_ranges(row, fields);
+    // Key columns usually come first: the rest of the row is not split.
+    let last = keys.iter().flat_map(|k| k.columns.iter().copied()).max().unwrap_or(0);
+    let line = field_ranges_upto(row, last, fields);
     for (k, key) in keys.iter().enumerate() {
         if let Some(parts) = key_fields(line, fields, key) {
             let mut hasher = std::hash::DefaultHasher::new();
@@ -130,6 +139,40 @@ impl Hasher for PreHashed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_read_from_their_fields_only() {
+        let key = |columns: Vec<usize>| UniqueKey {
+            name: "k".into(),
+            columns,
+        };
+        let (mut fields, mut a, mut b) = (Vec::new(), Vec::new(), Vec::new());
+        let hashes = |keys: &[UniqueKey], row: &[u8], fields: &mut Vec<(usize, usize)>, out: &mut Vec<u64>| {
+            key_hashes(1, keys, row, fields, out);
+            out.clone()
+        };
+        let first = [key(vec![0])];
+        // Equal keys, different rest: equal hashes; a different key differs.
+        let h1 = hashes(&first, b"7\tx\ty\n", &mut fields, &mut a);
+        assert_eq!(h1, hashes(&first, b"7\tz\n", &mut fields, &mut b));
+        assert_ne!(h1, hashes(&first, b"8\tx\ty\n", &mut fields, &mut b));
+        // A composite key on later columns, one NULL: no hash.
+        let later = [key(vec![2, 1])];
+        let h2 = hashes(&later, b"1\ta\tb\tc\n", &mut fields, &mut a);
+        assert_eq!(h2.len(), 1);
+        assert_eq!(h2, hashes(&later, b"2\ta\tb\n", &mut fields, &mut b));
+        assert_ne!(h2, hashes(&later, b"1\ta\tbb\tc\n", &mut fields, &mut b));
+        assert!(hashes(&later, b"1\t\\N\tb\n", &mut fields, &mut b).is_empty());
+        // The early stop splits the fields it reaches like the full split.
+        let row = b"a\tbb\t\tccc\td\n";
+        let mut full = Vec::new();
+        field_ranges(row, &mut full);
+        for last in 0..6 {
+            field_ranges_upto(row, last, &mut fields);
+            let n = (last + 1).min(full.len());
+            assert_eq!(fields[..n], full[..n], "last {last}");
+        }
+    }
 
     #[test]
     fn recent_keys_remember_at_least_the_window_and_at_most_twice_it() {

@@ -24,8 +24,8 @@
 //! `_sluice_delete`, is `f` for a row and `t` for a tombstone's delete.
 //!
 //! This is the per-record hot path, so digits and escaped bytes go straight
-//! into the caller's buffer; the only allocations are parsing the record
-//! value (once) and building error messages.
+//! into the caller's buffer; the only allocations are parsing the parts of
+//! the record value the columns read (once) and building error messages.
 //!
 //! # Layering
 //!
@@ -37,6 +37,7 @@
 //! ```text
 //! statements                  the SQL text of a target's writes (COPY, upsert through a stage)
 //! encoder                     RowEncoder, DecodeError; upsert and tombstone lines
+//! project                     parse only what the pointers reach; the whole value as jsonb text
 //! sources   constraints       pointer and metadata columns, RecordRef; NOT NULL, length, precision, CHECK
 //! convert   plan    keys      JSON value -> column; ColumnPlan and friends; unique-key hashes
 //! check_expr                  `column op constant` CHECK expressions
@@ -51,6 +52,7 @@ mod encoder;
 mod keys;
 mod numeric;
 mod plan;
+mod project;
 mod show;
 mod sources;
 pub mod statements;

@@ -149,8 +149,14 @@ impl Flushes {
 
     /// Records one flush attempt of `rows`: one span, the histograms, the
     /// flush counter and the last-flush entry of `/status`.
+    /// Whether flush spans are exported, so that records' producer trace
+    /// contexts are worth reading (each read parses the record's headers).
+    pub fn wants_traces(&self) -> bool {
+        self.recorder.as_ref().is_some_and(|r| r.tracer.is_some())
+    }
+
     pub fn record<'a>(&self, event: FlushEvent<'_>, rows: impl Iterator<Item = RowFacts<'a>>) {
-        let want_traces = self.recorder.as_ref().is_some_and(|r| r.tracer.is_some());
+        let want_traces = self.wants_traces();
         let facts = BatchFacts::of(rows, want_traces);
         let end = SystemTime::now();
         if let Some(recorder) = &self.recorder {

@@ -21,6 +21,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -57,6 +58,8 @@ pub struct Shared {
     pub runtime: tokio::runtime::Handle,
     /// How long a revoke waits for the writers to flush before forgetting.
     pub revoke_flush_timeout: Duration,
+    /// Flush spans are exported: read each record's producer trace context.
+    pub trace_links: bool,
     /// Shutdown began: no intake, no flush on revoke.
     pub draining: AtomicBool,
     /// Leave the group and end the loop.
@@ -80,6 +83,7 @@ impl Shared {
         writers: Vec<mpsc::UnboundedSender<WriterCommand>>,
         runtime: tokio::runtime::Handle,
         revoke_flush_timeout: Duration,
+        trace_links: bool,
     ) -> Self {
         Self {
             pipelines,
@@ -90,6 +94,7 @@ impl Shared {
             writers,
             runtime,
             revoke_flush_timeout,
+            trace_links,
             draining: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             assigned: AtomicUsize::new(0),
@@ -259,6 +264,10 @@ impl ClientContext for Context {
             error!("librdkafka: {error}: {reason}");
         }
     }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        super::forward_log(level, facility, message);
+    }
 }
 
 impl ConsumerContext for Context {
@@ -294,6 +303,7 @@ pub fn create(
     for (k, v) in properties {
         config.set(k, v);
     }
+    config.set_log_level(super::log_level(properties));
     let consumer: BaseConsumer<Context> = config.create_with_context(Context { shared: shared.clone() })?;
     let topics = shared.topics.subscription();
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -329,15 +339,18 @@ pub fn run(consumer: BaseConsumer<Context>, shared: Arc<Shared>, commands: std_m
         }
         let message = consumer.poll(Duration::from_millis(100));
         let idle = message.is_none();
+        // One clock read per record: it dates the record's arrival and
+        // paces the resume check.
+        let now = Instant::now();
         match message {
             None => {}
-            Some(Ok(msg)) => state.intake(&consumer, &shared, &msg),
+            Some(Ok(msg)) => state.intake(&consumer, &shared, &msg, now),
             Some(Err(err)) if is_out_of_range(&err) => state.range.pending = Some(err.to_string()),
             Some(Err(err)) => warn!(error = %err, "kafka consumer error"),
         }
-        state.watch_range(&consumer, &shared);
-        if idle || last_resume_look.elapsed() >= RESUME_LOOK {
-            last_resume_look = Instant::now();
+        state.watch_range(&consumer, &shared, now);
+        if idle || now.duration_since(last_resume_look) >= RESUME_LOOK {
+            last_resume_look = now;
             resume_at_low_watermark(&consumer, &shared);
         }
     }
@@ -446,7 +459,7 @@ impl LoopState {
     }
 
     /// Decodes a record and hands it to its pipeline's buffer.
-    fn intake(&mut self, consumer: &BaseConsumer<Context>, shared: &Shared, msg: &BorrowedMessage<'_>) {
+    fn intake(&mut self, consumer: &BaseConsumer<Context>, shared: &Shared, msg: &BorrowedMessage<'_>, now: Instant) {
         if self.drained {
             // Shutting down: not buffered, not committed, re-read by the next owner.
             return;
@@ -465,9 +478,11 @@ impl LoopState {
             return;
         };
         let offset = msg.offset();
-        let headers: Vec<HeaderRef<'_>> = match (target.encoder.reads_headers(), msg.headers()) {
-            (true, Some(h)) => h.iter().map(|h| (h.key, h.value)).collect(),
-            _ => Vec::new(),
+        // Only read when a column needs them: librdkafka parses a record's
+        // headers with an allocation even when it has none.
+        let headers: Vec<HeaderRef<'_>> = match target.encoder.reads_headers().then(|| msg.headers()).flatten() {
+            Some(h) => h.iter().map(|h| (h.key, h.value)).collect(),
+            None => Vec::new(),
         };
         let record = RecordRef {
             topic: msg.topic(),
@@ -497,7 +512,7 @@ impl LoopState {
             debug!(pipeline = %pipeline.name, topic = %record.topic, partition = record.partition, offset,
                 error = %d.error, "record cannot become a row: dead letter");
         }
-        let meta = record_meta(msg);
+        let meta = record_meta(msg, shared.trace_links);
         let mut entry = Entry::new(tp, 0, offset, row, meta);
         entry.dead_letter = dead_letter.map(Box::new);
         entry.raw = raw;
@@ -509,7 +524,7 @@ impl LoopState {
         let (wake, pause, offer) = {
             let mut state = pipeline.lock();
             let state = &mut *state;
-            let offer = state.offer(entry, s, Instant::now());
+            let offer = state.offer(entry, s, now);
             match offer {
                 Offer::Ignored => return,
                 Offer::Refused { epoch, seek_to } => {

@@ -79,11 +79,10 @@ type Held = (usize, Tp, u64, NextOffset, Option<NextOffset>);
 impl LoopState {
     /// Searches for the partition an out-of-range error was about (at most
     /// once a second) and carries out pending skips.
-    pub(super) fn watch_range(&mut self, consumer: &BaseConsumer<Context>, shared: &Shared) {
+    pub(super) fn watch_range(&mut self, consumer: &BaseConsumer<Context>, shared: &Shared, now: Instant) {
         if self.drained {
             return;
         }
-        let now = Instant::now();
         let due = self
             .range
             .last_search
