@@ -3,7 +3,7 @@
 # refuses unknown SLUICE_* variables). Starts/checks the local services
 # (scripts/services.sh), builds the release binaries, creates the
 # sluice_bench database with sluice's schema, and sets:
-#   sluice, produce   the release binaries
+#   sluice, produce, floor   the release binaries
 #   db_url            the sluice_bench database
 #   run_id            a number naming this run's topics and tables
 #   work              a scratch directory, removed on exit (with any sluice
@@ -21,9 +21,10 @@
 source scripts/services.sh
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/sluice-target}"
-cargo build --release --bin sluice --example produce >&2
+cargo build --release --bin sluice --example produce --example floor >&2
 sluice="$CARGO_TARGET_DIR/release/sluice"
 produce="$CARGO_TARGET_DIR/release/examples/produce"
+floor="$CARGO_TARGET_DIR/release/examples/floor"
 admin=$SLUICE_TEST_DATABASE_URL
 db_url="${admin%/*}/sluice_bench"
 psql "$admin" -XqtAc "select 1 from pg_database where datname = 'sluice_bench'" | grep -q 1 ||

@@ -12,6 +12,8 @@
 # at the rate (3 partitions, linger 5 ms). A row's insertion time is
 # clock_timestamp() during its COPY, which precedes the COMMIT that makes it
 # visible by the commit's own duration. Prints p50, p90, p99, p99.9 and max,
+# beside the same percentiles of a bare consumer reading the same records
+# at the same time (examples/floor.rs: the broker's and producer's share),
 # the flush interval sluice settled on and its CPU while idle afterwards.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -35,11 +37,18 @@ sql "$(orders_ddl "$table")"
 log="${TMPDIR:-/tmp}/sluice-latency-$run_id.log" # kept: the run's sluice log
 "$sluice" run --config "$work/latency.toml" 2>"$log" &
 pid=$!
-# Joined when its partitions are assigned.
-until grep -q "partitions assigned" "$log"; do sleep 0.1; done
 count=$((rate * seconds))
+# The floor: a bare consumer of the same records, with sluice's fetch wait
+# unless the extra config sets another.
+fetch_wait=$(printf '%s\n' "$extra" | sed -n 's/^"fetch.wait.max.ms" *= *"\([0-9]*\)"/\1/p')
+"$floor" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$topic" --count "$count" \
+    --fetch-wait-ms "${fetch_wait:-10}" >"$work/floor.out" 2>"$work/floor.err" &
+floor_pid=$!
+# Both joined when their partitions are assigned.
+until grep -q "partitions assigned" "$log" && grep -q assigned "$work/floor.err"; do sleep 0.1; done
 "$produce" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$topic" --partitions 3 --count "$count" --rate "$rate" >&2
 until [ "$(sql "select count(*) from $table")" -ge "$count" ]; do sleep 0.1; done
+wait $floor_pid || true
 interval=$(curl -s 127.0.0.1:9473/metrics | awk '/^sluice_flush_interval_seconds/ {printf "%.0f ms", $2 * 1000}')
 # Idle cost: sluice's CPU over 10 s with nothing to read.
 t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
@@ -56,5 +65,6 @@ stats=$(sql "select round(percentile_cont(0.5) within group (order by ms)::numer
              from (select extract(epoch from inserted_at - kafka_ts) * 1000 as ms from $table) t")
 cat <<OUT
 | light load ($rate events/s, $seconds s$(echo "${extra:+, $extra}${pipeline:+, $pipeline}" | tr '\n' ' ')): p50 / p90 / p99 / p99.9 / max | $stats |
+| the floor: a bare librdkafka consumer of the same records (Kafka timestamp → polled), p50 / p90 / p99 / p99.9 / max | $(cat "$work/floor.out") |
 | flush interval settled on; sluice CPU while idle | $interval; $(printf '%.1f' "$idle") % of a core |
 OUT

@@ -84,7 +84,9 @@ pub struct PipelineConfig {
     /// `flush_interval` is where the interval starts. Default `"1s"`.
     #[serde(default = "default_target_latency", with = "humantime_serde")]
     pub target_latency: Duration,
-    /// Lower bound of the adaptive flush interval. Default `"20ms"`.
+    /// Lower bound of the adaptive flush interval. Default `"5ms"`: at light
+    /// load a record waits at most this long in the buffer (up to 200
+    /// transactions a second per pipeline while records trickle in).
     #[serde(default = "default_min_interval", with = "humantime_serde")]
     pub min_interval: Duration,
     /// Upper bound of the adaptive flush interval. Default `"5s"`.
@@ -370,7 +372,7 @@ fn default_target_latency() -> Duration {
     Duration::from_secs(1)
 }
 fn default_min_interval() -> Duration {
-    Duration::from_millis(20)
+    Duration::from_millis(5)
 }
 fn default_max_interval() -> Duration {
     Duration::from_secs(5)
