@@ -40,12 +40,21 @@ pid=$!
 count=$((rate * seconds))
 # The floor: a bare consumer of the same records, with sluice's fetch wait
 # unless the extra config sets another.
-fetch_wait=$(printf '%s\n' "$extra" | sed -n 's/^"fetch.wait.max.ms" *= *"\([0-9]*\)"/\1/p')
+fetch_wait=$(printf '%s\n' "$extra" | tr -d '\r' |
+    sed -n 's/^[[:space:]]*"fetch.wait.max.ms"[[:space:]]*=[[:space:]]*"\([0-9][0-9]*\)".*/\1/p' | tail -1)
+fetch_wait=${fetch_wait:-${SLUICE_KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS:-10}}
 "$floor" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$topic" --count "$count" \
-    --fetch-wait-ms "${fetch_wait:-10}" >"$work/floor.out" 2>"$work/floor.err" &
+    --fetch-wait-ms "$fetch_wait" >"$work/floor.out" 2>"$work/floor.err" &
 floor_pid=$!
-# Both joined when their partitions are assigned.
-until grep -q "partitions assigned" "$log" && grep -q assigned "$work/floor.err"; do sleep 0.1; done
+# Both joined when their partitions are assigned (60 s at most).
+deadline=$((SECONDS + 60))
+until grep -q "partitions assigned" "$log" && grep -q assigned "$work/floor.err"; do
+    if [ $SECONDS -ge $deadline ] || ! kill -0 $pid 2>/dev/null || ! kill -0 $floor_pid 2>/dev/null; then
+        echo "sluice or the floor consumer did not join (see $log, $(cat "$work/floor.err"))" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
 "$produce" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$topic" --partitions 3 --count "$count" --rate "$rate" >&2
 until [ "$(sql "select count(*) from $table")" -ge "$count" ]; do sleep 0.1; done
 wait $floor_pid || true

@@ -12,8 +12,8 @@
 # Throughput is all rows over the time from the first row landing in any
 # table to the last; the raw limit is as many concurrent psql \copy's of the
 # same rows into identical tables, timed from the first start to the last
-# end. Also prints sluice's CPU per row and its peak RSS against the
-# documented bound.
+# end. Also prints sluice's CPU per row (all the process used, start-up
+# included, over the rows) and its peak RSS against the documented bound.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -75,11 +75,13 @@ for t in "${tables[@]}"; do
     sql "$(orders_ddl "raw_$t")"
 done
 r0=$(date +%s.%N)
+copies=()
 for t in "${tables[@]}"; do
     psql "$db_url" -Xq -v ON_ERROR_STOP=1 \
         -c "\\copy raw_$t (order_id, customer, amount, created_at, doc, kafka_offset, kafka_ts) from '$work/$t.tsv'" &
+    copies+=($!)
 done
-wait
+for c in "${copies[@]}"; do wait "$c"; done # each one's status: set -e stops on a failed copy
 r1=$(date +%s.%N)
 raw=$(echo "$total / ($r1 - $r0)" | bc -l)
 for t in "${tables[@]}"; do sql "drop table $t; drop table raw_$t"; done

@@ -194,14 +194,6 @@ impl KafkaConfig {
         props
             .entry("fetch.queue.backoff.ms".to_owned())
             .or_insert_with(|| "10".to_owned());
-        // How long a fetch may wait for records (librdkafka: 500 ms). Kafka
-        // answers as soon as a record is there, but a broker that holds every
-        // fetch for its full wait (tansu, measured) puts that wait into every
-        // record's latency. 10 ms costs ~100 empty fetches a second per
-        // broker while idle (measured: 1.6 – 1.9 % of a core, against 0.2 %).
-        props
-            .entry("fetch.wait.max.ms".to_owned())
-            .or_insert_with(|| "10".to_owned());
         props
     }
 }

@@ -658,7 +658,6 @@ fn consumer_properties_set_what_sluice_owns() {
         // Half of the 16MiB default prefetch budget each for queue and fetch.
         ("fetch.max.bytes", "8388608"),
         ("fetch.queue.backoff.ms", "10"),
-        ("fetch.wait.max.ms", "10"),
         ("group.id", "sluice"),
         ("max.partition.fetch.bytes", "1048576"),
         ("partition.assignment.strategy", "range,roundrobin"),

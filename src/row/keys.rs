@@ -1,8 +1,10 @@
 //! The unique keys of encoded rows, read straight from their COPY text:
 //! splitting a line into fields, hashing a row's keys, and [`RecentKeys`],
 //! the bounded memory of the keys a pipeline wrote last. Equal encodings
-//! are equal values (the encoder writes one form per value); a key with a
-//! NULL never equals another.
+//! are equal values (the encoder writes one form per value, except for a
+//! whole-value `jsonb` column, written as the record's own text: equal
+//! documents spelled differently are then left for Postgres to find); a key
+//! with a NULL never equals another.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -16,8 +18,8 @@ pub(crate) fn field_ranges<'a>(row: &'a [u8], out: &mut Vec<(usize, usize)>) -> 
     field_ranges_upto(row, usize::MAX, out)
 }
 
-/// [`field_ranges`], stopping once field `last` is found: the fields after
-/// it are not split (the last range may then run past field `last`).
+/// [`field_ranges`], stopping once field `last` is found: the ranges of
+/// fields `0..=last` are exact, the fields after it are not split.
 fn field_ranges_upto<'a>(row: &'a [u8], last: usize, out: &mut Vec<(usize, usize)>) -> &'a [u8] {
     let line = row.strip_suffix(b"\n").unwrap_or(row);
     out.clear();

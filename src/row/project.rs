@@ -64,10 +64,13 @@ impl Need {
         root
     }
 
-    /// Parses `text` as JSON, building only what is needed. Fails exactly
-    /// when the text is not JSON (`serde_json::from_str` would fail), except
-    /// that skipped strings' `\u` escapes are not checked for lone
-    /// surrogates (a string no column reads).
+    /// Parses `text` as JSON, building only what is needed. Fails when the
+    /// text is not JSON (`serde_json::from_str` would fail), except in parts
+    /// no column reads: their strings' `\u` escapes are not checked for
+    /// lone surrogates and their nesting not against serde_json's
+    /// recursion limit (the whole-value column checks both itself:
+    /// [`check_raw_for_jsonb`]). An object whose key is serde_json's private
+    /// number token is read as the object it is.
     pub(super) fn parse(&self, text: &str) -> serde_json::Result<Value> {
         let mut de = serde_json::Deserializer::from_str(text);
         let value = Project(self).deserialize(&mut de)?;
@@ -206,11 +209,11 @@ impl<'de> Visitor<'de> for Project<'_> {
 pub(super) fn check_raw_for_jsonb(text: &str) -> Result<(), &'static str> {
     let bytes = text.as_bytes();
     if nesting(bytes) > MAX_DEPTH {
-        // A full parse stops there too (serde_json's recursion limit); a
-        // skipped part is not parsed recursively, and Postgres's own
-        // recursive parser would fail on deep enough nesting with an error
-        // that is not about the row.
-        return Err("nests arrays and objects deeper than 128 levels");
+        // A full parse stops there too (serde_json's recursion limit), but
+        // a skipped part is not parsed recursively; and Postgres's own
+        // recursive parser fails on deep enough nesting with an error that
+        // is not about the row (it would stall the pipeline).
+        return Err("nests arrays and objects deeper than 127 levels");
     }
     let mut i = 0;
     // A high surrogate was just read: the next escape must be a low one.
@@ -246,8 +249,9 @@ pub(super) fn check_raw_for_jsonb(text: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// serde_json's recursion limit, kept for the whole-value column.
-const MAX_DEPTH: usize = 128;
+/// The deepest nesting serde_json parses (its recursion limit), kept for
+/// the whole-value column.
+const MAX_DEPTH: usize = 127;
 
 /// How deep arrays and objects nest in a JSON text; exact only when above
 /// `MAX_DEPTH` matters: a text with at most that many brackets in all is
@@ -358,9 +362,10 @@ b"}"#,
     #[test]
     fn deep_nesting_is_refused_like_a_full_parse() {
         let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
-        assert!(check_raw_for_jsonb(&deep(128)).is_ok());
-        assert!(serde_json::from_str::<Value>(&deep(129)).is_err());
-        assert!(check_raw_for_jsonb(&deep(129)).unwrap_err().contains("128 levels"));
+        assert!(serde_json::from_str::<Value>(&deep(127)).is_ok());
+        assert!(check_raw_for_jsonb(&deep(127)).is_ok());
+        assert!(serde_json::from_str::<Value>(&deep(128)).is_err());
+        assert!(check_raw_for_jsonb(&deep(128)).unwrap_err().contains("127 levels"));
         // Brackets inside strings do not nest.
         let many = format!(r#"{{"a": "{}", "b": [[1]]}}"#, "[{\\\"".repeat(200));
         assert!(serde_json::from_str::<Value>(&many).is_ok(), "{many}");

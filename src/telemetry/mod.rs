@@ -147,14 +147,14 @@ impl Flushes {
         self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Records one flush attempt of `rows`: one span, the histograms, the
-    /// flush counter and the last-flush entry of `/status`.
     /// Whether flush spans are exported, so that records' producer trace
     /// contexts are worth reading (each read parses the record's headers).
     pub fn wants_traces(&self) -> bool {
         self.recorder.as_ref().is_some_and(|r| r.tracer.is_some())
     }
 
+    /// Records one flush attempt of `rows`: one span, the histograms, the
+    /// flush counter and the last-flush entry of `/status`.
     pub fn record<'a>(&self, event: FlushEvent<'_>, rows: impl Iterator<Item = RowFacts<'a>>) {
         let want_traces = self.wants_traces();
         let facts = BatchFacts::of(rows, want_traces);
