@@ -38,11 +38,11 @@ log="${TMPDIR:-/tmp}/sluice-latency-$run_id.log" # kept: the run's sluice log
 "$sluice" run --config "$work/latency.toml" 2>"$log" &
 pid=$!
 count=$((rate * seconds))
-# The floor: a bare consumer of the same records, with sluice's fetch wait
+# The floor: a bare consumer of the same records, with the fetch wait sluice uses (librdkafka's 500 ms)
 # unless the extra config sets another.
 fetch_wait=$(printf '%s\n' "$extra" | tr -d '\r' |
     sed -n 's/^[[:space:]]*"fetch.wait.max.ms"[[:space:]]*=[[:space:]]*"\([0-9][0-9]*\)".*/\1/p' | tail -1)
-fetch_wait=${fetch_wait:-${SLUICE_KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS:-10}}
+fetch_wait=${fetch_wait:-${SLUICE_KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS:-500}}
 "$floor" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$topic" --count "$count" \
     --fetch-wait-ms "$fetch_wait" >"$work/floor.out" 2>"$work/floor.err" &
 floor_pid=$!

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo run --example floor -- --brokers 127.0.0.1:9092 --topic orders \
-//!     --count 30000 [--fetch-wait-ms 10]
+//!     --count 30000 [--fetch-wait-ms 500]
 //! ```
 //!
 //! Prints `assigned` on stderr once it holds the topic's partitions (start
@@ -30,8 +30,8 @@ struct Args {
     /// Records to wait for.
     #[arg(long)]
     count: usize,
-    /// librdkafka's `fetch.wait.max.ms` (sluice's default: 10).
-    #[arg(long, default_value_t = 10)]
+    /// librdkafka's `fetch.wait.max.ms` (500 by default, as in sluice).
+    #[arg(long, default_value_t = 500)]
     fetch_wait_ms: u64,
     /// Give up after this many seconds without a record.
     #[arg(long, default_value_t = 60)]
