@@ -12,8 +12,8 @@ use crate::row::constraints;
 use crate::row::convert::write_json_value;
 use crate::row::copy_text::{push_text, NulByte, NULL};
 use crate::row::plan::{ColumnPlan, UniqueKey};
-use crate::row::project::{check_raw_for_jsonb, Need};
-use crate::row::show::{json_error, show_str};
+use crate::row::project::{raw_fits_jsonb, Need};
+use crate::row::show::json_error;
 use crate::row::sources::{write_key_pointer, write_meta, Path, RecordRef};
 
 /// Why a record could not become a row.
@@ -287,7 +287,7 @@ impl RowEncoder {
             }
             let at = out.len();
             let written = match &col.source {
-                ColumnSource::Pointer(_) if self.raw_whole[i] => write_raw_jsonb(out, text),
+                ColumnSource::Pointer(_) if self.raw_whole[i] => write_whole_jsonb(out, text)?,
                 ColumnSource::Pointer(_) => match path.resolve(&doc) {
                     None | Some(Value::Null) => {
                         out.extend_from_slice(NULL);
@@ -423,16 +423,24 @@ fn value_text(value: Option<&[u8]>) -> Result<&str, DecodeError> {
     std::str::from_utf8(bytes).map_err(|e| DecodeError::for_record(format!("value is not valid UTF-8: {e}")))
 }
 
-/// The whole record value (valid JSON) into a `jsonb` column, as its own
-/// text: a JSON `null` is NULL, as when the value is parsed.
-fn write_raw_jsonb(out: &mut Vec<u8>, text: &str) -> Result<(), String> {
-    let text = text.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
-    if text == "null" {
+/// The whole record value (valid JSON) into a `jsonb` column: as its own
+/// text when that means the same to Postgres ([`raw_fits_jsonb`]), else
+/// parsed whole and serialized again, as for any other JSON column. A JSON
+/// `null` is NULL either way.
+/// The outer error is the record's (not JSON after all, as the full parse
+/// decides), the inner one the column's.
+fn write_whole_jsonb(out: &mut Vec<u8>, text: &str) -> Result<Result<(), String>, DecodeError> {
+    let trimmed = text.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+    if trimmed == "null" {
         out.extend_from_slice(NULL);
-        return Ok(());
+        return Ok(Ok(()));
     }
-    check_raw_for_jsonb(text).map_err(|why| format!("{} {why}", show_str(text)))?;
-    push_text(out, text).map_err(|NulByte| "contains a NUL byte".to_owned())
+    if raw_fits_jsonb(trimmed) {
+        // Parsed JSON holds no raw NUL byte.
+        return Ok(push_text(out, trimmed).map_err(|NulByte| "contains a NUL byte".to_owned()));
+    }
+    let doc: Value = serde_json::from_str(text).map_err(|e| DecodeError::for_record(json_error("invalid JSON", &e)))?;
+    Ok(write_json_value(out, &doc, PgType::Jsonb))
 }
 
 #[cfg(test)]
@@ -443,6 +451,32 @@ mod tests {
     use super::*;
     use crate::mapping::PgType::*;
     use crate::row::testing::*;
+
+    #[test]
+    fn whole_value_jsonb_takes_the_parse_where_its_own_text_could_mean_otherwise() {
+        let enc = RowEncoder::new(vec![col("doc", "/", Jsonb), col("id", "/id", Int8)]);
+        let encode = |v: &str| line(&enc, &rec(Some(v.as_bytes()), None));
+        // As it is: Postgres normalizes it.
+        assert_eq!(
+            encode(r#" {"id": 1, "b": [1, 2.50]} "#).unwrap(),
+            "{\"id\": 1, \"b\": [1, 2.50]}\t1"
+        );
+        assert_eq!(encode("null").unwrap(), "\\N\t\\N");
+        // A non-ASCII escape goes as UTF-8 (a SQL_ASCII database refuses the escape).
+        assert_eq!(
+            encode(r#"{"id": 2, "n": "\u00e9"}"#).unwrap(),
+            "{\"id\":2,\"n\":\"é\"}\t2"
+        );
+        // What the parse refuses is refused as before: NUL for the column, a
+        // lone surrogate or too deep a nesting for the record.
+        let nul = encode(r#"{"id": 3, "n": "\u0000"}"#).unwrap_err();
+        assert_eq!(nul.column.as_deref(), Some("doc"));
+        assert!(nul.to_string().contains("NUL"), "{nul}");
+        let lone = encode(r#"{"id": 4, "n": "\ud800"}"#).unwrap_err();
+        assert_eq!(lone.column, None, "{lone}");
+        let deep = format!(r#"{{"id": 5, "n": {}{}}}"#, "[".repeat(127), "]".repeat(127));
+        assert!(encode(&deep).unwrap_err().to_string().contains("invalid JSON"));
+    }
 
     #[test]
     fn multi_column_layout() {
