@@ -87,8 +87,8 @@ pub struct RowEncoder {
     /// What of the record value to parse: only what the pointers reach.
     need: Need,
     /// Parallel to `columns`: the column is the whole value as `jsonb`, so
-    /// it takes the record's own text (Postgres normalizes it the same way)
-    /// instead of a parse serialized again.
+    /// it takes the record's own text where that means the same to Postgres
+    /// (which normalizes jsonb) instead of a parse serialized again.
     raw_whole: Vec<bool>,
     reads_headers: bool,
     upsert: Option<Upsert>,
@@ -427,6 +427,7 @@ fn value_text(value: Option<&[u8]>) -> Result<&str, DecodeError> {
 /// text when that means the same to Postgres ([`raw_fits_jsonb`]), else
 /// parsed whole and serialized again, as for any other JSON column. A JSON
 /// `null` is NULL either way.
+///
 /// The outer error is the record's (not JSON after all, as the full parse
 /// decides), the inner one the column's.
 fn write_whole_jsonb(out: &mut Vec<u8>, text: &str) -> Result<Result<(), String>, DecodeError> {
