@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # sluice throughput and latency against the physical limit, in one run.
 #
-#   bench/run.sh            # 1,000,000 events; SLUICE_BENCH_EVENTS to change
+#   bench/run.sh            # 1,000,000 events over 6 partitions; SLUICE_BENCH_EVENTS
+#                           # and SLUICE_BENCH_PARTITIONS to change
 #   SLUICE_BENCH_BASELINE=/path/to/older/sluice bench/run.sh
 #                           # also runs the catch-up with that binary, in the
 #                           # same run, for a before/after comparison;
@@ -24,9 +25,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 events=${SLUICE_BENCH_EVENTS:-1000000}
+partitions=${SLUICE_BENCH_PARTITIONS:-6}
 baseline=${SLUICE_BENCH_BASELINE:-}
 rounds=${SLUICE_BENCH_ROUNDS:-1}
-unset SLUICE_BENCH_EVENTS SLUICE_BENCH_BASELINE SLUICE_BENCH_ROUNDS
+unset SLUICE_BENCH_EVENTS SLUICE_BENCH_PARTITIONS SLUICE_BENCH_BASELINE SLUICE_BENCH_ROUNDS
 # shellcheck source=bench/common.sh
 source bench/common.sh
 
@@ -44,7 +46,7 @@ catchup() {
     topic="bench_${name}_$run_id"
     table="${name}_$run_id"
     sql "$(orders_ddl "$table")"
-    "$produce" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$topic" --partitions 3 --count "$events" >&2
+    "$produce" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$topic" --partitions "$partitions" --count "$events" >&2
     config "$topic" "$table" 9471 >"$work/$name.toml"
     "$bin" run --config "$work/$name.toml" 2>"$work/$name.log" &
     local pid=$!

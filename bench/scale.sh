@@ -64,10 +64,10 @@ wait $pid || true
 rate=$(echo "$total / ($t1 - $t0)" | bc -l)
 cpu_us=$(echo "1000000 * $ticks / $(getconf CLK_TCK) / $total" | bc -l)
 # The documented bound (README "Memory") at the defaults, one broker:
-# 64 MiB + per pipeline (max_buffer_bytes 64 + 5 × batch_bytes 8 + 3 × 1 MiB
-# records + 42 × batch_size 10,000 for the primary key ≈ 108 MiB)
+# 64 MiB + per pipeline (max_buffer_bytes 64 + 2 writers × (5 × batch_bytes 8
+# + 3 × 1 MiB records) + 42 × batch_size 10,000 for the primary key ≈ 151 MiB)
 # + 2 × prefetch_bytes 16.
-bound_mib=$((64 + pipelines * 108 + 32))
+bound_mib=$((64 + pipelines * 151 + 32))
 
 # Raw limit: the same rows, one concurrent \copy per table.
 for t in "${tables[@]}"; do

@@ -75,6 +75,7 @@ pub fn settings(p: &PipelineConfig) -> Settings {
         max_record_bytes: p.max_record_bytes.bytes() as usize,
         tolerance: p.errors.tolerance,
         dlq_topic: p.errors.dlq_topic.clone(),
+        writers: p.writers,
     }
 }
 

@@ -52,36 +52,43 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let refetch: Arc<std::sync::Mutex<dyn ReadBack>> =
         Arc::new(std::sync::Mutex::new(Refetcher::new(config.consumer_properties())));
     for (index, pipeline) in pipelines.iter().enumerate() {
-        let (tx, rx) = mpsc::unbounded_channel();
-        writer_txs.push(tx);
-        let writer = Writer {
-            index,
-            pipeline: pipeline.clone(),
-            pool: pool.clone(),
-            group_id: group_id.clone(),
-            topics: topics.clone(),
-            commands: rx,
-            consumer: cmd_tx.clone(),
-            control: Control::new(
-                pipeline,
-                BreakerSettings {
-                    failure_threshold: config.breaker.failure_threshold,
-                    open_duration: config.breaker.open_duration,
-                    max_open_duration: config.breaker.max_open_duration,
-                },
-                config.postgres.write_timeout,
-            ),
-            refetch: refetch.clone(),
-            dlq: match &pipeline.settings.dlq_topic {
-                Some(topic) => Some(Arc::new(
-                    DeadLetterProducer::new(&config.consumer_properties(), topic)
-                        .with_context(|| format!("creating the producer for dead-letter topic {topic}"))?,
-                )),
-                None => None,
-            },
-            flushes: telemetry.flushes(),
+        let dlq: Option<Arc<DeadLetterProducer>> = match &pipeline.settings.dlq_topic {
+            Some(topic) => Some(Arc::new(
+                DeadLetterProducer::new(&config.consumer_properties(), topic)
+                    .with_context(|| format!("creating the producer for dead-letter topic {topic}"))?,
+            )),
+            None => None,
         };
-        writer_tasks.push(tokio::spawn(writer.run()));
+        let controls = Control::lanes(
+            pipeline,
+            BreakerSettings {
+                failure_threshold: config.breaker.failure_threshold,
+                open_duration: config.breaker.open_duration,
+                max_open_duration: config.breaker.max_open_duration,
+            },
+            config.postgres.write_timeout,
+        );
+        for (lane, control) in controls.into_iter().enumerate() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            writer_txs.push(tx);
+            let writer = Writer {
+                index,
+                lane,
+                pipeline: pipeline.clone(),
+                pool: pool.clone(),
+                group_id: group_id.clone(),
+                topics: topics.clone(),
+                commands: rx,
+                consumer: cmd_tx.clone(),
+                control,
+                refetch: refetch.clone(),
+                dlq: dlq
+                    .clone()
+                    .map(|d| d as Arc<dyn crate::pipeline::ports::DeadLetterTopic>),
+                flushes: telemetry.flushes(),
+            };
+            writer_tasks.push(tokio::spawn(writer.run()));
+        }
     }
     let (assign_tx, assign_rx) = mpsc::unbounded_channel();
     let assigner = Assigner {

@@ -92,6 +92,12 @@ pub struct PipelineConfig {
     /// Upper bound of the adaptive flush interval. Default `"5s"`.
     #[serde(default = "default_max_interval", with = "humantime_serde")]
     pub max_interval: Duration,
+    /// Flush transactions in flight at once, each on its own connection and
+    /// over its own share of the pipeline's partitions (a topic's partitions
+    /// are dealt to the writers in turn), so a partition still has one batch
+    /// in flight and commits in offset order. 1 to 64. Default 2.
+    #[serde(default = "default_writers")]
+    pub writers: usize,
     /// What to do when the buffer is full: `block` (pause the partitions;
     /// lossless), `drop_oldest`, `drop_newest`, or `sample` (keep 1 in
     /// `sample_rate` while the buffer is above the low watermark). Default `block`.
@@ -250,6 +256,7 @@ impl PipelineConfig {
             target_latency: default_target_latency(),
             min_interval: default_min_interval(),
             max_interval: default_max_interval(),
+            writers: default_writers(),
             strategy: Strategy::default(),
             sample_rate: default_sample_rate(),
             max_record_bytes: default_max_record_bytes(),
@@ -376,6 +383,9 @@ fn default_min_interval() -> Duration {
 }
 fn default_max_interval() -> Duration {
     Duration::from_secs(5)
+}
+fn default_writers() -> usize {
+    2
 }
 fn default_sample_rate() -> u32 {
     10
@@ -639,6 +649,12 @@ impl PipelineConfig {
         self.validate_mode(at)?;
         if self.batch_size == 0 {
             return Err((at("batch_size"), "must be at least 1".to_owned()));
+        }
+        if !(1..=64).contains(&self.writers) {
+            return Err((
+                at("writers"),
+                format!("must be between 1 and 64, found {}", self.writers),
+            ));
         }
         if self.sample_rate < 2 {
             return Err((

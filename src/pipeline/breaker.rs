@@ -5,7 +5,9 @@
 //! nothing for the open duration, which doubles with each consecutive
 //! opening up to a cap, with ±20 % jitter so a fleet of instances does not
 //! probe a recovering database in lockstep. Then HALF_OPEN lets exactly one
-//! trial flush through: success closes the breaker, failure re-opens it.
+//! trial flush through at a time (a pipeline's writer lanes share one
+//! breaker; the others wait for the trial's outcome): success closes the
+//! breaker, failure re-opens it.
 //!
 //! Pure logic: the caller passes `Instant`s, so tests drive it without
 //! sleeping. The state lives here only: observers (`/readyz`, `/status`,
@@ -116,7 +118,13 @@ pub struct Breaker {
     rng: u64,
     /// Where the phase is published.
     gauge: Arc<BreakerGauge>,
+    /// HALF_OPEN only: the one trial write is under way.
+    trial: bool,
 }
+
+/// How long a writer lane waits before asking again while another lane's
+/// HALF_OPEN trial is under way.
+pub const TRIAL_POLL: Duration = Duration::from_millis(50);
 
 impl Breaker {
     /// A closed breaker that publishes its phase in `gauge`.
@@ -128,6 +136,7 @@ impl Breaker {
             openings: 0,
             rng: seed | 1,
             gauge,
+            trial: false,
         }
     }
 
@@ -135,19 +144,36 @@ impl Breaker {
         self.state
     }
 
-    /// Asks for permission to write; OPEN turns HALF_OPEN once its time is up.
+    /// Asks for permission to write; OPEN turns HALF_OPEN once its time is
+    /// up, and HALF_OPEN lets one trial through until its outcome is
+    /// reported ([`Breaker::on_success`], [`Breaker::on_transient_failure`]
+    /// or [`Breaker::settled`]).
     pub fn permit(&mut self, now: Instant, pipeline: &str) -> Permit {
         match self.state {
-            BreakerState::Closed { .. } | BreakerState::HalfOpen => Permit::Allowed,
+            BreakerState::Closed { .. } => Permit::Allowed,
+            BreakerState::HalfOpen if self.trial => Permit::Wait(now + TRIAL_POLL),
+            BreakerState::HalfOpen => {
+                self.trial = true;
+                Permit::Allowed
+            }
             BreakerState::Open { until } if now >= until => {
                 self.transition(BreakerState::HalfOpen, pipeline);
+                self.trial = true;
                 Permit::Allowed
             }
             BreakerState::Open { until } => Permit::Wait(until),
         }
     }
 
+    /// An attempt ended in neither success nor a transient failure (a data
+    /// or configuration error, a dead-letter topic failure): a HALF_OPEN
+    /// trial is over, the state stays.
+    pub fn settled(&mut self) {
+        self.trial = false;
+    }
+
     pub fn on_success(&mut self, pipeline: &str) {
+        self.trial = false;
         self.openings = 0;
         match self.state {
             BreakerState::Closed { .. } => self.state = BreakerState::Closed { failures: 0 },
@@ -158,6 +184,7 @@ impl Breaker {
     /// Records a transient failure. Data and configuration errors are not
     /// the database being unavailable and must not be passed here.
     pub fn on_transient_failure(&mut self, now: Instant, pipeline: &str) {
+        self.trial = false;
         match self.state {
             BreakerState::Closed { failures } if failures + 1 < self.settings.failure_threshold => {
                 self.state = BreakerState::Closed { failures: failures + 1 };
@@ -280,6 +307,13 @@ mod tests {
         );
         assert_eq!(b.permit(until, "p"), Permit::Allowed);
         assert_eq!(b.state(), BreakerState::HalfOpen);
+        // One trial at a time: another writer lane waits for its outcome;
+        // one that settles otherwise (a data error) lets the next through.
+        assert_eq!(b.permit(until, "p"), Permit::Wait(until + TRIAL_POLL));
+        b.settled();
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert_eq!(b.permit(until, "p"), Permit::Allowed);
+        assert_eq!(b.permit(until, "p"), Permit::Wait(until + TRIAL_POLL));
         // The trial fails: open again, for longer.
         b.on_transient_failure(until, "p");
         let BreakerState::Open { until: until2 } = b.state() else {

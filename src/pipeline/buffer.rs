@@ -133,21 +133,38 @@ pub struct Limits {
     pub max_bytes: usize,
 }
 
+/// The bounded buffer of one pipeline: a queue per writer lane, one set of
+/// limits over all of them.
+///
+/// A pipeline with `writers = n` has `n` lanes. Every partition belongs to
+/// one lane ([`Buffer::lane_of`]), and each lane's writer takes batches of
+/// its lane only, so `n` transactions can be in flight at once over
+/// disjoint sets of partitions while each partition still has at most one
+/// batch in flight, committed in offset order.
 #[derive(Debug)]
 pub struct Buffer {
     limits: Limits,
-    queue: VecDeque<Entry>,
+    lanes: Vec<Lane>,
+    /// Queued bytes and rows over all lanes.
     queued_bytes: usize,
-    /// Queued entries that carry a row (markers don't count as records).
     queued_rows: usize,
     inflight_rows: usize,
     inflight_bytes: usize,
-    /// When the oldest queued entry arrived: drives the flush interval.
-    oldest_since: Option<Instant>,
     /// Per partition, the offsets evicted from the head (or dropped with
     /// nothing of the partition queued): covered, and before every queued
     /// entry of that partition.
     covered_ahead: HashMap<Tp, Ahead>,
+}
+
+/// One writer lane's queue.
+#[derive(Debug, Default)]
+struct Lane {
+    queue: VecDeque<Entry>,
+    queued_bytes: usize,
+    /// Queued entries that carry a row (markers don't count as records).
+    queued_rows: usize,
+    /// When the oldest queued entry arrived: drives the flush interval.
+    oldest_since: Option<Instant>,
 }
 
 /// Offsets of one partition covered without an entry: `[from, last]`,
@@ -203,21 +220,38 @@ impl Batch {
 }
 
 impl Buffer {
+    /// A buffer with one lane.
     pub fn new(limits: Limits) -> Self {
+        Self::with_lanes(limits, 1)
+    }
+
+    /// A buffer with `lanes` writer lanes (at least 1).
+    pub fn with_lanes(limits: Limits, lanes: usize) -> Self {
         Self {
             limits,
-            queue: VecDeque::new(),
+            lanes: (0..lanes.max(1)).map(|_| Lane::default()).collect(),
             queued_bytes: 0,
             queued_rows: 0,
             inflight_rows: 0,
             inflight_bytes: 0,
-            oldest_since: None,
             covered_ahead: HashMap::new(),
         }
     }
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// How many writer lanes the buffer has.
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// The lane a partition's entries go to. Fixed for the buffer's life,
+    /// so a partition's entries always queue, and are taken, in one lane:
+    /// consecutive partitions of a topic go to consecutive lanes.
+    pub fn lane_of(&self, tp: Tp) -> usize {
+        (tp.partition.unsigned_abs() as usize).wrapping_add(tp.topic.0 as usize) % self.lanes.len()
     }
 
     /// Whether holding one more entry of `cost` bytes would exceed a limit.
@@ -228,24 +262,36 @@ impl Buffer {
         (has_row && self.records() + 1 > self.limits.max_records) || self.bytes() + cost > self.limits.max_bytes
     }
 
-    /// Drops the oldest queued entry (never one in flight), keeping its
-    /// offset covered. `None` when nothing is queued; else whether the
-    /// entry was a record (a row or a dead letter, as opposed to a drop
-    /// marker): the caller counts it as dropped.
+    /// Drops the oldest queued entry (never one in flight) of the lane
+    /// holding the most queued bytes (with one lane: the oldest queued
+    /// entry), keeping its offset covered. `None` when nothing is queued;
+    /// else whether the entry was a record (a row or a dead letter, as
+    /// opposed to a drop marker): the caller counts it as dropped.
     pub fn evict_oldest(&mut self) -> Option<bool> {
-        let e = self.queue.pop_front()?;
-        self.queued_bytes -= e.cost();
-        self.queued_rows -= usize::from(e.row.is_some());
+        let lane = (0..self.lanes.len())
+            .filter(|l| !self.lanes[*l].queue.is_empty())
+            .max_by_key(|l| (self.lanes[*l].queued_bytes, std::cmp::Reverse(*l)))?;
+        let e = self.lanes[lane].queue.pop_front()?;
+        self.unqueue(lane, e.cost(), usize::from(e.row.is_some()));
         self.cover_ahead(Ahead {
             tp: e.tp,
             epoch: e.epoch,
             from: e.from,
             last: e.offset,
         });
-        if self.queue.is_empty() {
-            self.oldest_since = None;
-        }
         Some(e.is_record())
+    }
+
+    /// Takes `bytes` and `rows` off `lane`'s queued figures (and the totals).
+    fn unqueue(&mut self, lane: usize, bytes: usize, rows: usize) {
+        let l = &mut self.lanes[lane];
+        l.queued_bytes -= bytes;
+        l.queued_rows -= rows;
+        if l.queue.is_empty() {
+            l.oldest_since = None;
+        }
+        self.queued_bytes -= bytes;
+        self.queued_rows -= rows;
     }
 
     /// Covers a dropped incoming record of `tp` without buffering its row.
@@ -254,7 +300,8 @@ impl Buffer {
     /// the marker instead (that row is dropped too). Returns how many
     /// *buffered* rows were dropped to make this work (0 or 1).
     pub fn drop_newest(&mut self, tp: Tp, epoch: u64, from: i64, offset: i64, now: Instant) -> u64 {
-        let Some(last) = self.queue.iter().rposition(|e| e.tp == tp) else {
+        let lane = self.lane_of(tp);
+        let Some(last) = self.lanes[lane].queue.iter().rposition(|e| e.tp == tp) else {
             // Nothing of this partition queued: "ahead of everything queued" holds.
             self.cover_ahead(Ahead {
                 tp,
@@ -264,10 +311,10 @@ impl Buffer {
             });
             return 0;
         };
-        let tail = &self.queue[last];
+        let tail = &self.lanes[lane].queue[last];
         // Only a drop marker may stand for more offsets; a dead letter is one record.
         if tail.row.is_none() && tail.dead_letter.is_none() && tail.epoch == epoch {
-            self.queue[last].offset = offset;
+            self.lanes[lane].queue[last].offset = offset;
             return 0;
         }
         if !self.would_overflow(ENTRY_OVERHEAD_BYTES, false) {
@@ -289,7 +336,7 @@ impl Buffer {
         }
         // The newest queued record of the partition (a row or a dead letter)
         // is dropped too and becomes the drop marker.
-        let tail = &mut self.queue[last];
+        let tail = &mut self.lanes[lane].queue[last];
         let (before, was_record, had_row) = (tail.cost(), tail.is_record(), tail.row.is_some());
         tail.row = None;
         tail.dead_letter = None;
@@ -297,8 +344,8 @@ impl Buffer {
         // The marker keeps the row's `from`: it accounts for both.
         tail.offset = offset;
         tail.epoch = epoch;
-        self.queued_bytes -= before - tail.cost();
-        self.queued_rows -= usize::from(had_row);
+        let freed = before - tail.cost();
+        self.unqueue(lane, freed, usize::from(had_row));
         u64::from(was_record)
     }
 
@@ -311,12 +358,17 @@ impl Buffer {
     }
 
     pub fn push(&mut self, entry: Entry, now: Instant) {
-        if self.queue.is_empty() {
-            self.oldest_since = Some(now);
+        let (cost, rows) = (entry.cost(), usize::from(entry.row.is_some()));
+        let index = self.lane_of(entry.tp);
+        let lane = &mut self.lanes[index];
+        if lane.queue.is_empty() {
+            lane.oldest_since = Some(now);
         }
-        self.queued_bytes += entry.cost();
-        self.queued_rows += usize::from(entry.row.is_some());
-        self.queue.push_back(entry);
+        lane.queued_bytes += cost;
+        lane.queued_rows += rows;
+        lane.queue.push_back(entry);
+        self.queued_bytes += cost;
+        self.queued_rows += rows;
     }
 
     /// Records (rows) held: waiting plus in flight.
@@ -329,17 +381,29 @@ impl Buffer {
         self.queued_bytes + self.inflight_bytes
     }
 
-    /// Entries waiting (rows and markers): what the next batches take.
+    /// Entries waiting (rows and markers) in all lanes.
     pub fn queued_records(&self) -> usize {
-        self.queue.len()
+        self.lanes.iter().map(|l| l.queue.len()).sum()
+    }
+
+    /// Entries waiting (rows and markers) in `lane`: what its next batches take.
+    pub fn queued_in(&self, lane: usize) -> usize {
+        self.lanes[lane].queue.len()
     }
 
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
     }
 
-    pub fn oldest_since(&self) -> Option<Instant> {
-        self.oldest_since
+    /// Bytes waiting in `lane`.
+    pub fn queued_bytes_in(&self, lane: usize) -> usize {
+        self.lanes[lane].queued_bytes
+    }
+
+    /// When the oldest entry waiting in `lane` arrived (or the lane's last
+    /// batch was taken, if later).
+    pub fn oldest_since(&self, lane: usize) -> Option<Instant> {
+        self.lanes[lane].oldest_since
     }
 
     /// `max(bytes / max_bytes, records / max_records)`, as DESIGN.md defines it.
@@ -349,44 +413,57 @@ impl Buffer {
         by_bytes.max(by_records)
     }
 
-    /// Moves the oldest entries, up to `max_rows` entries or `max_bytes`
-    /// (at least one entry), into a batch. They stay accounted as in flight
-    /// until [`Buffer::release`].
-    pub fn take_batch(&mut self, max_rows: usize, max_bytes: usize, now: Instant) -> Batch {
-        let mut batch = Vec::with_capacity(max_rows.min(self.queue.len()));
+    /// Moves the oldest entries of `lane`, up to `max_rows` entries or
+    /// `max_bytes` (at least one entry), into a batch, with the offsets
+    /// covered ahead of the lane's partitions. They stay accounted as in
+    /// flight until [`Buffer::release`].
+    pub fn take_batch(&mut self, lane: usize, max_rows: usize, max_bytes: usize, now: Instant) -> Batch {
+        let l = &mut self.lanes[lane];
+        let mut batch = Vec::with_capacity(max_rows.min(l.queue.len()));
         let mut bytes = 0;
         let mut rows = 0;
-        while let Some(front) = self.queue.front() {
+        while let Some(front) = l.queue.front() {
             let cost = front.cost();
             if batch.len() >= max_rows || (!batch.is_empty() && bytes + cost > max_bytes) {
                 break;
             }
             bytes += cost;
             rows += usize::from(front.row.is_some());
-            batch.push(self.queue.pop_front().expect("front exists"));
+            batch.push(l.queue.pop_front().expect("front exists"));
         }
-        self.queued_bytes -= bytes;
-        self.queued_rows -= rows;
+        self.unqueue(lane, bytes, rows);
         self.inflight_rows += rows;
         self.inflight_bytes += bytes;
         // The remaining entries have waited since at most now; restarting the
         // clock here keeps a steady stream flushing at batch size, not early.
-        self.oldest_since = if self.queue.is_empty() { None } else { Some(now) };
-        let covered = self.covered_ahead.drain().map(|(_, a)| a).collect();
+        let l = &mut self.lanes[lane];
+        l.oldest_since = if l.queue.is_empty() { None } else { Some(now) };
+        let covered = if self.lanes.len() == 1 {
+            self.covered_ahead.drain().map(|(_, a)| a).collect()
+        } else {
+            let mine: Vec<Tp> = self
+                .covered_ahead
+                .keys()
+                .copied()
+                .filter(|tp| self.lane_of(*tp) == lane)
+                .collect();
+            mine.iter().filter_map(|tp| self.covered_ahead.remove(tp)).collect()
+        };
         Batch {
             entries: batch,
             covered,
         }
     }
 
-    /// The queued (not in-flight) entries, oldest first.
+    /// The queued (not in-flight) entries: each lane's oldest first.
     pub fn queued(&self) -> impl Iterator<Item = &Entry> {
-        self.queue.iter()
+        self.lanes.iter().flat_map(|l| l.queue.iter())
     }
 
-    /// Whether head-evicted offsets wait to be covered by a batch.
-    pub fn has_covered_ahead(&self) -> bool {
-        !self.covered_ahead.is_empty()
+    /// Whether head-evicted offsets of `lane`'s partitions wait to be
+    /// covered by a batch.
+    pub fn has_covered_ahead(&self, lane: usize) -> bool {
+        self.covered_ahead.keys().any(|tp| self.lane_of(*tp) == lane)
     }
 
     /// Ends the accounting of in-flight entries (committed or discarded).
@@ -400,9 +477,11 @@ impl Buffer {
     /// Drops every waiting entry of `tp` (revoked, or fenced and about to be
     /// re-read). Returns how many were dropped.
     pub fn purge(&mut self, tp: Tp) -> usize {
-        let before = self.queue.len();
+        let lane = self.lane_of(tp);
+        let queue = &mut self.lanes[lane].queue;
+        let before = queue.len();
         let (mut freed, mut rows) = (0, 0);
-        self.queue.retain(|e| {
+        queue.retain(|e| {
             let keep = e.tp != tp;
             if !keep {
                 freed += e.cost();
@@ -410,13 +489,10 @@ impl Buffer {
             }
             keep
         });
-        self.queued_bytes -= freed;
-        self.queued_rows -= rows;
+        let dropped = before - queue.len();
+        self.unqueue(lane, freed, rows);
         self.covered_ahead.remove(&tp);
-        if self.queue.is_empty() {
-            self.oldest_since = None;
-        }
-        before - self.queue.len()
+        dropped
     }
 }
 
@@ -558,10 +634,10 @@ mod tests {
         for o in 0..10 {
             b.push(entry(o as i32 % 2, o, 100), now);
         }
-        let batch = b.take_batch(4, usize::MAX, now).entries;
+        let batch = b.take_batch(0, 4, usize::MAX, now).entries;
         assert_eq!(batch.len(), 4);
         assert_eq!(b.records(), 10, "in-flight entries still count");
-        let small = b.take_batch(100, 1, now).entries;
+        let small = b.take_batch(0, 100, 1, now).entries;
         assert_eq!(small.len(), 1, "a batch always takes at least one entry");
         b.release(&batch);
         b.release(&small);
@@ -593,8 +669,11 @@ mod tests {
         /// Whatever the interleaving, accounting matches the entries held and
         /// every batch is, per partition, the next contiguous run in order.
         #[test]
-        fn accounting_and_order_hold(ops in proptest::collection::vec((0u8..3, 0i32..3, 1usize..200), 1..300)) {
-            let mut b = Buffer::new(Limits { max_records: 1000, max_bytes: 1 << 30 });
+        fn accounting_and_order_hold(
+            lanes in 1usize..4,
+            ops in proptest::collection::vec((0u8..3, 0i32..3, 1usize..200), 1..300),
+        ) {
+            let mut b = Buffer::with_lanes(Limits { max_records: 1000, max_bytes: 1 << 30 }, lanes);
             let now = Instant::now();
             let mut next = [0i64; 3];
             let mut taken_next = [0i64; 3];
@@ -607,8 +686,11 @@ mod tests {
                         held += 1;
                     }
                     _ => {
-                        let batch = b.take_batch(n, usize::MAX, now).entries;
+                        // `p` picks the lane that takes.
+                        let lane = p as usize % lanes;
+                        let batch = b.take_batch(lane, n, usize::MAX, now).entries;
                         for e in &batch {
+                            prop_assert_eq!(b.lane_of(e.tp), lane);
                             let p = e.tp.partition as usize;
                             prop_assert_eq!(e.offset, taken_next[p]);
                             taken_next[p] += 1;
@@ -619,8 +701,13 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(b.records(), held);
-                let expect_bytes: usize = b.queue.iter().map(Entry::cost).sum();
+                let expect_bytes: usize = b.queued().map(Entry::cost).sum();
                 prop_assert_eq!(b.queued_bytes(), expect_bytes);
+                for (i, lane) in b.lanes.iter().enumerate() {
+                    prop_assert_eq!(lane.queued_bytes, lane.queue.iter().map(Entry::cost).sum::<usize>());
+                    prop_assert_eq!(lane.queued_rows, lane.queue.iter().filter(|e| e.row.is_some()).count());
+                    prop_assert!(lane.queue.iter().all(|e| b.lane_of(e.tp) == i));
+                }
             }
         }
     }

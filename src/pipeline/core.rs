@@ -392,7 +392,7 @@ mod tests {
         assert_eq!(paused_at, Some(7), "8 of 10 records is the 0.8 high watermark");
         assert!(state.paused);
         assert_eq!(state.resume(&s), None, "not at the low watermark yet");
-        let mut batch = state.buffer.take_batch(4, 1 << 20, now);
+        let mut batch = state.buffer.take_batch(0, 4, 1 << 20, now);
         let spans = state.spans(&mut batch);
         assert!(spans.gaps.is_empty());
         state.committed(&spans.spans, &batch.entries);

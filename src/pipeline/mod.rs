@@ -50,6 +50,9 @@ pub struct Settings {
     pub tolerance: crate::config::Tolerance,
     /// Kafka topic dead letters are also produced to (at-least-once), if any.
     pub dlq_topic: Option<String>,
+    /// Writer lanes: transactions in flight at once, each over its own
+    /// share of the partitions (at least 1).
+    pub writers: usize,
 }
 
 /// What became of a record offered to the buffer.
@@ -83,10 +86,16 @@ pub struct PipelineState {
 }
 
 impl PipelineState {
-    /// An empty state: no partitions, nothing buffered, flowing.
+    /// An empty state with one writer lane: no partitions, nothing
+    /// buffered, flowing.
     pub fn new(limits: Limits) -> PipelineState {
+        Self::with_lanes(limits, 1)
+    }
+
+    /// An empty state whose buffer has `lanes` writer lanes.
+    pub fn with_lanes(limits: Limits, lanes: usize) -> PipelineState {
         PipelineState {
-            buffer: Buffer::new(limits),
+            buffer: Buffer::with_lanes(limits, lanes),
             partitions: HashMap::new(),
             paused: false,
             bp: BpState::Normal,
@@ -202,8 +211,9 @@ pub struct Pipeline {
     pub settings: Settings,
     pub counters: Counters,
     state: Mutex<PipelineState>,
-    /// Wakes the writer when a batch is ready or something changed.
-    pub wake_writer: Notify,
+    /// Per writer lane, wakes its writer when a batch is ready or
+    /// something changed.
+    wake_writers: Vec<Notify>,
     /// The database circuit breaker's phase, set by the writer's breaker
     /// on every transition; `/readyz`, `/status` and `sluice_breaker_state`
     /// read it.
@@ -301,7 +311,8 @@ impl Pipeline {
     }
 
     fn build(name: String, table: TableRef, single: Option<Arc<Target>>, settings: Settings) -> Self {
-        let state = PipelineState::new(settings.limits);
+        let state = PipelineState::with_lanes(settings.limits, settings.writers);
+        let wake_writers = (0..state.buffer.lanes()).map(|_| Notify::new()).collect();
         let flush_interval_us = AtomicU64::new(settings.flush_interval.as_micros().min(u64::MAX as u128) as u64);
         Self {
             name,
@@ -311,7 +322,7 @@ impl Pipeline {
             settings,
             counters: Counters::default(),
             state: Mutex::new(state),
-            wake_writer: Notify::new(),
+            wake_writers,
             breaker: Arc::default(),
             flush_interval_us,
             stopped: AtomicBool::new(false),
@@ -328,6 +339,21 @@ impl Pipeline {
         if let Some((from, to)) = state.refresh(&self.settings) {
             backpressure::log_transition(&self.name, from, to, state.buffer.utilization());
         }
+    }
+
+    /// How many writer lanes the pipeline has (see [`buffer::Buffer::lane_of`]).
+    pub fn lanes(&self) -> usize {
+        self.wake_writers.len()
+    }
+
+    /// Wakes the writer of `lane`.
+    pub fn wake_writer(&self, lane: usize) {
+        self.wake_writers[lane].notify_one();
+    }
+
+    /// Resolves when the writer of `lane` is woken.
+    pub async fn woken(&self, lane: usize) {
+        self.wake_writers[lane].notified().await
     }
 
     pub fn lock(&self) -> MutexGuard<'_, PipelineState> {
@@ -373,6 +399,7 @@ pub(crate) fn test_settings(strategy: Strategy, max_records: usize, max_bytes: u
         max_record_bytes: 1 << 20,
         tolerance: crate::config::Tolerance::All,
         dlq_topic: None,
+        writers: 1,
     }
 }
 
@@ -393,17 +420,17 @@ mod model_tests {
     enum Op {
         /// A record arrives for partition `p` with a row of `len` bytes.
         Offer { p: i32, len: usize },
-        /// The writer takes a batch of up to `n` entries.
-        Take { n: usize },
-        /// The in-flight batch commits.
-        Commit,
+        /// Writer lane `lane` (modulo the lanes) takes a batch of up to `n` entries.
+        Take { n: usize, lane: usize },
+        /// The lane's in-flight batch commits.
+        Commit { lane: usize },
     }
 
     fn ops() -> impl Gen<Value = Vec<Op>> {
         let op = prop_oneof![
             6 => (0i32..3, 1usize..300).prop_map(|(p, len)| Op::Offer { p, len }),
-            1 => (1usize..40).prop_map(|n| Op::Take { n }),
-            1 => Just(Op::Commit),
+            1 => (1usize..40, 0usize..3).prop_map(|(n, lane)| Op::Take { n, lane }),
+            1 => (0usize..3).prop_map(|lane| Op::Commit { lane }),
         ];
         proptest::collection::vec(op, 1..400)
     }
@@ -426,10 +453,11 @@ mod model_tests {
             strategy in strategies(),
             max_records in 5usize..60,
             max_bytes in 2_000usize..20_000,
+            lanes in 1usize..4,
             ops in ops(),
         ) {
             let s = test_settings(strategy, max_records, max_bytes);
-            let mut state = PipelineState::new(s.limits);
+            let mut state = PipelineState::with_lanes(s.limits, lanes);
             let tp = |p: i32| Tp { topic: TopicId(0), partition: p };
             let now = Instant::now();
             // Model: next offset each partition delivers (a refused record is
@@ -439,7 +467,7 @@ mod model_tests {
             let mut admitted: HashSet<(i32, i64)> = HashSet::new();
             let mut written: HashSet<(i32, i64)> = HashSet::new();
             let mut stored = [0i64; 3];
-            let mut inflight: Option<batch_model::InFlight> = None;
+            let mut inflight: Vec<Option<batch_model::InFlight>> = (0..lanes).map(|_| None).collect();
             let (mut consumed, mut n_written, mut dropped) = (0u64, 0u64, 0u64);
 
             for op in ops {
@@ -471,16 +499,19 @@ mod model_tests {
                             }
                         }
                     }
-                    Op::Take { n } => {
-                        if inflight.is_none() {
-                            let batch = state.buffer.take_batch(n, usize::MAX, now);
+                    Op::Take { n, lane } => {
+                        let lane = lane % lanes;
+                        if inflight[lane].is_none() {
+                            let batch = state.buffer.take_batch(lane, n, usize::MAX, now);
+                            prop_assert!(batch.entries.iter().all(|e| state.buffer.lane_of(e.tp) == lane));
+                            prop_assert!(batch.covered.iter().all(|a| state.buffer.lane_of(a.tp) == lane));
                             if !batch.entries.is_empty() || !batch.covered.is_empty() {
-                                inflight = Some(batch_model::InFlight::new(batch));
+                                inflight[lane] = Some(batch_model::InFlight::new(batch));
                             }
                         }
                     }
-                    Op::Commit => {
-                        if let Some(b) = inflight.take() {
+                    Op::Commit { lane } => {
+                        if let Some(b) = inflight[lane % lanes].take() {
                             let spans = b.spans();
                             for (p, (first, last)) in &spans {
                                 let p = *p;
@@ -511,7 +542,7 @@ mod model_tests {
                 prop_assert!(state.buffer.bytes() <= s.limits.max_bytes);
                 // consumed = written + dropped + buffered, at every step.
                 let buffered = state.buffer.queued().filter(|e| e.row.is_some()).count() as u64
-                    + inflight.as_ref().map_or(0, |b| b.rows());
+                    + inflight.iter().flatten().map(|b| b.rows()).sum::<u64>();
                 prop_assert_eq!(consumed, n_written + dropped + buffered);
                 // The state machine and the pause decision, as the loop runs them.
                 state.refresh(&s);
@@ -530,17 +561,17 @@ mod model_tests {
             }
             // Drain (as at shutdown): afterwards every admitted offset is
             // covered, so a restart re-reads nothing that was handled.
-            if let Some(b) = inflight.take() {
+            for b in inflight.iter_mut().filter_map(Option::take) {
                 for (p, (_, last)) in b.spans() {
                     stored[p as usize] = last + 1;
                 }
                 n_written += b.rows();
                 state.buffer.release(&b.batch.entries);
             }
-            loop {
-                let b = batch_model::InFlight::new(state.buffer.take_batch(usize::MAX, usize::MAX, now));
+            for lane in 0..lanes {
+                let b = batch_model::InFlight::new(state.buffer.take_batch(lane, usize::MAX, usize::MAX, now));
                 if b.batch.entries.is_empty() && b.batch.covered.is_empty() {
-                    break;
+                    continue;
                 }
                 for (p, (first, last)) in b.spans() {
                     prop_assert!(first >= stored[p as usize]);

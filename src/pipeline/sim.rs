@@ -4,7 +4,8 @@
 //! records keep arriving after a refusal until the seek is carried out),
 //! refusals and seeks, pause/resume at the watermarks, batch takes, flush
 //! transactions split in two steps (so a rebalance can fall between a
-//! batch's spans and its commit: a zombie write), fences, eager rebalances
+//! batch's spans and its commit: a zombie write) on one to three writer
+//! lanes per member (each lane's batch in flight beside the others'), fences, eager rebalances
 //! between two members, graceful stops (drain, final flush, leave), crashes
 //! and restarts — against an in-memory log (with
 //! holes, as after compaction) and an in-memory store that implements the
@@ -84,11 +85,24 @@ struct Member {
     position: HashMap<i32, usize>,
     /// Seeks asked by the core, not carried out yet: (partition, epoch, to).
     seeks: Vec<(i32, u64, Option<NextOffset>)>,
+    /// One writer per lane of the buffer, each with its own batch in flight.
+    lanes: Vec<Lane>,
+}
+
+/// What one writer lane holds.
+#[derive(Default)]
+struct Lane {
     taken: Option<Batch>,
     /// The later part of a batch split after timeouts (as the writer does):
     /// still in flight, written once the part before it committed.
     rest: Vec<Entry>,
     inflight: Option<InFlight>,
+}
+
+impl Lane {
+    fn idle(&self) -> bool {
+        self.taken.is_none() && self.inflight.is_none() && self.rest.is_empty()
+    }
 }
 
 pub struct Sim {
@@ -107,6 +121,8 @@ pub struct Sim {
     pub rebalances: u64,
     pub crashes: u64,
     pub stops: u64,
+    /// Batches that went in flight while another lane's was.
+    pub overlaps: u64,
 }
 
 const TOPIC: TopicId = TopicId(0);
@@ -132,6 +148,7 @@ fn settings(rng: &mut Rng) -> Settings {
         high_watermark: high,
         low_watermark: high / 2.0,
         sample_rate: 2 + rng.below(3) as u32,
+        writers: 1 + rng.below(3) as usize,
         ..super::test_settings(strategy, 4 + rng.below(30) as usize, 1_000 + rng.below(4_000) as usize)
     }
 }
@@ -139,12 +156,10 @@ fn settings(rng: &mut Rng) -> Settings {
 impl Member {
     fn new(settings: &Settings) -> Member {
         Member {
-            state: PipelineState::new(settings.limits),
+            state: PipelineState::with_lanes(settings.limits, settings.writers),
             position: HashMap::new(),
             seeks: Vec::new(),
-            taken: None,
-            rest: Vec::new(),
-            inflight: None,
+            lanes: (0..settings.writers).map(|_| Lane::default()).collect(),
         }
     }
 }
@@ -153,7 +168,7 @@ impl Sim {
     pub fn new(seed: u64) -> Sim {
         let mut rng = Rng::new(seed);
         let settings = settings(&mut rng);
-        let partitions = 1 + rng.below(3) as i32;
+        let partitions = 1 + rng.below(4) as i32;
         let mut log = Vec::new();
         for _ in 0..partitions {
             let mut records = Vec::new();
@@ -191,6 +206,7 @@ impl Sim {
             rebalances: 0,
             crashes: 0,
             stops: 0,
+            overlaps: 0,
         };
         for m in 0..members {
             sim.members[m] = Some(Member::new(&sim.settings));
@@ -253,13 +269,14 @@ impl Sim {
             }
             return self.verify();
         }
+        let l = self.rng.below(self.settings.writers as u64) as usize;
         match roll {
             0..=449 => self.poll(m),
             450..=549 => self.seek(m),
-            550..=649 => self.take(m),
-            650..=729 => self.write_spans(m)?,
-            730..=749 => self.split(m),
-            750..=869 => self.commit(m)?,
+            550..=649 => self.take(m, l),
+            650..=729 => self.write_spans(m, l)?,
+            730..=749 => self.split(m, l),
+            750..=869 => self.commit(m, l)?,
             870..=979 => self.resume(m),
             980..=989 => self.rebalance(),
             990..=994 => self.stop(m)?,
@@ -285,9 +302,11 @@ impl Sim {
         for _ in 0..rounds {
             // Records keep arriving from the fetch queue: the core ignores them.
             self.poll(m);
-            self.take(m);
-            self.write_spans(m)?;
-            self.commit(m)?;
+            for l in 0..self.settings.writers {
+                self.take(m, l);
+                self.write_spans(m, l)?;
+                self.commit(m, l)?;
+            }
         }
         self.members[m] = None;
         self.rebalance();
@@ -376,41 +395,43 @@ impl Sim {
         }
     }
 
-    fn take(&mut self, m: usize) {
+    /// Lane `l`'s writer takes a batch of its lane.
+    fn take(&mut self, m: usize, l: usize) {
         let rows = 1 + self.rng.below(self.settings.batch_size as u64) as usize;
         let bytes = self.settings.batch_bytes;
         let member = self.member(m);
-        if member.taken.is_some() || member.inflight.is_some() {
+        let lane = &mut member.lanes[l];
+        if lane.taken.is_some() || lane.inflight.is_some() {
             return;
         }
-        let batch = member.state.buffer.take_batch(rows, bytes, Instant::now());
+        let batch = member.state.buffer.take_batch(l, rows, bytes, Instant::now());
         if !batch.entries.is_empty() || !batch.covered.is_empty() {
-            member.taken = Some(batch);
+            lane.taken = Some(batch);
         }
     }
 
     /// The writer's batch keeps timing out: it goes on with its first half;
     /// the second waits, in flight, behind it.
-    fn split(&mut self, m: usize) {
-        let member = self.member(m);
-        let Some(batch) = member.taken.as_mut() else {
+    fn split(&mut self, m: usize, l: usize) {
+        let lane = &mut self.member(m).lanes[l];
+        let Some(batch) = lane.taken.as_mut() else {
             return;
         };
         if batch.entries.len() < 2 {
             return;
         }
         let mut tail = batch.entries.split_off(batch.entries.len() / 2);
-        tail.append(&mut member.rest);
-        member.rest = tail;
+        tail.append(&mut lane.rest);
+        lane.rest = tail;
     }
 
     /// After a commit (or when nothing of the batch is left to write), the
     /// writer goes on with the rest of a split batch.
-    fn next_of_split(&mut self, m: usize) {
-        let member = self.member(m);
-        if member.taken.is_none() && member.inflight.is_none() && !member.rest.is_empty() {
-            member.taken = Some(Batch {
-                entries: std::mem::take(&mut member.rest),
+    fn next_of_split(&mut self, m: usize, l: usize) {
+        let lane = &mut self.member(m).lanes[l];
+        if lane.taken.is_none() && lane.inflight.is_none() && !lane.rest.is_empty() {
+            lane.taken = Some(Batch {
+                entries: std::mem::take(&mut lane.rest),
                 covered: Vec::new(),
             });
         }
@@ -418,11 +439,29 @@ impl Sim {
 
     /// The writer works out the spans of its batch (and re-reads gapped
     /// partitions from the store).
-    fn write_spans(&mut self, m: usize) -> Result<(), String> {
-        let Some(mut batch) = self.member(m).taken.take() else {
+    fn write_spans(&mut self, m: usize, l: usize) -> Result<(), String> {
+        let Some(mut batch) = self.member(m).lanes[l].taken.take() else {
             return Ok(());
         };
         let spans = self.member(m).state.spans(&mut batch);
+        // A partition has one batch in flight: never in two lanes at once.
+        for (other, lane) in self.member(m).lanes.iter().enumerate() {
+            if other == l {
+                continue;
+            }
+            let held = lane.inflight.iter().map(|f| &f.batch).chain(lane.taken.iter());
+            let tps = held
+                .flat_map(|b| b.entries.iter().map(|e| e.tp).chain(b.covered.iter().map(|a| a.tp)))
+                .chain(lane.rest.iter().map(|e| e.tp));
+            for tp in tps {
+                if spans.spans.contains_key(&tp) {
+                    return Err(format!(
+                        "partition {} is written by lane {l} while lane {other} holds a batch of it",
+                        tp.partition
+                    ));
+                }
+            }
+        }
         for gap in &spans.gaps {
             self.gaps += 1;
             let stored = self.store.next.get(&gap.tp.partition).copied().map(NextOffset);
@@ -433,10 +472,13 @@ impl Sim {
         }
         if spans.spans.is_empty() {
             self.member(m).state.buffer.release(&batch.entries);
-            self.next_of_split(m);
+            self.next_of_split(m, l);
             return Ok(());
         }
-        self.member(m).inflight = Some(InFlight {
+        if self.member(m).lanes.iter().any(|lane| lane.inflight.is_some()) {
+            self.overlaps += 1;
+        }
+        self.member(m).lanes[l].inflight = Some(InFlight {
             batch,
             spans: spans.spans,
         });
@@ -445,8 +487,8 @@ impl Sim {
 
     /// The flush transaction: the fenced offset update, then rows and dead
     /// letters, all or nothing.
-    fn commit(&mut self, m: usize) -> Result<(), String> {
-        let Some(flight) = self.member(m).inflight.take() else {
+    fn commit(&mut self, m: usize, l: usize) -> Result<(), String> {
+        let Some(flight) = self.member(m).lanes[l].inflight.take() else {
             return Ok(());
         };
         let fenced: Vec<Tp> = flight
@@ -466,8 +508,7 @@ impl Sim {
                     member.seeks.push((tp.partition, epoch, stored));
                 }
             }
-            let member = self.member(m);
-            member.taken = Some(flight.batch);
+            self.member(m).lanes[l].taken = Some(flight.batch);
             return Ok(());
         }
         for e in &flight.batch.entries {
@@ -508,7 +549,7 @@ impl Sim {
             self.store.next.insert(p, span.covered.next().0);
         }
         self.member(m).state.committed(&flight.spans, &flight.batch.entries);
-        self.next_of_split(m);
+        self.next_of_split(m, l);
         Ok(())
     }
 
@@ -557,9 +598,11 @@ impl Sim {
                 self.seek(m);
                 self.poll(m);
                 self.resume(m);
-                self.take(m);
-                self.write_spans(m)?;
-                self.commit(m)?;
+                for l in 0..self.settings.writers {
+                    self.take(m, l);
+                    self.write_spans(m, l)?;
+                    self.commit(m, l)?;
+                }
             }
             self.verify()?;
             let done = (0..self.partitions()).all(|p| {
@@ -577,8 +620,7 @@ impl Sim {
         }
         for member in self.members.iter().flatten() {
             let b = &member.state.buffer;
-            if member.taken.is_none() && member.inflight.is_none() && member.rest.is_empty() && b.queued_records() == 0
-            {
+            if member.lanes.iter().all(Lane::idle) && b.queued_records() == 0 {
                 // Everything written: nothing may stay accounted.
                 if (b.records(), b.bytes()) != (0, 0) {
                     return Err(format!(
@@ -642,8 +684,8 @@ mod tests {
 
     #[test]
     fn every_record_exactly_once_under_every_interleaving() {
-        let (mut steps, mut checks, mut fences, mut refusals, mut rebalances, mut crashes, mut stops) =
-            (0, 0, 0, 0, 0, 0, 0);
+        let (mut steps, mut checks, mut fences, mut refusals, mut rebalances, mut crashes, mut stops, mut overlaps) =
+            (0, 0, 0, 0, 0, 0, 0, 0);
         let seeds = seeds();
         for &seed in &seeds {
             let mut sim = Sim::new(seed);
@@ -657,10 +699,12 @@ mod tests {
             rebalances += sim.rebalances;
             crashes += sim.crashes;
             stops += sim.stops;
+            overlaps += sim.overlaps;
         }
         eprintln!(
             "simulation: {} seeds, {steps} steps, {checks} checks, {refusals} refusals, {fences} fenced flushes, \
-             {rebalances} rebalances, {crashes} crashes, {stops} graceful stops, 0 violations",
+             {rebalances} rebalances, {crashes} crashes, {stops} graceful stops, {overlaps} batches in flight \
+             beside another lane's, 0 violations",
             seeds.len()
         );
         // The schedule must really exercise what it claims to.
@@ -669,6 +713,7 @@ mod tests {
             assert!(fences > seeds.len() as u64 / 10, "fences: {fences}");
             assert!(crashes > seeds.len() as u64, "crashes: {crashes}");
             assert!(stops > seeds.len() as u64, "graceful stops: {stops}");
+            assert!(overlaps > seeds.len() as u64, "concurrent lanes: {overlaps}");
         }
     }
 }

@@ -66,9 +66,10 @@ batch_size = 20000"#;
     assert_exactly_once(&pool, &table, 3, EVENTS).await;
     let peak = peak_rss(pid);
 
-    // The README's bound: 64 MiB + Σ(max_buffer_bytes + 2 × batch_bytes) + brokers × prefetch_bytes
-    // with one broker: 64 + (32 + 8) + 8 MiB.
-    let bound = 64 * MIB + (32 + 2 * 4) * MIB + 8 * MIB;
+    // The README's bound: 64 MiB + Σ(max_buffer_bytes + writers × (5 ×
+    // batch_bytes + 3 × M)) + 2 × brokers × prefetch_bytes, with the
+    // default 2 writers, one broker, M = 1 MiB: 64 + (32 + 2 × 23) + 16 MiB.
+    let bound = 64 * MIB + (32 + 2 * (5 * 4 + 3)) * MIB + 2 * 8 * MIB;
     eprintln!(
         "overload: produced {EVENTS} in {produced_in:?}; peak RSS while stalled {:.1} MiB, overall {:.1} MiB \
          (bound {:.0} MiB); drained in {drain:?} ({:.0} rows/s)",

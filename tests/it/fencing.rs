@@ -85,6 +85,7 @@ fn settings(max_records: usize, max_bytes: usize) -> Settings {
         max_record_bytes: 1 << 10,
         tolerance: sluice::config::Tolerance::All,
         dlq_topic: None,
+        writers: 1,
     }
 }
 
@@ -140,13 +141,14 @@ async fn setup_with(settings: Settings, ddl: &str, unique_keys: &[(String, Vec<S
     let (_writer_tx, writer_rx) = tokio::sync::mpsc::unbounded_channel();
     let writer = Writer {
         index: 0,
+        lane: 0,
         pipeline: pipeline.clone(),
         pool: pool.clone(),
         group_id: Arc::from(group.as_str()),
         topics: Arc::new(topics),
         commands: writer_rx,
         consumer: cmd_tx,
-        control: Control::new(
+        control: Control::lanes(
             &pipeline,
             BreakerSettings {
                 failure_threshold: 3,
@@ -154,7 +156,8 @@ async fn setup_with(settings: Settings, ddl: &str, unique_keys: &[(String, Vec<S
                 max_open_duration: Duration::from_secs(5),
             },
             Duration::from_secs(30),
-        ),
+        )
+        .remove(0),
         refetch: Arc::new(std::sync::Mutex::new(sluice::kafka::refetch::Refetcher::new(
             Default::default(),
         ))),
@@ -249,7 +252,7 @@ async fn a_batch_that_does_not_start_at_the_stored_offset_is_not_committed() {
     // A bug loses the head of the buffer (what defect 1 did to a batch).
     {
         let mut state = pipeline.lock();
-        let lost = state.buffer.take_batch(4, usize::MAX, Instant::now());
+        let lost = state.buffer.take_batch(0, 4, usize::MAX, Instant::now());
         state.buffer.release(&lost.entries);
     }
     writer.flush_pending().await;

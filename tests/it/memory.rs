@@ -78,9 +78,9 @@ batch_size = 2000"#;
     );
     assert_eq!(count(&pool, &table).await, EVENTS as i64, "no row added");
 
-    // The README's bound, one broker, M = 1 MiB:
-    // 64 + (max_buffer 8 + 5 × batch_bytes 1 + 3 × M) + 2 × prefetch 4 = 88 MiB.
-    let bound = 64 * MIB + (8 + 5 + 3) * MIB + 2 * 4 * MIB;
+    // The README's bound, one broker, M = 1 MiB, the default 2 writers:
+    // 64 + (max_buffer 8 + 2 × (5 × batch_bytes 1 + 3 × M)) + 2 × prefetch 4 = 96 MiB.
+    let bound = 64 * MIB + (8 + 2 * (5 + 3)) * MIB + 2 * 4 * MIB;
     eprintln!(
         "refused backlog: {EVENTS} records of {PAD} bytes, all dead-lettered; peak RSS {:.1} MiB (bound {:.0} MiB)",
         peak as f64 / MIB as f64,

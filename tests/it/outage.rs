@@ -213,7 +213,10 @@ async fn a_thirty_second_blackhole_is_ridden_out() {
     let (topic, group, table) = (unique("blackhole"), unique("g"), unique("orders"));
     create_topic(&services.brokers, &topic, 3).await;
     create_orders_table(&pool, &table).await;
-    let extra = "max_buffer_records = 10000\nbatch_size = 1000";
+    // One writer lane: the attempts are counted against one writer's model
+    // (with two, both lanes' transactions in flight at the cut fail, and
+    // the second failure finds the breaker already open).
+    let extra = "max_buffer_records = 10000\nbatch_size = 1000\nwriters = 1";
     let cfg = config(&via_proxy, &group, &topic, &table, ORDER_COLUMNS, extra).replace("[postgres]\n", &plan.toml());
     let sluice = Sluice::start(&cfg);
     let pid = sluice.child.id();

@@ -538,8 +538,10 @@ impl LoopState {
                 Offer::Taken(_) => {}
             }
             pipeline.refresh_state(state);
-            let queued = state.buffer.queued_records();
-            let wake = queued == 1 || queued >= s.batch_size || state.buffer.queued_bytes() >= s.batch_bytes;
+            let lane = state.buffer.lane_of(tp);
+            let queued = state.buffer.queued_in(lane);
+            let wake = (queued == 1 || queued >= s.batch_size || state.buffer.queued_bytes_in(lane) >= s.batch_bytes)
+                .then_some(lane);
             let pause = state.should_pause(s);
             (
                 wake,
@@ -556,8 +558,8 @@ impl LoopState {
         if matches!(offer, Offer::Taken(_)) {
             Counters::add(&pipeline.counters.consumed, 1);
         }
-        if wake {
-            pipeline.wake_writer.notify_one();
+        if let Some(lane) = wake {
+            pipeline.wake_writer(lane);
         }
         if let Some(tpl) = pause {
             match consumer.pause(&tpl) {

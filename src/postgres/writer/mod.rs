@@ -1,9 +1,11 @@
-//! The batch writer of one pipeline: takes batches out of the buffer and
-//! writes each one — rows and the offsets they cover — in one Postgres
-//! transaction.
+//! The batch writers of one pipeline: each takes batches out of its lane of
+//! the buffer and writes each one — rows and the offsets they cover — in one
+//! Postgres transaction.
 //!
-//! One flush is in flight per pipeline at a time, so a partition's batches
-//! commit in offset order. A failed flush is retried as the same batch, so a
+//! A pipeline has `writers` lanes, each with its own writer task and
+//! connection; a partition belongs to one lane, and a lane has one flush in
+//! flight at a time, so a partition's batches commit in offset order while
+//! the lanes' transactions run side by side. A failed flush is retried as the same batch, so a
 //! retry never reorders a partition; the fencing condition makes a retry
 //! after an ambiguous COMMIT (connection lost mid-commit) safe.
 //!
@@ -92,6 +94,8 @@ const REFETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Writer {
     pub index: usize,
+    /// The lane of the pipeline's buffer this writer takes batches from.
+    pub lane: usize,
     pub pipeline: Arc<Pipeline>,
     pub pool: PgPool,
     pub group_id: Arc<str>,
@@ -107,27 +111,41 @@ pub struct Writer {
     pub flushes: Flushes,
 }
 
-/// The writer's own decision state: the breaker, the adaptive flush policy
-/// and the client-side write timeout.
+/// A writer lane's decision state: the pipeline's circuit breaker (one for
+/// all its lanes: they write to the same database), the lane's own adaptive
+/// flush policy, and the client-side write timeout.
 #[derive(Debug)]
 pub struct Control {
-    pub breaker: Breaker,
+    pub breaker: Arc<std::sync::Mutex<Breaker>>,
     pub policy: FlushPolicy,
     pub write_timeout: Duration,
 }
 
 impl Control {
-    pub fn new(pipeline: &Pipeline, breaker: BreakerSettings, write_timeout: Duration) -> Self {
+    /// The controls of a pipeline's `pipeline.lanes()` writer lanes.
+    pub fn lanes(pipeline: &Pipeline, breaker: BreakerSettings, write_timeout: Duration) -> Vec<Self> {
         // Different seeds per pipeline and process: their jitter differs.
         let clock = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let seed = clock ^ u64::from(std::process::id()).rotate_left(32) ^ (pipeline.name.len() as u64);
-        Self {
-            breaker: Breaker::new(breaker, seed ^ 0x9E37_79B9_7F4A_7C15, pipeline.breaker.clone()),
-            policy: FlushPolicy::new(pipeline.settings.flush, pipeline.settings.flush_interval),
-            write_timeout,
-        }
+        let breaker = Arc::new(std::sync::Mutex::new(Breaker::new(
+            breaker,
+            seed ^ 0x9E37_79B9_7F4A_7C15,
+            pipeline.breaker.clone(),
+        )));
+        (0..pipeline.lanes())
+            .map(|_| Self {
+                breaker: breaker.clone(),
+                policy: FlushPolicy::new(pipeline.settings.flush, pipeline.settings.flush_interval),
+                write_timeout,
+            })
+            .collect()
+    }
+
+    /// The pipeline's breaker, locked for one decision (never across I/O).
+    pub fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -170,7 +188,7 @@ impl Writer {
                     None => return,
                     Some(WriterCommand::FlushAll { ack }) => pending_acks.push(ack),
                 },
-                _ = self.pipeline.wake_writer.notified() => {}
+                _ = self.pipeline.woken(self.lane) => {}
                 _ = tokio::time::sleep(sleep) => {}
             }
         }
@@ -192,17 +210,17 @@ impl Writer {
         }
         let settings = &self.pipeline.settings;
         let state = self.pipeline.lock();
-        let buffer = &state.buffer;
-        if buffer.queued_records() == 0 {
+        let (buffer, lane) = (&state.buffer, self.lane);
+        if buffer.queued_in(lane) == 0 {
             // Offsets evicted or dropped with nothing queued behind them still
             // need a (row-less) transaction to advance.
-            return (buffer.has_covered_ahead(), None);
+            return (buffer.has_covered_ahead(lane), None);
         }
         let batch_rows = self.control.policy.batch_rows();
-        if flush_all || buffer.queued_records() >= batch_rows || buffer.queued_bytes() >= settings.batch_bytes {
+        if flush_all || buffer.queued_in(lane) >= batch_rows || buffer.queued_bytes_in(lane) >= settings.batch_bytes {
             return (true, None);
         }
-        let due = buffer.oldest_since().unwrap_or(now) + self.control.policy.interval();
+        let due = buffer.oldest_since(lane).unwrap_or(now) + self.control.policy.interval();
         if due <= now {
             (true, None)
         } else {
@@ -217,7 +235,7 @@ impl Writer {
             .pipeline
             .lock()
             .buffer
-            .take_batch(batch_rows, batch_bytes, Instant::now());
+            .take_batch(self.lane, batch_rows, batch_bytes, Instant::now());
         let mut failures = 0u32;
         // Consecutive attempts of this batch that ran out of time.
         let mut timeouts = 0u32;
@@ -237,7 +255,8 @@ impl Writer {
                 };
                 continue;
             };
-            if let Permit::Wait(until) = self.control.breaker.permit(Instant::now(), &self.pipeline.name) {
+            let permit = self.control.breaker().permit(Instant::now(), &self.pipeline.name);
+            if let Permit::Wait(until) = permit {
                 self.publish_interval();
                 self.wait_while_open(until, pending_acks).await;
                 continue;
@@ -258,7 +277,7 @@ impl Writer {
             match result {
                 Ok(Outcome::Committed(written)) => {
                     let took = started.elapsed();
-                    self.control.breaker.on_success(&self.pipeline.name);
+                    self.control.breaker().on_success(&self.pipeline.name);
                     self.control.policy.observe(took);
                     self.publish_interval();
                     self.committed(&batch, &spans, &written, took);
@@ -275,10 +294,12 @@ impl Writer {
                     (failures, timeouts) = (0, 0);
                 }
                 Ok(Outcome::Stopped { entry, error }) => {
+                    self.control.breaker().settled();
                     self.stop(&batch, entry, &error);
                     return;
                 }
                 Ok(Outcome::DlqFailed(err)) => {
+                    self.control.breaker().settled();
                     failures += 1;
                     Counters::add(&self.pipeline.counters.dlq_produce_failures, 1);
                     let delay = backoff(failures);
@@ -287,7 +308,7 @@ impl Writer {
                     tokio::time::sleep(delay).await;
                 }
                 Ok(Outcome::Fenced(tps)) => {
-                    self.control.breaker.on_success(&self.pipeline.name);
+                    self.control.breaker().on_success(&self.pipeline.name);
                     Counters::add(&self.pipeline.counters.fenced, tps.len() as u64);
                     for tp in tps {
                         info!(pipeline = %self.pipeline.name, topic = %self.topics.name(tp.topic), partition = tp.partition,
@@ -308,7 +329,7 @@ impl Writer {
                     match class {
                         ErrorClass::Transient => {
                             self.control
-                                .breaker
+                                .breaker()
                                 .on_transient_failure(Instant::now(), &self.pipeline.name);
                             warn!(
                                 pipeline = %self.pipeline.name, rows, failures, error = %err,
@@ -319,10 +340,13 @@ impl Writer {
                         // that still escapes (e.g. from the dead-letter insert)
                         // or a configuration error stalls here, loudly, and
                         // backpressure pauses the pipeline's partitions.
-                        ErrorClass::Data | ErrorClass::Config => error!(
-                            pipeline = %self.pipeline.name, table = %self.pipeline.table, rows, failures,
-                            error = %err, "flush refused by the database, operator action needed"
-                        ),
+                        ErrorClass::Data | ErrorClass::Config => {
+                            self.control.breaker().settled();
+                            error!(
+                                pipeline = %self.pipeline.name, table = %self.pipeline.table, rows, failures,
+                                error = %err, "flush refused by the database, operator action needed"
+                            )
+                        }
                     }
                     self.publish_interval();
                     if timeouts >= SPLIT_AFTER_TIMEOUTS && batch.entries.len() > 1 {
@@ -337,7 +361,8 @@ impl Writer {
                         rest = tail;
                         timeouts = 0;
                     }
-                    if let Some(delay) = retry_wait(self.control.breaker.state(), failures) {
+                    let breaker = self.control.breaker().state();
+                    if let Some(delay) = retry_wait(breaker, failures) {
                         tokio::time::sleep(delay).await;
                     }
                 }
