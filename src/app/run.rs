@@ -42,6 +42,18 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         Err(other) => return Err(other.into()),
     };
     let pipelines: Vec<Arc<Pipeline>> = pipelines.into_iter().map(Arc::new).collect();
+    let lanes: usize = pipelines.iter().map(|p| p.lanes()).sum();
+    if lanes >= config.postgres.pool_size as usize {
+        // Not an error: lanes wait for a connection in turn. But they then
+        // flush one after the other, and a wait past `connect_timeout`
+        // counts as a transient failure.
+        warn!(
+            writers = lanes,
+            pool_size = config.postgres.pool_size,
+            "postgres.pool_size leaves no connection beside the pipelines' writer lanes; \
+             set it above the sum of pipelines[].writers"
+        );
+    }
     let group_id: Arc<str> = Arc::from(config.kafka.group_id.as_str());
 
     let telemetry = Telemetry::start(&config).context("starting telemetry")?;

@@ -106,6 +106,10 @@ pub enum Permit {
     Allowed,
     /// Wait until this instant, then ask again.
     Wait(Instant),
+    /// Another writer lane's HALF_OPEN trial is under way: ask again at
+    /// this instant. The database may well be up, so requests to flush
+    /// everything keep waiting instead of being answered at once.
+    AwaitTrial(Instant),
 }
 
 #[derive(Debug)]
@@ -151,7 +155,7 @@ impl Breaker {
     pub fn permit(&mut self, now: Instant, pipeline: &str) -> Permit {
         match self.state {
             BreakerState::Closed { .. } => Permit::Allowed,
-            BreakerState::HalfOpen if self.trial => Permit::Wait(now + TRIAL_POLL),
+            BreakerState::HalfOpen if self.trial => Permit::AwaitTrial(now + TRIAL_POLL),
             BreakerState::HalfOpen => {
                 self.trial = true;
                 Permit::Allowed
@@ -165,11 +169,20 @@ impl Breaker {
         }
     }
 
+    /// Whether the write just permitted is the HALF_OPEN trial (ask under
+    /// the same lock as [`Breaker::permit`]); its outcome is reported with
+    /// `trial` set.
+    pub fn is_trial(&self) -> bool {
+        self.state == BreakerState::HalfOpen && self.trial
+    }
+
     /// An attempt ended in neither success nor a transient failure (a data
-    /// or configuration error, a dead-letter topic failure): a HALF_OPEN
-    /// trial is over, the state stays.
-    pub fn settled(&mut self) {
-        self.trial = false;
+    /// or configuration error, a dead-letter topic failure): if it was the
+    /// HALF_OPEN trial, the trial is over; the state stays.
+    pub fn settled(&mut self, trial: bool) {
+        if trial {
+            self.trial = false;
+        }
     }
 
     pub fn on_success(&mut self, pipeline: &str) {
@@ -181,9 +194,15 @@ impl Breaker {
         }
     }
 
-    /// Records a transient failure. Data and configuration errors are not
-    /// the database being unavailable and must not be passed here.
-    pub fn on_transient_failure(&mut self, now: Instant, pipeline: &str) {
+    /// Records a transient failure of a write that was the HALF_OPEN trial
+    /// (`trial`) or not. Data and configuration errors are not the database
+    /// being unavailable and must not be passed here. While a trial is under
+    /// way, another lane's failure of a write that started before the
+    /// breaker opened is stale and changes nothing.
+    pub fn on_transient_failure(&mut self, now: Instant, pipeline: &str, trial: bool) {
+        if self.state == BreakerState::HalfOpen && self.trial && !trial {
+            return;
+        }
         self.trial = false;
         match self.state {
             BreakerState::Closed { failures } if failures + 1 < self.settings.failure_threshold => {
@@ -259,7 +278,7 @@ mod tests {
         let mut b = Breaker::new(settings, 7, gauge.clone());
         let t = Instant::now();
         assert_eq!(gauge.get(), BreakerPhase::Closed);
-        b.on_transient_failure(t, "p");
+        b.on_transient_failure(t, "p", false);
         assert_eq!(gauge.get(), BreakerPhase::Open);
         assert_eq!(b.permit(t + Duration::from_secs(2), "p"), Permit::Allowed);
         assert_eq!(gauge.get(), BreakerPhase::HalfOpen);
@@ -272,17 +291,17 @@ mod tests {
     fn opens_after_threshold_consecutive_failures() {
         let mut b = breaker();
         let t = Instant::now();
-        b.on_transient_failure(t, "p");
-        b.on_transient_failure(t, "p");
+        b.on_transient_failure(t, "p", false);
+        b.on_transient_failure(t, "p", false);
         assert_eq!(b.state(), BreakerState::Closed { failures: 2 });
         b.on_success("p");
-        b.on_transient_failure(t, "p");
-        b.on_transient_failure(t, "p");
+        b.on_transient_failure(t, "p", false);
+        b.on_transient_failure(t, "p", false);
         assert!(
             matches!(b.state(), BreakerState::Closed { .. }),
             "a success resets the count"
         );
-        b.on_transient_failure(t, "p");
+        b.on_transient_failure(t, "p", false);
         assert!(matches!(b.state(), BreakerState::Open { .. }));
         assert!(
             matches!(b.permit(t, "p"), Permit::Wait(_)),
@@ -295,7 +314,7 @@ mod tests {
         let mut b = breaker();
         let t = Instant::now();
         for _ in 0..3 {
-            b.on_transient_failure(t, "p");
+            b.on_transient_failure(t, "p", false);
         }
         let BreakerState::Open { until } = b.state() else {
             panic!()
@@ -309,13 +328,20 @@ mod tests {
         assert_eq!(b.state(), BreakerState::HalfOpen);
         // One trial at a time: another writer lane waits for its outcome;
         // one that settles otherwise (a data error) lets the next through.
-        assert_eq!(b.permit(until, "p"), Permit::Wait(until + TRIAL_POLL));
-        b.settled();
+        assert!(b.is_trial());
+        assert_eq!(b.permit(until, "p"), Permit::AwaitTrial(until + TRIAL_POLL));
+        // Reports of writes that are not the trial change nothing...
+        b.settled(false);
+        b.on_transient_failure(until, "p", false);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert_eq!(b.permit(until, "p"), Permit::AwaitTrial(until + TRIAL_POLL));
+        // ...the trial's own does.
+        b.settled(true);
         assert_eq!(b.state(), BreakerState::HalfOpen);
         assert_eq!(b.permit(until, "p"), Permit::Allowed);
-        assert_eq!(b.permit(until, "p"), Permit::Wait(until + TRIAL_POLL));
+        assert_eq!(b.permit(until, "p"), Permit::AwaitTrial(until + TRIAL_POLL));
         // The trial fails: open again, for longer.
-        b.on_transient_failure(until, "p");
+        b.on_transient_failure(until, "p", true);
         let BreakerState::Open { until: until2 } = b.state() else {
             panic!()
         };
@@ -329,7 +355,7 @@ mod tests {
         b.on_success("p");
         assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
         for _ in 0..3 {
-            b.on_transient_failure(until2, "p");
+            b.on_transient_failure(until2, "p", false);
         }
         let BreakerState::Open { until: until3 } = b.state() else {
             panic!()
@@ -343,7 +369,7 @@ mod tests {
         let mut t = Instant::now();
         let mut durations = Vec::new();
         for _ in 0..3 {
-            b.on_transient_failure(t, "p");
+            b.on_transient_failure(t, "p", false);
         }
         for _ in 0..8 {
             let BreakerState::Open { until } = b.state() else {
@@ -352,7 +378,7 @@ mod tests {
             durations.push(until - t);
             t = until;
             assert_eq!(b.permit(t, "p"), Permit::Allowed);
-            b.on_transient_failure(t, "p");
+            b.on_transient_failure(t, "p", true);
         }
         assert!(
             durations.iter().all(|d| *d <= Duration::from_millis(9600)),

@@ -119,6 +119,10 @@ pub struct Control {
     pub breaker: Arc<std::sync::Mutex<Breaker>>,
     pub policy: FlushPolicy,
     pub write_timeout: Duration,
+    /// When the lane's last flush ended: offsets covered with nothing
+    /// queued (records shed or evicted) are flushed at most once per
+    /// flush interval after it.
+    pub last_flush: Option<Instant>,
 }
 
 impl Control {
@@ -139,6 +143,7 @@ impl Control {
                 breaker: breaker.clone(),
                 policy: FlushPolicy::new(pipeline.settings.flush, pipeline.settings.flush_interval),
                 write_timeout,
+                last_flush: None,
             })
             .collect()
     }
@@ -175,6 +180,7 @@ impl Writer {
             let (ready, wait) = self.readiness(Instant::now(), !pending_acks.is_empty());
             if ready {
                 self.flush_once(&mut pending_acks).await;
+                self.control.last_flush = Some(Instant::now());
                 continue;
             }
             if !pending_acks.is_empty() {
@@ -213,8 +219,20 @@ impl Writer {
         let (buffer, lane) = (&state.buffer, self.lane);
         if buffer.queued_in(lane) == 0 {
             // Offsets evicted or dropped with nothing queued behind them still
-            // need a (row-less) transaction to advance.
-            return (buffer.has_covered_ahead(lane), None);
+            // need a (row-less) transaction to advance: one per flush
+            // interval at most, however many records are shed.
+            if !buffer.has_covered_ahead(lane) {
+                return (false, None);
+            }
+            let due = self
+                .control
+                .last_flush
+                .map_or(now, |t| t + self.control.policy.interval());
+            return if flush_all || due <= now {
+                (true, None)
+            } else {
+                (false, Some(due - now))
+            };
         }
         let batch_rows = self.control.policy.batch_rows();
         if flush_all || buffer.queued_in(lane) >= batch_rows || buffer.queued_bytes_in(lane) >= settings.batch_bytes {
@@ -255,11 +273,24 @@ impl Writer {
                 };
                 continue;
             };
-            let permit = self.control.breaker().permit(Instant::now(), &self.pipeline.name);
-            if let Permit::Wait(until) = permit {
-                self.publish_interval();
-                self.wait_while_open(until, pending_acks).await;
-                continue;
+            // Whether this attempt is the HALF_OPEN trial: its outcome (and
+            // only its) decides the breaker's next state.
+            let (permit, trial) = {
+                let mut breaker = self.control.breaker();
+                let permit = breaker.permit(Instant::now(), &self.pipeline.name);
+                (permit, breaker.is_trial())
+            };
+            match permit {
+                Permit::Allowed => {}
+                Permit::Wait(until) => {
+                    self.publish_interval();
+                    self.wait_while_open(until, pending_acks).await;
+                    continue;
+                }
+                Permit::AwaitTrial(until) => {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+                    continue;
+                }
             }
             self.publish_interval();
             let rows = batch.entries.iter().filter(|e| e.row.is_some()).count();
@@ -294,12 +325,12 @@ impl Writer {
                     (failures, timeouts) = (0, 0);
                 }
                 Ok(Outcome::Stopped { entry, error }) => {
-                    self.control.breaker().settled();
+                    self.control.breaker().settled(trial);
                     self.stop(&batch, entry, &error);
                     return;
                 }
                 Ok(Outcome::DlqFailed(err)) => {
-                    self.control.breaker().settled();
+                    self.control.breaker().settled(trial);
                     failures += 1;
                     Counters::add(&self.pipeline.counters.dlq_produce_failures, 1);
                     let delay = backoff(failures);
@@ -330,7 +361,7 @@ impl Writer {
                         ErrorClass::Transient => {
                             self.control
                                 .breaker()
-                                .on_transient_failure(Instant::now(), &self.pipeline.name);
+                                .on_transient_failure(Instant::now(), &self.pipeline.name, trial);
                             warn!(
                                 pipeline = %self.pipeline.name, rows, failures, error = %err,
                                 "flush failed, retrying"
@@ -341,7 +372,7 @@ impl Writer {
                         // or a configuration error stalls here, loudly, and
                         // backpressure pauses the pipeline's partitions.
                         ErrorClass::Data | ErrorClass::Config => {
-                            self.control.breaker().settled();
+                            self.control.breaker().settled(trial);
                             error!(
                                 pipeline = %self.pipeline.name, table = %self.pipeline.table, rows, failures,
                                 error = %err, "flush refused by the database, operator action needed"
