@@ -222,6 +222,29 @@ impl PipelineState {
         Some(positions)
     }
 
+    /// After an offer of a record of `tp`: the writer lanes to wake. The
+    /// record's lane when its first entry is queued or a batch is full;
+    /// after records were shed or evicted, also every lane with only
+    /// covered offsets and nothing queued (nothing else would wake it, and
+    /// its stored offsets would lag).
+    pub fn lanes_to_wake(&self, tp: Tp, offer: Offer, s: &Settings) -> Vec<usize> {
+        let buffer = &self.buffer;
+        let lane = buffer.lane_of(tp);
+        let queued = buffer.queued_in(lane);
+        let mut wake = Vec::new();
+        if queued == 1 || queued >= s.batch_size || buffer.queued_bytes_in(lane) >= s.batch_bytes {
+            wake.push(lane);
+        }
+        if matches!(
+            offer,
+            Offer::Taken(Admission::Dropped { .. } | Admission::Buffered { evicted: 1.. })
+        ) {
+            wake.extend((0..buffer.lanes()).filter(|l| buffer.queued_in(*l) == 0 && buffer.has_covered_ahead(*l)));
+            wake.dedup();
+        }
+        wake
+    }
+
     /// Shutdown begins: from now on nothing is taken ([`PipelineState::offer`]
     /// answers `Ignored`), so the writer's final flush holds everything
     /// that will be committed; what is not flushed by the deadline is
@@ -370,6 +393,42 @@ mod tests {
             Some(vec![b'r'; len].into_boxed_slice()),
             Default::default(),
         )
+    }
+
+    /// A lane whose partition's records are all shed while another lane
+    /// fills the buffer has nothing queued, only covered offsets: its
+    /// writer is woken for them, or its stored offsets would lag for as
+    /// long as it sleeps.
+    #[test]
+    fn a_lane_with_only_shed_offsets_is_woken() {
+        let s = Settings {
+            writers: 2,
+            ..crate::pipeline::test_settings(Strategy::DropNewest, 4, 1 << 20)
+        };
+        let mut state = PipelineState::with_lanes(s.limits, s.writers);
+        let now = Instant::now();
+        let (p0, p1) = (entry(0, 0, 1).tp, entry(1, 0, 1).tp);
+        assert_ne!(state.buffer.lane_of(p0), state.buffer.lane_of(p1));
+        state.assign(p0, Some(NextOffset(0)));
+        state.assign(p1, Some(NextOffset(0)));
+        for offset in 0..4 {
+            let offer = state.offer(entry(0, offset, 10), &s, now);
+            assert_eq!(offer, Offer::Taken(Admission::Buffered { evicted: 0 }));
+        }
+        // Partition 1's record finds the buffer full: dropped, its offset
+        // covered ahead in partition 1's lane, which has nothing queued.
+        let offer = state.offer(entry(1, 0, 10), &s, now);
+        assert_eq!(offer, Offer::Taken(Admission::Dropped { rows: 1 }));
+        let lane1 = state.buffer.lane_of(p1);
+        assert!(state.buffer.has_covered_ahead(lane1));
+        assert_eq!(state.lanes_to_wake(p1, offer, &s), vec![lane1]);
+        // What that lane's writer takes covers the dropped offset.
+        let mut batch = state.buffer.take_batch(lane1, 10, 1 << 20, now);
+        let spans = state.spans(&mut batch);
+        assert_eq!(spans.spans[&p1].covered.next(), NextOffset(1));
+        // A plain buffered record wakes its lane only at its first entry or a full batch.
+        let offer = Offer::Taken(Admission::Buffered { evicted: 0 });
+        assert_eq!(state.lanes_to_wake(p0, offer, &s), Vec::<usize>::new());
     }
 
     /// Pause at the high watermark, resume at the low one with the next

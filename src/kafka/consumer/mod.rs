@@ -538,23 +538,7 @@ impl LoopState {
                 Offer::Taken(_) => {}
             }
             pipeline.refresh_state(state);
-            let lane = state.buffer.lane_of(tp);
-            let queued = state.buffer.queued_in(lane);
-            let mut wake: Vec<usize> = Vec::new();
-            if queued == 1 || queued >= s.batch_size || state.buffer.queued_bytes_in(lane) >= s.batch_bytes {
-                wake.push(lane);
-            }
-            if matches!(
-                offer,
-                Offer::Taken(Admission::Dropped { .. } | Admission::Buffered { evicted: 1.. })
-            ) {
-                // Shed or evicted offsets of a lane with nothing queued wait
-                // only for its writer, which nothing else would wake.
-                wake.extend(
-                    (0..state.buffer.lanes())
-                        .filter(|l| state.buffer.queued_in(*l) == 0 && state.buffer.has_covered_ahead(*l)),
-                );
-            }
+            let wake = state.lanes_to_wake(tp, offer, s);
             let pause = state.should_pause(s);
             (
                 wake,
