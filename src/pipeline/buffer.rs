@@ -541,6 +541,72 @@ mod tests {
         assert_eq!(facts, vec![(4, Some(2_000), true), (3, Some(1_500), true)]);
     }
 
+    /// Partition `p` of topic number `t` goes to lane `(p + t) mod lanes`
+    /// (README "Writers"): a topic's consecutive partitions alternate, and
+    /// every entry of a partition is queued and taken in its one lane.
+    #[test]
+    fn partitions_are_dealt_to_the_lanes_in_turn() {
+        let mut b = Buffer::with_lanes(
+            Limits {
+                max_records: 100,
+                max_bytes: 1 << 20,
+            },
+            2,
+        );
+        let tp = |topic, partition| Tp {
+            topic: TopicId(topic),
+            partition,
+        };
+        let lanes: Vec<usize> = (0..6).map(|p| b.lane_of(tp(0, p))).collect();
+        assert_eq!(lanes, [0, 1, 0, 1, 0, 1]);
+        assert_eq!(
+            (b.lane_of(tp(1, 0)), b.lane_of(tp(1, 1)), b.lane_of(tp(3, 4))),
+            (1, 0, 1)
+        );
+        let now = Instant::now();
+        for offset in 0..3 {
+            for p in 0..4 {
+                b.push(entry(p, offset, 10), now);
+            }
+        }
+        assert_eq!((b.queued_in(0), b.queued_in(1), b.queued_records()), (6, 6, 12));
+        let batch = b.take_batch(1, 100, usize::MAX, now).entries;
+        let taken: Vec<(i32, i64)> = batch.iter().map(|e| (e.tp.partition, e.offset)).collect();
+        assert_eq!(taken, [(1, 0), (3, 0), (1, 1), (3, 1), (1, 2), (3, 2)]);
+        assert_eq!((b.queued_in(0), b.queued_in(1), b.records()), (6, 0, 12));
+    }
+
+    /// `drop_oldest` with lanes evicts the head of the lane holding the
+    /// most queued bytes, and covers its offset.
+    #[test]
+    fn eviction_takes_the_head_of_the_fullest_lane() {
+        let mut b = Buffer::with_lanes(
+            Limits {
+                max_records: 100,
+                max_bytes: 1 << 20,
+            },
+            2,
+        );
+        let now = Instant::now();
+        b.push(entry(0, 0, 10), now);
+        b.push(entry(1, 0, 50), now);
+        b.push(entry(1, 1, 50), now);
+        b.push(entry(0, 1, 10), now);
+        assert_eq!(b.evict_oldest(), Some(true));
+        assert_eq!((b.queued_in(0), b.queued_in(1)), (2, 1));
+        assert!(b.has_covered_ahead(1) && !b.has_covered_ahead(0));
+        let batch = b.take_batch(1, 100, usize::MAX, now);
+        assert_eq!(batch.entries.iter().map(|e| e.offset).collect::<Vec<_>>(), [1]);
+        assert_eq!(
+            batch
+                .covered
+                .iter()
+                .map(|a| (a.tp.partition, a.from, a.last))
+                .collect::<Vec<_>>(),
+            [(1, 0, 0)]
+        );
+    }
+
     #[test]
     fn entry_overhead_covers_the_entry() {
         assert!(std::mem::size_of::<Entry>() <= ENTRY_OVERHEAD_BYTES);
