@@ -122,9 +122,19 @@ pub struct Breaker {
     rng: u64,
     /// Where the phase is published.
     gauge: Arc<BreakerGauge>,
-    /// HALF_OPEN only: the one trial write is under way.
-    trial: bool,
+    /// The HALF_OPEN trial under way: its number and when it began.
+    trial: Option<(u64, Instant)>,
+    /// Trials handed out so far (numbers them).
+    trials: u64,
+    /// A trial not reported within this long is taken as lost (its writer
+    /// died), and the next lane may try: longer than any write may take.
+    trial_timeout: Duration,
 }
+
+/// The HALF_OPEN trial a permitted write is, if it is one: its outcome is
+/// reported with it, and only the current trial's outcome counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trial(u64);
 
 /// How long a writer lane waits before asking again while another lane's
 /// HALF_OPEN trial is under way.
@@ -140,7 +150,9 @@ impl Breaker {
             openings: 0,
             rng: seed | 1,
             gauge,
-            trial: false,
+            trial: None,
+            trials: 0,
+            trial_timeout: Duration::from_secs(600),
         }
     }
 
@@ -148,45 +160,70 @@ impl Breaker {
         self.state
     }
 
+    /// Sets how long a trial may go unreported before it is taken as lost
+    /// (use more than the write timeout).
+    pub fn with_trial_timeout(mut self, timeout: Duration) -> Self {
+        self.trial_timeout = timeout;
+        self
+    }
+
     /// Asks for permission to write; OPEN turns HALF_OPEN once its time is
     /// up, and HALF_OPEN lets one trial through until its outcome is
     /// reported ([`Breaker::on_success`], [`Breaker::on_transient_failure`]
-    /// or [`Breaker::settled`]).
+    /// or [`Breaker::settled`]) or it is lost (`trial_timeout`).
     pub fn permit(&mut self, now: Instant, pipeline: &str) -> Permit {
         match self.state {
             BreakerState::Closed { .. } => Permit::Allowed,
-            BreakerState::HalfOpen if self.trial => Permit::AwaitTrial(now + TRIAL_POLL),
-            BreakerState::HalfOpen => {
-                self.trial = true;
-                Permit::Allowed
-            }
+            BreakerState::HalfOpen => match self.trial {
+                Some((_, since)) if now.saturating_duration_since(since) < self.trial_timeout => {
+                    Permit::AwaitTrial(now + TRIAL_POLL)
+                }
+                _ => {
+                    self.begin_trial(now);
+                    Permit::Allowed
+                }
+            },
             BreakerState::Open { until } if now >= until => {
                 self.transition(BreakerState::HalfOpen, pipeline);
-                self.trial = true;
+                self.begin_trial(now);
                 Permit::Allowed
             }
             BreakerState::Open { until } => Permit::Wait(until),
         }
     }
 
-    /// Whether the write just permitted is the HALF_OPEN trial (ask under
-    /// the same lock as [`Breaker::permit`]); its outcome is reported with
-    /// `trial` set.
-    pub fn is_trial(&self) -> bool {
-        self.state == BreakerState::HalfOpen && self.trial
+    fn begin_trial(&mut self, now: Instant) {
+        self.trials += 1;
+        self.trial = Some((self.trials, now));
+    }
+
+    /// The trial the write just permitted is, if it is one (ask under the
+    /// same lock as [`Breaker::permit`]); its outcome is reported with it.
+    pub fn trial(&self) -> Option<Trial> {
+        match (self.state, self.trial) {
+            (BreakerState::HalfOpen, Some((n, _))) => Some(Trial(n)),
+            _ => None,
+        }
+    }
+
+    /// Whether `trial` is the trial under way.
+    fn is_current(&self, trial: Option<Trial>) -> bool {
+        matches!((self.trial, trial), (Some((n, _)), Some(Trial(m))) if n == m)
     }
 
     /// An attempt ended in neither success nor a transient failure (a data
     /// or configuration error, a dead-letter topic failure): if it was the
-    /// HALF_OPEN trial, the trial is over; the state stays.
-    pub fn settled(&mut self, trial: bool) {
-        if trial {
-            self.trial = false;
+    /// HALF_OPEN trial under way, the trial is over; the state stays.
+    pub fn settled(&mut self, trial: Option<Trial>) {
+        if self.is_current(trial) {
+            self.trial = None;
         }
     }
 
+    /// Records a success (a committed or fenced write: the database
+    /// answered), whichever write it was: closes the breaker.
     pub fn on_success(&mut self, pipeline: &str) {
-        self.trial = false;
+        self.trial = None;
         self.openings = 0;
         match self.state {
             BreakerState::Closed { .. } => self.state = BreakerState::Closed { failures: 0 },
@@ -194,16 +231,17 @@ impl Breaker {
         }
     }
 
-    /// Records a transient failure of a write that was the HALF_OPEN trial
+    /// Records a transient failure of a write that was a HALF_OPEN trial
     /// (`trial`) or not. Data and configuration errors are not the database
     /// being unavailable and must not be passed here. While a trial is under
-    /// way, another lane's failure of a write that started before the
-    /// breaker opened is stale and changes nothing.
-    pub fn on_transient_failure(&mut self, now: Instant, pipeline: &str, trial: bool) {
-        if self.state == BreakerState::HalfOpen && self.trial && !trial {
+    /// way, the failure of any other write (one that started before the
+    /// breaker opened, or an earlier trial taken as lost) is stale and
+    /// changes nothing.
+    pub fn on_transient_failure(&mut self, now: Instant, pipeline: &str, trial: Option<Trial>) {
+        if self.state == BreakerState::HalfOpen && self.trial.is_some() && !self.is_current(trial) {
             return;
         }
-        self.trial = false;
+        self.trial = None;
         match self.state {
             BreakerState::Closed { failures } if failures + 1 < self.settings.failure_threshold => {
                 self.state = BreakerState::Closed { failures: failures + 1 };
@@ -278,7 +316,7 @@ mod tests {
         let mut b = Breaker::new(settings, 7, gauge.clone());
         let t = Instant::now();
         assert_eq!(gauge.get(), BreakerPhase::Closed);
-        b.on_transient_failure(t, "p", false);
+        b.on_transient_failure(t, "p", None);
         assert_eq!(gauge.get(), BreakerPhase::Open);
         assert_eq!(b.permit(t + Duration::from_secs(2), "p"), Permit::Allowed);
         assert_eq!(gauge.get(), BreakerPhase::HalfOpen);
@@ -291,17 +329,17 @@ mod tests {
     fn opens_after_threshold_consecutive_failures() {
         let mut b = breaker();
         let t = Instant::now();
-        b.on_transient_failure(t, "p", false);
-        b.on_transient_failure(t, "p", false);
+        b.on_transient_failure(t, "p", None);
+        b.on_transient_failure(t, "p", None);
         assert_eq!(b.state(), BreakerState::Closed { failures: 2 });
         b.on_success("p");
-        b.on_transient_failure(t, "p", false);
-        b.on_transient_failure(t, "p", false);
+        b.on_transient_failure(t, "p", None);
+        b.on_transient_failure(t, "p", None);
         assert!(
             matches!(b.state(), BreakerState::Closed { .. }),
             "a success resets the count"
         );
-        b.on_transient_failure(t, "p", false);
+        b.on_transient_failure(t, "p", None);
         assert!(matches!(b.state(), BreakerState::Open { .. }));
         assert!(
             matches!(b.permit(t, "p"), Permit::Wait(_)),
@@ -314,7 +352,7 @@ mod tests {
         let mut b = breaker();
         let t = Instant::now();
         for _ in 0..3 {
-            b.on_transient_failure(t, "p", false);
+            b.on_transient_failure(t, "p", None);
         }
         let BreakerState::Open { until } = b.state() else {
             panic!()
@@ -328,20 +366,32 @@ mod tests {
         assert_eq!(b.state(), BreakerState::HalfOpen);
         // One trial at a time: another writer lane waits for its outcome;
         // one that settles otherwise (a data error) lets the next through.
-        assert!(b.is_trial());
+        let trial = b.trial();
+        assert!(trial.is_some());
         assert_eq!(b.permit(until, "p"), Permit::AwaitTrial(until + TRIAL_POLL));
         // Reports of writes that are not the trial change nothing...
-        b.settled(false);
-        b.on_transient_failure(until, "p", false);
+        b.settled(None);
+        b.on_transient_failure(until, "p", None);
         assert_eq!(b.state(), BreakerState::HalfOpen);
         assert_eq!(b.permit(until, "p"), Permit::AwaitTrial(until + TRIAL_POLL));
         // ...the trial's own does.
-        b.settled(true);
+        b.settled(trial);
         assert_eq!(b.state(), BreakerState::HalfOpen);
         assert_eq!(b.permit(until, "p"), Permit::Allowed);
+        let second = b.trial();
+        assert_ne!(second, trial);
+        // The first trial's late report is stale: the second is under way.
+        b.on_transient_failure(until, "p", trial);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
         assert_eq!(b.permit(until, "p"), Permit::AwaitTrial(until + TRIAL_POLL));
+        // A trial never reported (its writer died) is lost after the trial
+        // timeout, and another lane may try.
+        let lost = until + Duration::from_secs(600);
+        assert_eq!(b.permit(lost, "p"), Permit::Allowed);
+        let third = b.trial();
+        assert_ne!(third, second);
         // The trial fails: open again, for longer.
-        b.on_transient_failure(until, "p", true);
+        b.on_transient_failure(until, "p", third);
         let BreakerState::Open { until: until2 } = b.state() else {
             panic!()
         };
@@ -355,7 +405,7 @@ mod tests {
         b.on_success("p");
         assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
         for _ in 0..3 {
-            b.on_transient_failure(until2, "p", false);
+            b.on_transient_failure(until2, "p", None);
         }
         let BreakerState::Open { until: until3 } = b.state() else {
             panic!()
@@ -369,7 +419,7 @@ mod tests {
         let mut t = Instant::now();
         let mut durations = Vec::new();
         for _ in 0..3 {
-            b.on_transient_failure(t, "p", false);
+            b.on_transient_failure(t, "p", None);
         }
         for _ in 0..8 {
             let BreakerState::Open { until } = b.state() else {
@@ -378,7 +428,8 @@ mod tests {
             durations.push(until - t);
             t = until;
             assert_eq!(b.permit(t, "p"), Permit::Allowed);
-            b.on_transient_failure(t, "p", true);
+            let trial = b.trial();
+            b.on_transient_failure(t, "p", trial);
         }
         assert!(
             durations.iter().all(|d| *d <= Duration::from_millis(9600)),

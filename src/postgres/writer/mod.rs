@@ -133,11 +133,12 @@ impl Control {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let seed = clock ^ u64::from(std::process::id()).rotate_left(32) ^ (pipeline.name.len() as u64);
-        let breaker = Arc::new(std::sync::Mutex::new(Breaker::new(
-            breaker,
-            seed ^ 0x9E37_79B9_7F4A_7C15,
-            pipeline.breaker.clone(),
-        )));
+        // A trial's writer reports within `write_timeout` (plus the time to
+        // read refused records back); one that does not has died.
+        let breaker = Arc::new(std::sync::Mutex::new(
+            Breaker::new(breaker, seed ^ 0x9E37_79B9_7F4A_7C15, pipeline.breaker.clone())
+                .with_trial_timeout(write_timeout * 2 + REFETCH_TIMEOUT),
+        ));
         (0..pipeline.lanes())
             .map(|_| Self {
                 breaker: breaker.clone(),
@@ -278,7 +279,7 @@ impl Writer {
             let (permit, trial) = {
                 let mut breaker = self.control.breaker();
                 let permit = breaker.permit(Instant::now(), &self.pipeline.name);
-                (permit, breaker.is_trial())
+                (permit, breaker.trial())
             };
             match permit {
                 Permit::Allowed => {}
