@@ -18,7 +18,7 @@ use crate::kafka::consumer::{self, Shared};
 use crate::kafka::dead_letter_topic::DeadLetterProducer;
 use crate::kafka::refetch::Refetcher;
 use crate::pipeline::breaker::BreakerSettings;
-use crate::pipeline::ports::{ReadBack, WriterCommand};
+use crate::pipeline::ports::{DeadLetterTopic, ReadBack, WriterCommand};
 use crate::pipeline::Pipeline;
 use crate::postgres::writer::{Control, Writer};
 use crate::telemetry::Telemetry;
@@ -64,7 +64,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let refetch: Arc<std::sync::Mutex<dyn ReadBack>> =
         Arc::new(std::sync::Mutex::new(Refetcher::new(config.consumer_properties())));
     for (index, pipeline) in pipelines.iter().enumerate() {
-        let dlq: Option<Arc<DeadLetterProducer>> = match &pipeline.settings.dlq_topic {
+        let dlq: Option<Arc<dyn DeadLetterTopic>> = match &pipeline.settings.dlq_topic {
             Some(topic) => Some(Arc::new(
                 DeadLetterProducer::new(&config.consumer_properties(), topic)
                     .with_context(|| format!("creating the producer for dead-letter topic {topic}"))?,
@@ -94,9 +94,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 consumer: cmd_tx.clone(),
                 control,
                 refetch: refetch.clone(),
-                dlq: dlq
-                    .clone()
-                    .map(|d| d as Arc<dyn crate::pipeline::ports::DeadLetterTopic>),
+                dlq: dlq.clone(),
                 flushes: telemetry.flushes(),
             };
             writer_tasks.push(tokio::spawn(writer.run()));

@@ -161,10 +161,13 @@ pub struct Buffer {
 struct Lane {
     queue: VecDeque<Entry>,
     queued_bytes: usize,
-    /// Queued entries that carry a row (markers don't count as records).
-    queued_rows: usize,
     /// When the oldest queued entry arrived: drives the flush interval.
     oldest_since: Option<Instant>,
+}
+
+/// The lane of `tp` among `lanes` (see [`Buffer::lane_of`]).
+fn lane_index(tp: Tp, lanes: usize) -> usize {
+    (tp.partition.unsigned_abs() as usize).wrapping_add(tp.topic.0 as usize) % lanes
 }
 
 /// Offsets of one partition covered without an entry: `[from, last]`,
@@ -251,7 +254,7 @@ impl Buffer {
     /// so a partition's entries always queue, and are taken, in one lane:
     /// consecutive partitions of a topic go to consecutive lanes.
     pub fn lane_of(&self, tp: Tp) -> usize {
-        (tp.partition.unsigned_abs() as usize).wrapping_add(tp.topic.0 as usize) % self.lanes.len()
+        lane_index(tp, self.lanes.len())
     }
 
     /// Whether holding one more entry of `cost` bytes would exceed a limit.
@@ -286,7 +289,6 @@ impl Buffer {
     fn unqueue(&mut self, lane: usize, bytes: usize, rows: usize) {
         let l = &mut self.lanes[lane];
         l.queued_bytes -= bytes;
-        l.queued_rows -= rows;
         if l.queue.is_empty() {
             l.oldest_since = None;
         }
@@ -365,7 +367,6 @@ impl Buffer {
             lane.oldest_since = Some(now);
         }
         lane.queued_bytes += cost;
-        lane.queued_rows += rows;
         lane.queue.push_back(entry);
         self.queued_bytes += cost;
         self.queued_rows += rows;
@@ -438,17 +439,15 @@ impl Buffer {
         // clock here keeps a steady stream flushing at batch size, not early.
         let l = &mut self.lanes[lane];
         l.oldest_since = if l.queue.is_empty() { None } else { Some(now) };
-        let covered = if self.lanes.len() == 1 {
-            self.covered_ahead.drain().map(|(_, a)| a).collect()
-        } else {
-            let mine: Vec<Tp> = self
-                .covered_ahead
-                .keys()
-                .copied()
-                .filter(|tp| self.lane_of(*tp) == lane)
-                .collect();
-            mine.iter().filter_map(|tp| self.covered_ahead.remove(tp)).collect()
-        };
+        let lanes = self.lanes.len();
+        let mut covered = Vec::new();
+        self.covered_ahead.retain(|tp, ahead| {
+            let mine = lane_index(*tp, lanes) == lane;
+            if mine {
+                covered.push(*ahead);
+            }
+            !mine
+        });
         Batch {
             entries: batch,
             covered,
@@ -769,9 +768,9 @@ mod tests {
                 prop_assert_eq!(b.records(), held);
                 let expect_bytes: usize = b.queued().map(Entry::cost).sum();
                 prop_assert_eq!(b.queued_bytes(), expect_bytes);
+                prop_assert_eq!(b.queued_rows, b.queued().filter(|e| e.row.is_some()).count());
                 for (i, lane) in b.lanes.iter().enumerate() {
                     prop_assert_eq!(lane.queued_bytes, lane.queue.iter().map(Entry::cost).sum::<usize>());
-                    prop_assert_eq!(lane.queued_rows, lane.queue.iter().filter(|e| e.row.is_some()).count());
                     prop_assert!(lane.queue.iter().all(|e| b.lane_of(e.tp) == i));
                 }
             }
