@@ -239,8 +239,8 @@ impl PipelineState {
             offer,
             Offer::Taken(Admission::Dropped { .. } | Admission::Buffered { evicted: 1.. })
         ) {
+            // Never the record's lane again: that one has something queued.
             wake.extend((0..buffer.lanes()).filter(|l| buffer.queued_in(*l) == 0 && buffer.has_covered_ahead(*l)));
-            wake.dedup();
         }
         wake
     }
