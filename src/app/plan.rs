@@ -96,7 +96,7 @@ pub enum Ddl {
 /// What planning one table found.
 pub enum Planned {
     /// The encoder for the table.
-    Ready(RowEncoder),
+    Ready(Box<RowEncoder>),
     /// `Ddl::DryRun` and the table still needs these statements.
     NeedsDdl(Vec<String>),
 }
@@ -189,7 +189,7 @@ pub async fn plan_table(
             }]));
         }
     }
-    Ok(Planned::Ready(encoder))
+    Ok(Planned::Ready(Box::new(encoder)))
 }
 
 /// The topics of the config: named ones registered, patterns added.
@@ -226,7 +226,7 @@ pub async fn plan_topic(
         .map_err(|why| PlanError::Mapping(vec![MappingError::TableName(why)]))?;
     let table = TableRef { schema, name };
     match plan_table(pool, config, index, &table, Ddl::Apply).await? {
-        Planned::Ready(encoder) => Ok(pipeline.add_target(topic_id, table, encoder)),
+        Planned::Ready(encoder) => Ok(pipeline.add_target(topic_id, table, *encoder)),
         Planned::NeedsDdl(_) => unreachable!("Ddl::Apply runs the DDL"),
     }
 }
@@ -257,7 +257,7 @@ pub async fn plan_pipelines(config: &Config, pool: &PgPool, topics: &Topics) -> 
             continue;
         }
         match plan_table(pool, p, index, &table, Ddl::Apply).await {
-            Ok(Planned::Ready(encoder)) => pipelines.push(Pipeline::new(p.name.clone(), table, encoder, settings(p))),
+            Ok(Planned::Ready(encoder)) => pipelines.push(Pipeline::new(p.name.clone(), table, *encoder, settings(p))),
             Ok(Planned::NeedsDdl(_)) => unreachable!("Ddl::Apply runs the DDL"),
             Err(PlanError::Mapping(errors)) => problems.extend(errors),
             Err(other) => return Err(other),

@@ -10,33 +10,38 @@ use crate::row::copy_text::{
     has_nul, push_base64_bytea, push_bool, push_i64, push_json, push_text, push_uuid, Conv, NulByte, NULL,
 };
 use crate::row::numeric::{parse_int, parse_int_in, push_float, push_numeric, NumError};
+use crate::row::project::JsonRef;
 use crate::row::show::{expected, nul_in, out_of_range, show};
 use crate::row::time::{parse_date, parse_naive_micros, push_date, push_timestamp, rfc3339_micros, OutOfRange};
 
 pub(super) fn write_json_value(out: &mut Vec<u8>, v: &Value, ty: PgType) -> Conv {
+    write_json(out, JsonRef::of(v), ty)
+}
+
+pub(super) fn write_json(out: &mut Vec<u8>, v: JsonRef<'_>, ty: PgType) -> Conv {
     use PgType::*;
     match (ty, v) {
-        (_, Value::Null) => {
+        (_, JsonRef::Null) => {
             out.extend_from_slice(NULL);
             Ok(())
         }
-        (Text, Value::String(s)) => push_text(out, s).map_err(|NulByte| nul_in(v)),
-        (Text, Value::Number(n)) => {
+        (Text, JsonRef::Str(s)) => push_text(out, s).map_err(|NulByte| nul_in(v)),
+        (Text, JsonRef::Number(n)) => {
             // arbitrary_precision keeps the producer's exact digits.
-            out.extend_from_slice(n.as_str().as_bytes());
+            out.extend_from_slice(n.as_bytes());
             Ok(())
         }
-        (Text, Value::Bool(b)) => {
-            out.extend_from_slice(if *b { b"true" } else { b"false" });
+        (Text, JsonRef::Bool(b)) => {
+            out.extend_from_slice(if b { b"true" } else { b"false" });
             Ok(())
         }
         // The JSON text of an object holds NUL only as the six characters
         // `\u0000`, which text columns store fine.
-        (Text, _) => push_json(out, v),
+        (Text, JsonRef::Nested(nested)) => push_json(out, nested),
         (Int2 | Int4 | Int8, _) => {
             let text = match v {
-                Value::Number(n) => n.as_str(),
-                Value::String(s) => s.as_str(),
+                JsonRef::Number(n) => n,
+                JsonRef::Str(s) => s,
                 _ => return Err(expected("an integer", v)),
             };
             let i = parse_int_in(text, ty).map_err(|e| match e {
@@ -46,32 +51,30 @@ pub(super) fn write_json_value(out: &mut Vec<u8>, v: &Value, ty: PgType) -> Conv
             push_i64(out, i);
             Ok(())
         }
-        (Float4 | Float8, Value::Number(n)) => {
-            push_float(out, n.as_str(), ty == Float4).map_err(|e| num_error(e, "a number", v))
-        }
-        (Float4 | Float8, Value::String(s)) => {
-            push_float(out, s, ty == Float4).map_err(|e| num_error(e, "a number", v))
+        (Float4 | Float8, JsonRef::Number(n) | JsonRef::Str(n)) => {
+            push_float(out, n, ty == Float4).map_err(|e| num_error(e, "a number", v))
         }
         (Float4 | Float8, _) => Err(expected("a number", v)),
-        (Numeric, Value::Number(n)) => push_numeric(out, n.as_str()).map_err(|e| num_error(e, "a number", v)),
-        (Numeric, Value::String(s)) => push_numeric(out, s).map_err(|e| num_error(e, "a number", v)),
+        (Numeric, JsonRef::Number(n) | JsonRef::Str(n)) => {
+            push_numeric(out, n).map_err(|e| num_error(e, "a number", v))
+        }
         (Numeric, _) => Err(expected("a number", v)),
-        (Bool, Value::Bool(b)) => {
-            push_bool(out, *b);
+        (Bool, JsonRef::Bool(b)) => {
+            push_bool(out, b);
             Ok(())
         }
-        (Bool, Value::String(s)) if s.eq_ignore_ascii_case("true") => {
+        (Bool, JsonRef::Str(s)) if s.eq_ignore_ascii_case("true") => {
             push_bool(out, true);
             Ok(())
         }
-        (Bool, Value::String(s)) if s.eq_ignore_ascii_case("false") => {
+        (Bool, JsonRef::Str(s)) if s.eq_ignore_ascii_case("false") => {
             push_bool(out, false);
             Ok(())
         }
         (Bool, _) => Err(expected("true or false", v)),
         (Timestamptz | Timestamp, _) => write_json_timestamp(out, v, ty == Timestamptz),
         (Date, _) => write_json_date(out, v),
-        (Uuid, Value::String(s)) => match uuid::Uuid::try_parse(s) {
+        (Uuid, JsonRef::Str(s)) => match uuid::Uuid::try_parse(s) {
             Ok(u) => {
                 push_uuid(out, u);
                 Ok(())
@@ -80,29 +83,41 @@ pub(super) fn write_json_value(out: &mut Vec<u8>, v: &Value, ty: PgType) -> Conv
         },
         (Uuid, _) => Err(expected("a UUID string", v)),
         (Json | Jsonb, _) => {
-            if has_nul(v) {
+            let nul = match v {
+                JsonRef::Str(s) => s.contains('\0'),
+                JsonRef::Nested(nested) => has_nul(nested),
+                _ => false,
+            };
+            if nul {
                 return Err(format!(
                     "{} contains a NUL character (\\u0000), which Postgres cannot store",
                     show(v)
                 ));
             }
-            push_json(out, v)
+            match v {
+                // A number's text is already JSON, exactly as written.
+                JsonRef::Number(n) => push_text(out, n).map_err(|NulByte| nul_in(v)),
+                JsonRef::Str(s) => push_json(out, s),
+                JsonRef::Bool(b) => push_json(out, &b),
+                JsonRef::Nested(nested) => push_json(out, nested),
+                JsonRef::Null => unreachable!("written as NULL above"),
+            }
         }
-        (Bytea, Value::String(s)) => {
+        (Bytea, JsonRef::Str(s)) => {
             push_base64_bytea(out, s).map_err(|e| format!("{} is not valid base64: {e}", show(v)))
         }
         (Bytea, _) => Err(expected("a base64 string", v)),
     }
 }
 
-fn write_json_timestamp(out: &mut Vec<u8>, v: &Value, with_zone: bool) -> Conv {
+fn write_json_timestamp(out: &mut Vec<u8>, v: JsonRef<'_>, with_zone: bool) -> Conv {
     let what = if with_zone {
         "an RFC 3339 timestamp or epoch milliseconds"
     } else {
         "an RFC 3339 or ISO 8601 timestamp, or epoch milliseconds"
     };
     let micros = match v {
-        Value::String(s) => {
+        JsonRef::Str(s) => {
             let parsed = match DateTime::parse_from_rfc3339(s) {
                 Ok(dt) => rfc3339_micros(&dt),
                 // A naive time is only unambiguous for a column without a zone.
@@ -111,8 +126,8 @@ fn write_json_timestamp(out: &mut Vec<u8>, v: &Value, with_zone: bool) -> Conv {
             };
             parsed.ok_or_else(|| expected(what, v))?
         }
-        Value::Number(n) => {
-            let ms = parse_int(n.as_str()).map_err(|e| num_error(e, what, v))?;
+        JsonRef::Number(n) => {
+            let ms = parse_int(n).map_err(|e| num_error(e, what, v))?;
             ms.checked_mul(1000).ok_or_else(|| out_of_range(v))?
         }
         _ => return Err(expected(what, v)),
@@ -120,14 +135,14 @@ fn write_json_timestamp(out: &mut Vec<u8>, v: &Value, with_zone: bool) -> Conv {
     push_timestamp(out, micros, with_zone).map_err(|OutOfRange| out_of_range(v))
 }
 
-fn write_json_date(out: &mut Vec<u8>, v: &Value) -> Conv {
+fn write_json_date(out: &mut Vec<u8>, v: JsonRef<'_>) -> Conv {
     const WHAT: &str = "a date (YYYY-MM-DD), an RFC 3339 timestamp or epoch milliseconds";
     let date = match v {
-        Value::String(s) => parse_date(s.as_bytes())
+        JsonRef::Str(s) => parse_date(s.as_bytes())
             .or_else(|| DateTime::parse_from_rfc3339(s).ok().map(|dt| dt.naive_utc().date()))
             .ok_or_else(|| expected(WHAT, v))?,
-        Value::Number(n) => {
-            let ms = parse_int(n.as_str()).map_err(|e| num_error(e, WHAT, v))?;
+        JsonRef::Number(n) => {
+            let ms = parse_int(n).map_err(|e| num_error(e, WHAT, v))?;
             DateTime::from_timestamp_millis(ms)
                 .ok_or_else(|| out_of_range(v))?
                 .date_naive()
@@ -137,7 +152,7 @@ fn write_json_date(out: &mut Vec<u8>, v: &Value) -> Conv {
     push_date(out, date).map_err(|OutOfRange| out_of_range(v))
 }
 
-fn num_error(e: NumError, what: &str, v: &Value) -> String {
+fn num_error(e: NumError, what: &str, v: JsonRef<'_>) -> String {
     match e {
         NumError::Invalid => expected(what, v),
         NumError::OutOfRange => out_of_range(v),

@@ -58,7 +58,7 @@ impl io::Write for CopyEscaper<'_> {
     }
 }
 
-pub(super) fn push_json(out: &mut Vec<u8>, v: &Value) -> Conv {
+pub(super) fn push_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) -> Conv {
     serde_json::to_writer(CopyEscaper(out), v).map_err(|e| format!("cannot serialize: {e}"))
 }
 

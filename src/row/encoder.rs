@@ -9,10 +9,10 @@ use serde_json::Value;
 
 use crate::mapping::{ColumnSource, PgType};
 use crate::row::constraints;
-use crate::row::convert::write_json_value;
+use crate::row::convert::{write_json, write_json_value};
 use crate::row::copy_text::{push_text, NulByte, NULL};
 use crate::row::plan::{ColumnPlan, UniqueKey};
-use crate::row::project::{raw_fits_jsonb, Need};
+use crate::row::project::{raw_fits_jsonb, JsonRef, Lookup, Need};
 use crate::row::show::json_error;
 use crate::row::sources::{write_key_pointer, write_meta, Path, RecordRef};
 
@@ -86,6 +86,9 @@ pub struct RowEncoder {
     reads_value: bool,
     /// What of the record value to parse: only what the pointers reach.
     need: Need,
+    /// Parallel to `columns`: where a pointer column finds its value in
+    /// what [`Need::parse`] keeps.
+    lookups: Vec<Option<Lookup>>,
     /// Parallel to `columns`: the column is the whole value as `jsonb`, so
     /// it takes the record's own text where that means the same to Postgres
     /// (which normalizes jsonb) instead of a parse serialized again.
@@ -134,19 +137,23 @@ impl RowEncoder {
                 matches!(c.source, ColumnSource::Pointer(_)) && matches!(p, Path::Whole) && c.ty == PgType::Jsonb
             })
             .collect();
-        let need = Need::of(
-            columns
-                .iter()
-                .zip(&paths)
-                .zip(&raw_whole)
-                .filter(|((c, _), _)| matches!(c.source, ColumnSource::Pointer(_)))
-                .map(|((_, p), raw)| (p, *raw)),
-        );
+        // Key pointers read the key, and a raw whole-value column the text.
+        let value_paths: Vec<Path> = columns
+            .iter()
+            .zip(&paths)
+            .zip(&raw_whole)
+            .map(|((c, p), raw)| match c.source {
+                ColumnSource::Pointer(_) if !raw => p.clone(),
+                _ => Path::Meta,
+            })
+            .collect();
+        let (need, lookups) = Need::of(&value_paths);
         Self {
             columns,
             paths,
             reads_value,
             need,
+            lookups,
             raw_whole,
             reads_headers,
             upsert: None,
@@ -270,16 +277,16 @@ impl RowEncoder {
     }
 
     fn encode_line(&self, rec: &RecordRef<'_>, out: &mut Vec<u8>) -> Result<(), DecodeError> {
-        // `Value::Null` costs nothing when no column needs the document.
-        let (doc, text) = if self.reads_value {
+        // No slots cost nothing when no column reads the value.
+        let (slots, text) = if self.reads_value {
             let text = value_text(rec.value)?;
-            let doc = self
+            let slots = self
                 .need
                 .parse(text)
                 .map_err(|e| DecodeError::for_record(json_error("invalid JSON", &e)))?;
-            (doc, text)
+            (slots, text)
         } else {
-            (Value::Null, "")
+            (Vec::new(), "")
         };
         for (i, (col, path)) in self.columns.iter().zip(&self.paths).enumerate() {
             if i > 0 {
@@ -288,12 +295,12 @@ impl RowEncoder {
             let at = out.len();
             let written = match &col.source {
                 ColumnSource::Pointer(_) if self.raw_whole[i] => write_whole_jsonb(out, text)?,
-                ColumnSource::Pointer(_) => match path.resolve(&doc) {
-                    None | Some(Value::Null) => {
+                ColumnSource::Pointer(_) => match self.lookups[i].as_ref().and_then(|l| l.find(&slots)) {
+                    None | Some(JsonRef::Null) => {
                         out.extend_from_slice(NULL);
                         Ok(())
                     }
-                    Some(v) => write_json_value(out, v, col.ty),
+                    Some(v) => write_json(out, v, col.ty),
                 },
                 ColumnSource::KeyPointer(_) => write_key_pointer(out, path, rec.key, col.ty),
                 other => write_meta(out, other, rec, col.ty),

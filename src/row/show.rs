@@ -7,18 +7,19 @@ use std::io;
 use serde_json::Value;
 
 use crate::mapping::PgType;
+use crate::row::project::JsonRef;
 
 pub(super) const SHOW_CHARS: usize = 64;
 
-pub(super) fn expected(what: &str, v: &Value) -> String {
+pub(super) fn expected(what: &str, v: JsonRef<'_>) -> String {
     format!("expected {what}, found {}", show(v))
 }
 
-pub(super) fn out_of_range(v: &Value) -> String {
+pub(super) fn out_of_range(v: JsonRef<'_>) -> String {
     format!("{} is out of range", show(v))
 }
 
-pub(super) fn nul_in(v: &Value) -> String {
+pub(super) fn nul_in(v: JsonRef<'_>) -> String {
     format!(
         "{} contains a NUL character (U+0000), which Postgres cannot store",
         show(v)
@@ -26,7 +27,14 @@ pub(super) fn nul_in(v: &Value) -> String {
 }
 
 /// The value as compact JSON, cut to about [`SHOW_CHARS`] characters.
-pub(super) fn show(v: &Value) -> String {
+pub(super) fn show(v: JsonRef<'_>) -> String {
+    match v {
+        JsonRef::Nested(nested) => show_value(nested),
+        scalar => show_value(&scalar.to_value()),
+    }
+}
+
+fn show_value(v: &Value) -> String {
     // Serialization stops once enough is written, so a huge document in the
     // wrong column does not cost a full copy just to build the message.
     // The cap in bytes always holds more than SHOW_CHARS characters, so a

@@ -97,14 +97,19 @@ impl Path {
     pub(super) fn resolve<'v>(&self, doc: &'v Value) -> Option<&'v Value> {
         match self {
             Self::Whole => Some(doc),
-            Self::Tokens(tokens) => tokens.iter().try_fold(doc, |cur, t| match cur {
-                Value::Object(m) => m.get(&*t.key),
-                Value::Array(a) => t.index.and_then(|i| a.get(i)),
-                _ => None,
-            }),
+            Self::Tokens(tokens) => resolve_tokens(doc, tokens),
             Self::Meta | Self::Nothing => None,
         }
     }
+}
+
+/// What `tokens` reach in `doc`, by the rules of `Value::pointer`.
+pub(super) fn resolve_tokens<'v>(doc: &'v Value, tokens: &[Token]) -> Option<&'v Value> {
+    tokens.iter().try_fold(doc, |cur, t| match cur {
+        Value::Object(m) => m.get(&*t.key),
+        Value::Array(a) => t.index.and_then(|i| a.get(i)),
+        _ => None,
+    })
 }
 
 /// A metadata column (anything but a JSON pointer).
