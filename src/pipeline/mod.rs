@@ -295,6 +295,21 @@ impl Pipeline {
         }
     }
 
+    /// Runs `f` on the target of `topic`'s records, if it has one, without
+    /// cloning the `Arc`: the consumer asks for every record, and a clone
+    /// would bounce the count's cache line against the writers'.
+    pub fn with_target<R>(&self, topic: TopicId, f: impl FnOnce(&Arc<Target>) -> R) -> Option<R> {
+        match &self.single {
+            Some(t) => Some(f(t)),
+            None => self
+                .per_topic
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&topic)
+                .map(f),
+        }
+    }
+
     /// Whether the pipeline has a table per topic.
     pub fn is_per_topic(&self) -> bool {
         self.single.is_none()

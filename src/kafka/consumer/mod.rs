@@ -33,11 +33,13 @@ use tracing::{debug, error, info, warn};
 use crate::config::OnOffsetOutOfRange;
 use crate::kafka::message::{dead_letter_of, raw_of, record_meta};
 use crate::kafka::offsets::start_position;
+use crate::model::dead_letter::DeadLetter;
 use crate::model::offsets::NextOffset;
+use crate::model::record::Raw;
 use crate::model::{Topics, Tp};
 use crate::pipeline::buffer::Entry;
 use crate::pipeline::ports::{AssignError, AssignRequest, ConsumerCommand, WriterCommand};
-use crate::pipeline::{Admission, Counters, Offer, Pipeline, Target};
+use crate::pipeline::{Admission, Counters, Offer, Pipeline, Settings, Target};
 use crate::row::statements::WriteSql;
 use crate::row::{key_hashes, DecodeError, HeaderRef, RecentKeys, RecordRef};
 use out_of_range::{is_out_of_range, RangeWatch};
@@ -364,6 +366,13 @@ pub fn run(consumer: BaseConsumer<Context>, shared: Arc<Shared>, commands: std_m
     drop(consumer);
 }
 
+/// What the consumer makes of a record (see [`LoopState::encode`]).
+struct Encoded {
+    row: Option<Box<[u8]>>,
+    dead_letter: Option<DeadLetter>,
+    raw: Option<Box<Raw>>,
+}
+
 struct LoopState {
     pending_commits: HashMap<(usize, Tp), i64>,
     pending_seeks: Vec<(usize, Tp, u64, Option<NextOffset>)>,
@@ -458,26 +467,17 @@ impl LoopState {
             .seen(&self.key_hashes)
     }
 
-    /// Decodes a record and hands it to its pipeline's buffer.
-    fn intake(&mut self, consumer: &BaseConsumer<Context>, shared: &Shared, msg: &BorrowedMessage<'_>, now: Instant) {
-        if self.drained {
-            // Shutting down: not buffered, not committed, re-read by the next owner.
-            return;
-        }
-        let Some((topic, index)) = shared.topics.route(msg.topic()) else {
-            return;
-        };
-        let pipeline = &shared.pipelines[index];
-        let tp = Tp {
-            topic,
-            partition: msg.partition(),
-        };
-        let Some(target) = pipeline.target(topic) else {
-            // Its table could not be planned (sluice is stopping): the
-            // partition was never registered, so skipping loses nothing.
-            return;
-        };
-        let offset = msg.offset();
+    /// A record's row, or its dead letter when it cannot become one, and
+    /// its raw record when the row repeats a recent row's unique key.
+    fn encode(
+        &mut self,
+        index: usize,
+        target: &Arc<Target>,
+        msg: &BorrowedMessage<'_>,
+        topic: &str,
+        timestamp_ms: Option<i64>,
+        s: &Settings,
+    ) -> Encoded {
         // Only read when a column needs them: librdkafka parses a record's
         // headers with an allocation even when it has none.
         let headers: Vec<HeaderRef<'_>> = match target.encoder.reads_headers().then(|| msg.headers()).flatten() {
@@ -485,16 +485,15 @@ impl LoopState {
             None => Vec::new(),
         };
         let record = RecordRef {
-            topic: msg.topic(),
+            topic,
             partition: msg.partition(),
-            offset,
-            timestamp_ms: msg.timestamp().to_millis(),
+            offset: msg.offset(),
+            timestamp_ms,
             key: msg.key(),
             value: msg.payload(),
             headers: &headers,
         };
         self.scratch.clear();
-        let s = &pipeline.settings;
         // A record that can't become a row keeps its raw bytes as a dead
         // letter, stored with its batch; its offset advances in order.
         let (row, dead_letter) = match record.value.filter(|v| v.len() > s.max_record_bytes) {
@@ -507,12 +506,40 @@ impl LoopState {
         // A row repeating a recent row's unique key keeps its raw record:
         // it will most likely be refused, and then needs it for its dead letter.
         let raw =
-            (row.is_some() && self.repeats_recent_key(index, &target, s.batch_size)).then(|| Box::new(raw_of(msg)));
+            (row.is_some() && self.repeats_recent_key(index, target, s.batch_size)).then(|| Box::new(raw_of(msg)));
+        Encoded { row, dead_letter, raw }
+    }
+
+    /// Decodes a record and hands it to its pipeline's buffer.
+    fn intake(&mut self, consumer: &BaseConsumer<Context>, shared: &Shared, msg: &BorrowedMessage<'_>, now: Instant) {
+        if self.drained {
+            // Shutting down: not buffered, not committed, re-read by the next owner.
+            return;
+        }
+        let topic_name = msg.topic();
+        let Some((topic, index)) = shared.topics.route(topic_name) else {
+            return;
+        };
+        let pipeline = &shared.pipelines[index];
+        let tp = Tp {
+            topic,
+            partition: msg.partition(),
+        };
+        let offset = msg.offset();
+        let meta = record_meta(msg, shared.trace_links);
+        let s = &pipeline.settings;
+        let encoded = pipeline.with_target(topic, |target| {
+            self.encode(index, target, msg, topic_name, meta.timestamp_ms, s)
+        });
+        let Some(Encoded { row, dead_letter, raw }) = encoded else {
+            // Its table could not be planned (sluice is stopping): the
+            // partition was never registered, so skipping loses nothing.
+            return;
+        };
         if let Some(d) = &dead_letter {
-            debug!(pipeline = %pipeline.name, topic = %record.topic, partition = record.partition, offset,
+            debug!(pipeline = %pipeline.name, topic = %topic_name, partition = tp.partition, offset,
                 error = %d.error, "record cannot become a row: dead letter");
         }
-        let meta = record_meta(msg, shared.trace_links);
         let mut entry = Entry::new(tp, 0, offset, row, meta);
         entry.dead_letter = dead_letter.map(Box::new);
         entry.raw = raw;
@@ -532,7 +559,7 @@ impl LoopState {
                     // librdkafka fetch the partition again from it; until then
                     // everything still arriving for it is ignored.
                     self.pending_seeks.push((index, tp, epoch, Some(seek_to)));
-                    info!(pipeline = %pipeline.name, topic = %record.topic, partition = record.partition, offset,
+                    info!(pipeline = %pipeline.name, topic = %topic_name, partition = tp.partition, offset,
                         "buffer full: record refused, the partition will be re-read from it");
                 }
                 Offer::Taken(_) => {}

@@ -36,7 +36,7 @@ use crate::config::Tolerance;
 use crate::model::dead_letter::{DeadLetter, DeadLetterClass, Stored};
 use crate::model::record::{Coordinates, Raw};
 use crate::model::ErrorClass;
-use crate::model::{Topics, Tp};
+use crate::model::{TopicId, Topics, Tp};
 use crate::pipeline::breaker::{Breaker, BreakerSettings, BreakerState, Permit};
 use crate::pipeline::buffer::{Batch, Entry};
 use crate::pipeline::flush_policy::FlushPolicy;
@@ -507,18 +507,32 @@ impl Writer {
         // Rows by target table (one, unless the pipeline has a table per
         // topic), each group in batch order; all in this one transaction.
         let mut groups: Vec<(Arc<Target>, Rows<'_>)> = Vec::new();
+        // The group of the previous row's topic: rows of one topic come in
+        // runs, and a target looked up once per run, not per row.
+        let mut current: Option<(TopicId, usize)> = None;
         for (i, e) in batch.entries.iter().enumerate() {
             let Some(row) = e.row.as_deref() else {
                 continue;
             };
-            let target = self
-                .pipeline
-                .target(e.tp.topic)
-                .expect("a row is only encoded once its topic has a target");
-            match groups.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &target)) {
-                Some((_, rows)) => rows.push((i, row)),
-                None => groups.push((target, vec![(i, row)])),
-            }
+            let group = match current {
+                Some((topic, group)) if topic == e.tp.topic => group,
+                _ => {
+                    let target = self
+                        .pipeline
+                        .target(e.tp.topic)
+                        .expect("a row is only encoded once its topic has a target");
+                    let group = match groups.iter().position(|(t, _)| Arc::ptr_eq(t, &target)) {
+                        Some(group) => group,
+                        None => {
+                            groups.push((target, Vec::with_capacity(batch.entries.len())));
+                            groups.len() - 1
+                        }
+                    };
+                    current = Some((e.tp.topic, group));
+                    group
+                }
+            };
+            groups[group].1.push((i, row));
         }
         let rows_total: usize = groups.iter().map(|(_, rows)| rows.len()).sum();
         // Insert mode: rows repeating an earlier row's unique key (see
