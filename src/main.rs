@@ -87,12 +87,6 @@ fn parse_ids(s: &str) -> Result<(i64, i64), String> {
 /// Exit code for an invalid configuration.
 const EXIT_CONFIG: u8 = 2;
 
-/// mimalloc rather than the system allocator: every record's row is
-/// allocated on the consumer thread and freed on a writer's, which glibc's
-/// malloc serves slowly (bench/RESULTS.md, "allocator").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);

@@ -38,9 +38,10 @@ pub(super) enum Json<'a> {
 
 impl<'a> Json<'a> {
     /// The value whose text (valid JSON as far as serde_json's skipping
-    /// checks) is `raw`; fails where a full parse would: an escape that is
-    /// no character, nesting past the recursion limit.
-    fn read(raw: &'a RawValue) -> serde_json::Result<Json<'a>> {
+    /// checks) is `raw`, found inside `depth` objects and arrays; fails
+    /// where a full parse would: an escape that is no character, nesting
+    /// past the recursion limit (counting the `depth` levels above).
+    fn read(raw: &'a RawValue, depth: usize) -> serde_json::Result<Json<'a>> {
         let text = raw.get();
         Ok(match text.as_bytes().first() {
             Some(b'n') => Json::Null,
@@ -54,7 +55,21 @@ impl<'a> Json<'a> {
                     Json::Str(Cow::Owned(serde_json::from_str(text)?))
                 }
             }
-            Some(b'{' | b'[') => Json::Nested(serde_json::from_str(text)?),
+            Some(b'{' | b'[') if depth == 0 => Json::Nested(serde_json::from_str(text)?),
+            Some(b'{' | b'[') => {
+                // Parsed inside as many arrays as it had containers above, so
+                // that serde_json's recursion limit counts them as the full
+                // parse does.
+                let wrapped = format!("{}{text}{}", "[".repeat(depth), "]".repeat(depth));
+                let mut v: Value = serde_json::from_str(&wrapped)?;
+                for _ in 0..depth {
+                    v = match v {
+                        Value::Array(mut a) => a.pop().unwrap_or(Value::Null),
+                        other => other,
+                    };
+                }
+                Json::Nested(v)
+            }
             _ => Json::Number(number_text(text)),
         })
     }
@@ -65,7 +80,10 @@ impl<'a> Json<'a> {
             Json::Bool(b) => JsonRef::Bool(*b),
             Json::Number(n) => JsonRef::Number(n),
             Json::Str(s) => JsonRef::Str(s),
-            Json::Nested(v) => JsonRef::Nested(v),
+            // A parse may be a scalar after all: an object under one of
+            // serde_json's private keys reads as the number or raw value it
+            // stands for, as in a full parse.
+            Json::Nested(v) => JsonRef::of(v),
         }
     }
 }
@@ -242,6 +260,7 @@ impl Need {
         Project {
             node: &self.root,
             slots: &mut slots,
+            depth: 0,
         }
         .deserialize(&mut de)?;
         de.end()?;
@@ -270,6 +289,8 @@ impl Node {
 struct Project<'n, 's, 'a> {
     node: &'n Node,
     slots: &'s mut [Option<Json<'a>>],
+    /// How many objects and arrays enclose the value.
+    depth: usize,
 }
 
 impl<'a> DeserializeSeed<'a> for Project<'_, '_, 'a> {
@@ -283,7 +304,7 @@ impl<'a> DeserializeSeed<'a> for Project<'_, '_, 'a> {
         }
         if let Some(slot) = self.node.slot {
             let raw = <&'a RawValue>::deserialize(de)?;
-            self.slots[slot] = Some(Json::read(raw).map_err(D::Error::custom)?);
+            self.slots[slot] = Some(Json::read(raw, self.depth).map_err(D::Error::custom)?);
             return Ok(());
         }
         if self.node.members.is_empty() {
@@ -295,25 +316,47 @@ impl<'a> DeserializeSeed<'a> for Project<'_, '_, 'a> {
 }
 
 /// An object key, matched against the members without an allocation.
-struct Key<'n>(&'n [Member]);
+struct Key<'n> {
+    members: &'n [Member],
+    first: bool,
+}
+
+/// What an object key is.
+enum KeyIs {
+    Member(usize),
+    Other,
+    /// serde_json's private number key as an object's first key: the
+    /// "object" is a number (`arbitrary_precision` hands numbers over so,
+    /// and a full parse reads a record's own such object as one too).
+    Number,
+}
+
+/// serde_json's private key for a number kept as text.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
 impl<'de> DeserializeSeed<'de> for Key<'_> {
-    type Value = Option<usize>;
+    type Value = KeyIs;
 
-    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Option<usize>, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<KeyIs, D::Error> {
         de.deserialize_str(self)
     }
 }
 
 impl<'de> Visitor<'de> for Key<'_> {
-    type Value = Option<usize>;
+    type Value = KeyIs;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an object key")
     }
 
-    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Option<usize>, E> {
-        Ok(self.0.iter().position(|m| *m.key == *key))
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<KeyIs, E> {
+        if self.first && key == NUMBER_TOKEN {
+            return Ok(KeyIs::Number);
+        }
+        Ok(match self.members.iter().position(|m| *m.key == *key) {
+            Some(at) => KeyIs::Member(at),
+            None => KeyIs::Other,
+        })
     }
 }
 
@@ -348,14 +391,27 @@ impl<'a> Visitor<'a> for Project<'_, '_, 'a> {
     }
 
     fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<(), A::Error> {
-        let Project { node, slots } = self;
-        while let Some(found) = map.next_key_seed(Key(&node.members))? {
+        let Project { node, slots, depth } = self;
+        let mut first = true;
+        let mut number = false;
+        while let Some(found) = map.next_key_seed(Key {
+            members: if number { &[] } else { &node.members },
+            first,
+        })? {
+            first = false;
             match found {
-                Some(at) => map.next_value_seed(Project {
+                KeyIs::Member(at) => map.next_value_seed(Project {
                     node: &node.members[at].node,
                     slots: &mut *slots,
+                    depth: depth + 1,
                 })?,
-                None => {
+                // A number: nothing below it resolves (its slots were
+                // emptied on the way in).
+                KeyIs::Number => {
+                    number = true;
+                    map.next_value::<IgnoredAny>()?;
+                }
+                KeyIs::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
@@ -364,7 +420,7 @@ impl<'a> Visitor<'a> for Project<'_, '_, 'a> {
     }
 
     fn visit_seq<A: SeqAccess<'a>>(self, mut seq: A) -> Result<(), A::Error> {
-        let Project { node, slots } = self;
+        let Project { node, slots, depth } = self;
         let mut i = 0;
         loop {
             let more = match node.members.iter().find(|m| m.index == Some(i)) {
@@ -372,6 +428,7 @@ impl<'a> Visitor<'a> for Project<'_, '_, 'a> {
                     .next_element_seed(Project {
                         node: &member.node,
                         slots: &mut *slots,
+                        depth: depth + 1,
                     })?
                     .is_some(),
                 None => seq.next_element::<IgnoredAny>()?.is_some(),
@@ -532,6 +589,42 @@ mod tests {
         assert_eq!(found, vec![None, None]);
         let found = project(&["/a/b", "/a/c"], r#"{"a": 3, "a": {"b": 1}}"#).unwrap();
         assert_eq!(found, vec![Some(Value::from(1)), None]);
+    }
+
+    #[test]
+    fn the_recursion_limit_counts_the_levels_above_a_read_value() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        for (paths, text) in [
+            (&["/a"][..], format!(r#"{{"a": {}}}"#, deep(127))),
+            (&["/a/b"][..], format!(r#"{{"a": {{"b": {}}}}}"#, deep(126))),
+            (&["/a", "/a/0"][..], format!(r#"{{"a": {}}}"#, deep(127))),
+        ] {
+            assert!(serde_json::from_str::<Value>(&text).is_err());
+            assert!(project(paths, &text).is_err(), "{paths:?}");
+        }
+        let fits = format!(r#"{{"a": {{"b": {}}}}}"#, deep(125));
+        let full: Value = serde_json::from_str(&fits).unwrap();
+        assert_eq!(project(&["/a/b"], &fits).unwrap(), vec![Some(full["a"]["b"].clone())]);
+    }
+
+    #[test]
+    fn serde_jsons_private_number_key_reads_as_the_full_parse_does() {
+        // A decimal reaches the projection as a map under the private key.
+        assert_eq!(
+            project(&["/a/$serde_json::private::Number", "/a"], r#"{"a": 1.5}"#).unwrap(),
+            vec![None, Some(serde_json::from_str("1.5").unwrap())]
+        );
+        // A record's own such object is the number, as in a full parse.
+        let text = r#"{"a": {"$serde_json::private::Number": "15"}}"#;
+        let full: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(project(&["/a"], text).unwrap(), vec![Some(full["a"].clone())]);
+        let paths = [path("/a")];
+        let (need, lookups) = Need::of(&paths);
+        let slots = need.parse(text).unwrap();
+        assert!(matches!(
+            lookups[0].as_ref().unwrap().find(&slots),
+            Some(JsonRef::Number("15"))
+        ));
     }
 
     #[test]
