@@ -39,8 +39,18 @@ impl Server {
         observed: Arc<Observed>,
         prometheus: Option<PrometheusEndpoint>,
     ) -> std::io::Result<Server> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr().unwrap_or(addr);
+        Self::start_on(bind(addr)?, observed, prometheus)
+    }
+
+    /// Serves the routes on `listener` (from [`bind`]; the start-up server
+    /// may have served it before) until [`Server::stop`].
+    pub fn start_on(
+        listener: std::net::TcpListener,
+        observed: Arc<Observed>,
+        prometheus: Option<PrometheusEndpoint>,
+    ) -> std::io::Result<Server> {
+        let addr = listener.local_addr()?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let (stop, rx) = tokio::sync::oneshot::channel();
         let app = router(observed, prometheus);
         let task = tokio::spawn(async move {
@@ -60,6 +70,15 @@ impl Server {
         let _ = self.stop.send(());
         let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
     }
+}
+
+/// A listening socket for the telemetry server, non-blocking as tokio
+/// needs it; `try_clone` hands it from the start-up server to the running
+/// one without a moment of refused connections.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 #[derive(Clone)]

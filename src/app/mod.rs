@@ -10,6 +10,7 @@ pub mod http;
 pub mod observe;
 pub mod plan;
 mod run;
+mod startup;
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;

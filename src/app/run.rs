@@ -10,9 +10,10 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use super::assigner::Assigner;
+use super::http;
 use super::observe::{self, Observed};
 use super::plan::{plan_pipelines, topics_of, PlanError};
-use super::{connect, http, migrate};
+use super::startup::{wait_for_services, StartingServer, Waiting};
 use crate::config::{Config, OffsetReset};
 use crate::kafka::consumer::{self, Shared};
 use crate::kafka::dead_letter_topic::DeadLetterProducer;
@@ -26,10 +27,33 @@ use crate::telemetry::Telemetry;
 /// Runs sluice until `shutdown` resolves, then drains within
 /// `config.shutdown_timeout` and leaves the group.
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    let pool = connect(&config.postgres)
-        .await
-        .with_context(|| format!("connecting to postgres {}", config.postgres.redacted_url()))?;
-    migrate(&pool).await.context("applying sluice migrations")?;
+    let started = tokio::time::Instant::now();
+    tokio::pin!(shutdown);
+    // The telemetry port is served from the start: /healthz alive, /readyz
+    // not ready and why, while Postgres and Kafka are waited for.
+    let waiting = Waiting::default();
+    let (listener, starting_http) = match config.telemetry.http_socket_addr() {
+        Some(addr) => {
+            let listener =
+                http::bind(addr).with_context(|| format!("starting telemetry: binding telemetry.http_addr {addr}"))?;
+            let starting = StartingServer::start(
+                listener
+                    .try_clone()
+                    .context("starting telemetry: the start-up server")?,
+                waiting.clone(),
+            )
+            .context("starting telemetry: the start-up server")?;
+            (Some(listener), Some(starting))
+        }
+        None => (None, None),
+    };
+    let pool = tokio::select! {
+        pool = wait_for_services(&config, &waiting, started) => pool?,
+        _ = &mut shutdown => {
+            info!("shutdown requested while starting");
+            return Ok(());
+        }
+    };
     let topics = Arc::new(topics_of(&config)?);
     let pipelines = match plan_pipelines(&config, &pool, &topics).await {
         Ok(p) => p,
@@ -130,11 +154,13 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let _instruments = telemetry
         .meter()
         .map(|meter| observe::register(&meter, observed.clone()));
-    let http = match config.telemetry.http_socket_addr() {
-        Some(addr) => Some(
-            http::Server::start(addr, observed.clone(), telemetry.prometheus())
-                .await
-                .with_context(|| format!("starting telemetry: binding telemetry.http_addr {addr}"))?,
+    if let Some(starting) = starting_http {
+        starting.stop().await;
+    }
+    let http = match listener {
+        Some(listener) => Some(
+            http::Server::start_on(listener, observed.clone(), telemetry.prometheus())
+                .context("starting telemetry: serving telemetry.http_addr")?,
         ),
         None => None,
     };
@@ -165,7 +191,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     info!(pipelines = pipelines.len(), group = %config.kafka.group_id, brokers = %config.kafka.brokers, "sluice running");
 
     tokio::select! {
-        _ = shutdown => info!(timeout = ?config.shutdown_timeout, "shutdown requested: draining"),
+        _ = &mut shutdown => info!(timeout = ?config.shutdown_timeout, "shutdown requested: draining"),
         _ = &mut done_rx => match shared.fatal() {
             Some(why) => bail!("{why}"),
             None => bail!("the consumer loop ended unexpectedly"),

@@ -66,6 +66,11 @@ pub struct Config {
     /// owner of the partition). Default `"30s"`.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How long `sluice run` keeps trying a Postgres or Kafka it cannot
+    /// reach at start (backoff from 0.5 s to 10 s, a WARN per attempt)
+    /// before it exits 1. Default `"5m"`.
+    #[serde(default = "default_startup_timeout", with = "humantime_serde")]
+    pub startup_timeout: Duration,
     /// The topic → table mappings. Required, at least one.
     pub pipelines: Vec<PipelineConfig>,
     /// Metrics, traces, health and status endpoints.
@@ -78,6 +83,10 @@ pub struct Config {
 
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+pub(crate) fn default_startup_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 impl Config {

@@ -17,7 +17,14 @@ pub const ENV_PREFIX: &str = "SLUICE_";
 
 /// The top-level config keys. A variable without a `__` level separator is
 /// a config key only when it names one of these (`SLUICE_SHUTDOWN_TIMEOUT`).
-pub const TOP_LEVEL_KEYS: &[&str] = &["kafka", "postgres", "shutdown_timeout", "pipelines", "telemetry"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "kafka",
+    "postgres",
+    "shutdown_timeout",
+    "startup_timeout",
+    "pipelines",
+    "telemetry",
+];
 
 /// Whether `SLUICE_<name>` is meant as a config key.
 ///

@@ -52,6 +52,7 @@ fn valid() -> Config {
         kafka: KafkaConfig::default(),
         postgres: PostgresConfig::default(),
         shutdown_timeout: default_shutdown_timeout(),
+        startup_timeout: default_startup_timeout(),
         pipelines: vec![PipelineConfig::new(
             "orders",
             vec!["orders".into()],
@@ -193,8 +194,9 @@ fn unknown_top_level_key_is_named() {
         let err = load_err(jail, &format!("shutdown_timeuot = \"5s\"\n{MINIMAL}"));
         assert_eq!(err.key, "shutdown_timeuot");
         assert!(
-            err.message
-                .starts_with("unknown key; expected one of: kafka, postgres, shutdown_timeout, pipelines"),
+            err.message.starts_with(
+                "unknown key; expected one of: kafka, postgres, shutdown_timeout, startup_timeout, pipelines"
+            ),
             "{err}"
         );
         assert!(err.message.contains(FILE), "names the file: {err}");

@@ -692,7 +692,12 @@ pub struct BlackholeProxy {
 
 impl BlackholeProxy {
     pub async fn start(upstream: String) -> BlackholeProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at("127.0.0.1:0", upstream).await
+    }
+
+    /// A proxy listening at `addr` (`host:port`).
+    pub async fn start_at(addr: &str, upstream: String) -> BlackholeProxy {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let forwarding = Arc::new(AtomicBool::new(true));
         let on = forwarding.clone();

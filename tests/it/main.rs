@@ -12,6 +12,7 @@ mod mappings;
 mod memory;
 mod offsets;
 mod outage;
+mod startup;
 mod telemetry;
 mod timeouts;
 mod upsert;
