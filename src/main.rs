@@ -104,7 +104,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         match cli.command {
             Command::Run => match app::run(config, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -148,7 +148,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-    })
+    });
+    // A blocking task still running (a Kafka probe cut short by SIGTERM
+    // while starting) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 /// `sluice dlq ...`; exits 1 from `replay` when some dead letters are still refused.

@@ -33,6 +33,16 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connects to Postgres with the configured pool settings.
 pub async fn connect(config: &PostgresConfig) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(config.pool_size)
+        .acquire_timeout(config.connect_timeout)
+        .connect_with(connect_options(config)?)
+        .await
+}
+
+/// The options of every connection sluice opens: the URL, TLS, and the
+/// server-side timeouts.
+pub fn connect_options(config: &PostgresConfig) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error> {
     use sqlx::postgres::{PgConnectOptions, PgSslMode};
     let mut options: PgConnectOptions = config.url.parse()?;
     if let Some(mode) = config.sslmode {
@@ -57,15 +67,10 @@ pub async fn connect(config: &PostgresConfig) -> Result<PgPool, sqlx::Error> {
     // No sluice transaction idles longer than `write_timeout` (the client
     // gives up by then), so the server may end such orphans after it.
     let idle_in_transaction = config.write_timeout.as_millis().max(1).to_string();
-    options = options.options([
+    Ok(options.options([
         ("statement_timeout", statement_timeout.as_str()),
         ("idle_in_transaction_session_timeout", idle_in_transaction.as_str()),
-    ]);
-    PgPoolOptions::new()
-        .max_connections(config.pool_size)
-        .acquire_timeout(config.connect_timeout)
-        .connect_with(options)
-        .await
+    ]))
 }
 
 /// Applies sluice's migrations; safe to run concurrently (sqlx takes an

@@ -29,6 +29,8 @@ use crate::telemetry::Telemetry;
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let started = tokio::time::Instant::now();
     tokio::pin!(shutdown);
+    // What needs no service is checked before waiting for them.
+    let topics = Arc::new(topics_of(&config)?);
     // The telemetry port is served from the start: /healthz alive, /readyz
     // not ready and why, while Postgres and Kafka are waited for.
     let waiting = Waiting::default();
@@ -54,7 +56,6 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             return Ok(());
         }
     };
-    let topics = Arc::new(topics_of(&config)?);
     let pipelines = match plan_pipelines(&config, &pool, &topics).await {
         Ok(p) => p,
         Err(PlanError::Mapping(errors)) => {

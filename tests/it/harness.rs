@@ -692,12 +692,14 @@ pub struct BlackholeProxy {
 
 impl BlackholeProxy {
     pub async fn start(upstream: String) -> BlackholeProxy {
-        Self::start_at("127.0.0.1:0", upstream).await
+        Self::start_on(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), upstream).await
     }
 
-    /// A proxy listening at `addr` (`host:port`).
-    pub async fn start_at(addr: &str, upstream: String) -> BlackholeProxy {
-        let listener = TcpListener::bind(addr).await.unwrap();
+    /// A proxy serving `listener`, bound earlier (connections made since
+    /// waited in its backlog).
+    pub async fn start_on(listener: std::net::TcpListener, upstream: String) -> BlackholeProxy {
+        listener.set_nonblocking(true).unwrap();
+        let listener = TcpListener::from_std(listener).unwrap();
         let addr = listener.local_addr().unwrap();
         let forwarding = Arc::new(AtomicBool::new(true));
         let on = forwarding.clone();

@@ -41,8 +41,10 @@ async fn start_up_waits_for_postgres_then_kafka() {
     })
     .await
     .unwrap();
-    // Kafka: the bootstrap address has nothing behind it yet.
-    let kafka_addr = format!("127.0.0.1:{}", free_port());
+    // Kafka: the bootstrap address accepts connections (into the backlog)
+    // but nothing answers yet, as with a broker still starting.
+    let kafka_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let kafka_addr = kafka_listener.local_addr().unwrap().to_string();
     let reachable_later = Services {
         brokers: kafka_addr.clone(),
         database_url: pg.url(),
@@ -94,7 +96,7 @@ async fn start_up_waits_for_postgres_then_kafka() {
     assert_eq!(http_get(&http, "/healthz").map(|(code, _)| code), Some(200));
 
     // Kafka comes up at the bootstrap address: everything lands, once.
-    let _kafka = BlackholeProxy::start_at(&kafka_addr, services.brokers.clone()).await;
+    let _kafka = BlackholeProxy::start_on(kafka_listener, services.brokers.clone()).await;
     let pool = PgPool::connect(&pg.url()).await.unwrap();
     await_rows(&pool, &table, 200, Duration::from_secs(90), || sluice.log_text()).await;
     assert_exactly_once(&pool, &table, 2, 200).await;
@@ -120,6 +122,7 @@ async fn start_up_gives_up_after_startup_timeout() {
         "startup_timeout = \"2s\"\n{}",
         config(&nowhere, &group, &topic, &table, ORDER_COLUMNS, "")
     );
+    let started = std::time::Instant::now();
     let mut sluice = Sluice::start(&cfg);
     let status = sluice.wait_timeout(Duration::from_secs(30));
     let log = sluice.log_text();
@@ -128,6 +131,82 @@ async fn start_up_gives_up_after_startup_timeout() {
         Some(1),
         "exits 1 after startup_timeout:\n{log}"
     );
+    // 2 s, and the process's own start and exit.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}:\n{log}",
+        started.elapsed()
+    );
     assert!(log.contains("waiting for postgres"), "{log}");
     assert!(log.contains("startup_timeout 2s passed"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_will_not_clear_by_itself_is_not_waited_for() {
+    let services = Services::from_env();
+    let (topic, group, table) = (unique("startup"), unique("g"), unique("orders"));
+    let (base, _) = services.database_url.rsplit_once('/').unwrap();
+    let missing_database = Services {
+        brokers: services.brokers.clone(),
+        database_url: format!("{base}/{}", unique("no_such_db")),
+    };
+    let cfg = format!(
+        "startup_timeout = \"2m\"\n{}",
+        config(&missing_database, &group, &topic, &table, ORDER_COLUMNS, "")
+    );
+    let started = std::time::Instant::now();
+    let mut sluice = Sluice::start(&cfg);
+    let status = sluice.wait_timeout(Duration::from_secs(30));
+    let log = sluice.log_text();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "a missing database exits 1:\n{log}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "at once, not after 2m:\n{log}"
+    );
+    assert!(log.contains("does not exist"), "{log}");
+    assert!(!log.contains("not reachable yet"), "not retried:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_waiting_exits_zero_and_no_password_is_shown() {
+    let services = Services::from_env();
+    let (topic, group, table) = (unique("startup"), unique("g"), unique("orders"));
+    let password = "pw-s3cret-startup";
+    let nowhere = Services {
+        brokers: services.brokers.clone(),
+        database_url: format!("postgres://sluice:{password}@127.0.0.1:{}/postgres", free_port()),
+    };
+    let cfg = format!(
+        "startup_timeout = \"2m\"\n{}",
+        config(&nowhere, &group, &topic, &table, ORDER_COLUMNS, "")
+    );
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut sluice = Sluice::start_with_env(&cfg, &[("SLUICE_TELEMETRY__HTTP_ADDR", &http)]);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            sluice.log_text().contains("attempt=2")
+        })
+        .await,
+        "retrying:\n{}",
+        sluice.log_text()
+    );
+    let (code, body) = http_get(&http, "/readyz").expect("/readyz answers while starting");
+    assert_eq!(code, 503);
+    assert!(body.contains("waiting for postgres"), "{body}");
+    assert!(!body.contains(password), "{body}");
+    let (_, status) = http_get(&http, "/status").expect("/status answers while starting");
+    assert!(!status.contains(password), "{status}");
+    sluice.sigterm();
+    let status = sluice.wait_timeout(Duration::from_secs(20));
+    let log = sluice.log_text();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "SIGTERM while waiting exits 0:\n{log}"
+    );
+    assert!(!log.contains(password), "{log}");
 }
