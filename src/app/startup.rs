@@ -186,10 +186,12 @@ pub async fn wait_for_services(config: &Config, waiting: &Waiting, started: Inst
             Err(_) => return Err(backoff.give_up(waiting)),
         }
     };
-    // Metadata needs no group: without `group.id`, closing the probe does
-    // not wait to leave one.
+    // Metadata needs no group: without `group.id` (and so without the
+    // instance id, which needs one), closing the probe does not wait to
+    // leave one.
     let mut properties = config.consumer_properties();
     properties.remove("group.id");
+    properties.remove("group.instance.id");
     let client = Arc::new(kafka_client(&properties)?);
     let brokers = &config.kafka.brokers;
     waiting.set(format!("waiting for kafka {brokers}"));

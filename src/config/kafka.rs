@@ -101,6 +101,14 @@ pub struct KafkaConfig {
     /// Default `"10s"`.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// Static group membership (librdkafka `group.instance.id`, KIP-345): a
+    /// name unique to this member within the group and stable across its
+    /// restarts, such as the pod name. A member that comes back under it
+    /// within `session_timeout` takes its partitions back without a
+    /// rebalance; a member that stops does not leave the group, so its
+    /// partitions wait for it (or for `session_timeout`). Default none
+    /// (dynamic membership).
+    pub instance_id: Option<String>,
     /// Extra librdkafka consumer properties passed through as-is
     /// (`security.protocol`, `sasl.*`, `ssl.*`, `client.id`, ...). Properties
     /// sluice sets or owns are refused; see [`Config::validate`]. Default empty.
@@ -120,6 +128,7 @@ impl Default for KafkaConfig {
             auto_offset_reset: OffsetReset::Earliest,
             on_offset_out_of_range: OnOffsetOutOfRange::Stop,
             session_timeout: Duration::from_secs(10),
+            instance_id: None,
             properties: BTreeMap::new(),
             prefetch_bytes: ByteSize::mib(16),
         }
@@ -183,6 +192,9 @@ impl KafkaConfig {
         for (k, v) in owned {
             props.insert(k.to_owned(), v);
         }
+        if let Some(id) = &self.instance_id {
+            props.insert("group.instance.id".to_owned(), id.clone());
+        }
         // When its local queue is over `queued.max.messages.kbytes` (small
         // here: it is part of the memory budget), librdkafka postpones the
         // partition's next fetch by this much; its default, 1 s, idles the
@@ -238,6 +250,7 @@ impl fmt::Debug for KafkaConfig {
             .field("auto_offset_reset", &self.auto_offset_reset)
             .field("on_offset_out_of_range", &self.on_offset_out_of_range)
             .field("session_timeout", &self.session_timeout)
+            .field("instance_id", &self.instance_id)
             .field("properties", &self.redacted_properties())
             .field("prefetch_bytes", &self.prefetch_bytes)
             .finish()
@@ -260,6 +273,12 @@ impl KafkaConfig {
         }
         if kafka.group_id.trim().is_empty() {
             return Err((at("group_id"), "must not be empty".to_owned()));
+        }
+        if kafka.instance_id.as_ref().is_some_and(|id| id.trim().is_empty()) {
+            return Err((
+                at("instance_id"),
+                "must not be empty (leave it out for dynamic membership)".to_owned(),
+            ));
         }
         // librdkafka's range for session.timeout.ms.
         let ms = kafka.session_timeout.as_millis();
@@ -311,6 +330,7 @@ fn refused_property(name: &str, value: &str) -> Option<String> {
              rows); remove it"
         }
         "group.id" => "sluice sets it; use kafka.group_id instead",
+        "group.instance.id" => "sluice sets it; use kafka.instance_id instead",
         "bootstrap.servers" | "metadata.broker.list" => "sluice sets it; use kafka.brokers instead",
         "auto.offset.reset" => {
             "sluice sets it; use kafka.auto_offset_reset (where a partition with no stored offset starts) \

@@ -9,6 +9,7 @@ mod delivery;
 mod fencing;
 mod harness;
 mod mappings;
+mod membership;
 mod memory;
 mod offsets;
 mod outage;
