@@ -520,6 +520,7 @@ fn kafka_and_postgres_rules() {
         ("kafka.brokers", |c| c.kafka.brokers = "".into()),
         ("kafka.brokers", |c| c.kafka.brokers = "a:9092,,b:9092".into()),
         ("kafka.group_id", |c| c.kafka.group_id = " ".into()),
+        ("kafka.instance_id", |c| c.kafka.instance_id = Some(" ".into())),
         ("kafka.session_timeout", |c| c.kafka.session_timeout = Duration::ZERO),
         ("kafka.session_timeout", |c| {
             c.kafka.session_timeout = Duration::from_secs(3601)
@@ -547,6 +548,7 @@ fn refused_properties_name_the_property_and_the_alternative() {
         ("auto.commit.enable", "true", "after each Postgres transaction"),
         ("enable.auto.offset.store", "true", "owns offset storage"),
         ("group.id", "g", "kafka.group_id"),
+        ("group.instance.id", "pod-7", "kafka.instance_id"),
         ("bootstrap.servers", "b:9092", "kafka.brokers"),
         ("metadata.broker.list", "b:9092", "kafka.brokers"),
         ("auto.offset.reset", "latest", "kafka.auto_offset_reset"),
@@ -687,6 +689,11 @@ fn consumer_properties_set_what_sluice_owns() {
         c.consumer_properties()["partition.assignment.strategy"],
         "range,roundrobin"
     );
+
+    // Static membership only when asked for.
+    assert!(!c.consumer_properties().contains_key("group.instance.id"));
+    c.kafka.instance_id = Some("pod-7".into());
+    assert_eq!(c.consumer_properties()["group.instance.id"], "pod-7");
 }
 
 #[test]
@@ -816,6 +823,7 @@ fn example_config_loads_validates_and_documents_the_defaults() {
         // the documentation cannot drift from the code.
         assert_eq!(config.kafka, KafkaConfig::default());
         assert_eq!(config.shutdown_timeout, default_shutdown_timeout());
+        assert_eq!(config.startup_timeout, default_startup_timeout());
         assert_eq!(
             config.postgres,
             PostgresConfig {
