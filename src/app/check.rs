@@ -146,12 +146,8 @@ fn kafka_metadata(
     properties: &std::collections::BTreeMap<String, String>,
     timeout: Duration,
 ) -> Result<Vec<String>, rdkafka::error::KafkaError> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let mut config = rdkafka::ClientConfig::new();
-    for (k, v) in properties {
-        config.set(k, v);
-    }
-    let consumer: BaseConsumer = config.create()?;
+    use rdkafka::consumer::Consumer as _;
+    let consumer = crate::kafka::metadata_client(properties)?;
     let metadata = consumer.fetch_metadata(None, timeout)?;
     Ok(metadata.topics().iter().map(|t| t.name().to_owned()).collect())
 }

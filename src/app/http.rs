@@ -49,10 +49,19 @@ impl Server {
         observed: Arc<Observed>,
         prometheus: Option<PrometheusEndpoint>,
     ) -> std::io::Result<Server> {
+        Self::serve(
+            listener,
+            router(observed, prometheus),
+            "/metrics /healthz /readyz /status",
+        )
+    }
+
+    /// Serves `app` on `listener` until [`Server::stop`]; logs `routes`
+    /// with the address.
+    pub fn serve(listener: std::net::TcpListener, app: Router, routes: &str) -> std::io::Result<Server> {
         let addr = listener.local_addr()?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let (stop, rx) = tokio::sync::oneshot::channel();
-        let app = router(observed, prometheus);
         let task = tokio::spawn(async move {
             let server = axum::serve(listener, app).with_graceful_shutdown(async {
                 let _ = rx.await;
@@ -61,14 +70,20 @@ impl Server {
                 warn!(error = %err, "telemetry http server failed");
             }
         });
-        info!(%addr, "serving /metrics /healthz /readyz /status");
+        info!(%addr, "serving {routes}");
         Ok(Server { addr, stop, task })
     }
 
-    /// Stops serving (waits up to 2 s for requests in progress).
-    pub async fn stop(self) {
+    /// Stops serving: waits up to 2 s for requests in progress, then ends
+    /// them.
+    pub async fn stop(mut self) {
         let _ = self.stop.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use super::assigner::Assigner;
 use super::http;
 use super::observe::{self, Observed};
 use super::plan::{plan_pipelines, topics_of, PlanError};
-use super::startup::{wait_for_services, StartingServer, Waiting};
+use super::startup::{serve_starting, wait_for_services, Waiting};
 use crate::config::{Config, OffsetReset};
 use crate::kafka::consumer::{self, Shared};
 use crate::kafka::dead_letter_topic::DeadLetterProducer;
@@ -38,7 +38,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         Some(addr) => {
             let listener =
                 http::bind(addr).with_context(|| format!("starting telemetry: binding telemetry.http_addr {addr}"))?;
-            let starting = StartingServer::start(
+            let starting = serve_starting(
                 listener
                     .try_clone()
                     .context("starting telemetry: the start-up server")?,

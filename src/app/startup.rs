@@ -15,14 +15,14 @@ use axum::routing::get;
 use axum::{Json, Router};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
-use rdkafka::ClientConfig;
 use serde_json::json;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{connect, connect_options, migrate};
+use super::{connect, connect_options, http, migrate};
 use crate::config::Config;
+use crate::kafka::metadata_client;
 
 /// The first wait between attempts; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -45,46 +45,16 @@ impl Waiting {
 }
 
 /// The HTTP server while starting: `/healthz` 200, `/readyz` and
-/// `/status` 503 with what is awaited, `/metrics` 503.
-pub struct StartingServer {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl StartingServer {
-    /// Serves `listener` (from [`super::http::bind`]) until [`StartingServer::stop`].
-    pub fn start(listener: std::net::TcpListener, waiting: Waiting) -> std::io::Result<StartingServer> {
-        let addr = listener.local_addr()?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        info!(%addr, "serving /healthz /readyz while starting");
-        let (stop, rx) = tokio::sync::oneshot::channel();
-        let app = Router::new()
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(unready))
-            .route("/status", get(unready))
-            .route("/metrics", get(|| async { StatusCode::SERVICE_UNAVAILABLE }))
-            .with_state(waiting);
-        let task = tokio::spawn(async move {
-            let server = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = rx.await;
-            });
-            if let Err(err) = server.await {
-                warn!(error = %err, "telemetry http server failed while starting");
-            }
-        });
-        Ok(StartingServer { stop, task })
-    }
-
-    /// Stops serving, releasing the address for the running server.
-    pub async fn stop(mut self) {
-        let _ = self.stop.send(());
-        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
-            .await
-            .is_err()
-        {
-            self.task.abort();
-        }
-    }
+/// `/status` 503 with what is awaited, `/metrics` 503. Serves `listener`
+/// (from [`http::bind`]) until [`http::Server::stop`].
+pub fn serve_starting(listener: std::net::TcpListener, waiting: Waiting) -> std::io::Result<http::Server> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(unready))
+        .route("/status", get(unready))
+        .route("/metrics", get(|| async { StatusCode::SERVICE_UNAVAILABLE }))
+        .with_state(waiting);
+    http::Server::serve(listener, app, "/healthz /readyz while starting")
 }
 
 async fn unready(State(waiting): State<Waiting>) -> Response {
@@ -232,11 +202,7 @@ pub async fn wait_for_services(config: &Config, waiting: &Waiting, started: Inst
 /// not built in) fails at once; the property's value is not shown (it may
 /// be a secret under a mistyped name).
 fn kafka_client(properties: &BTreeMap<String, String>) -> anyhow::Result<BaseConsumer> {
-    let mut client = ClientConfig::new();
-    for (k, v) in properties {
-        client.set(k, v);
-    }
-    client.create().map_err(|err| match err {
+    metadata_client(properties).map_err(|err| match err {
         KafkaError::ClientConfig(_, desc, key, _) => anyhow!("kafka.properties: `{key}`: {desc}"),
         other => anyhow!("creating the kafka client: {other}"),
     })

@@ -11,6 +11,18 @@ pub mod offsets;
 pub mod refetch;
 
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::KafkaResult;
+
+/// A plain client of `properties` for metadata requests: it never
+/// subscribes, so it joins no group.
+pub fn metadata_client(properties: &std::collections::BTreeMap<String, String>) -> KafkaResult<BaseConsumer> {
+    let mut config = rdkafka::ClientConfig::new();
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    config.create()
+}
 
 /// The level librdkafka logs at: everything when a `debug` property asks
 /// for librdkafka's debug contexts (`kafka.properties.debug = "fetch"`),

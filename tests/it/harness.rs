@@ -339,6 +339,24 @@ impl Drop for Sluice {
     }
 }
 
+/// `GET path` over HTTP/1.1 on `addr`: the status code and the body;
+/// `None` while nothing listens.
+pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
 /// A config for one pipeline from `topic` into `table`, with test-friendly timings.
 pub fn config(services: &Services, group: &str, topic: &str, table: &str, columns: &str, extra: &str) -> String {
     format!(

@@ -8,16 +8,24 @@ use sqlx::PgPool;
 
 use crate::harness::*;
 
-/// `GET path` on `addr`: the status code and the body; `None` while nothing answers.
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, text.split_once("\r\n\r\n")?.1.to_owned()))
+/// A config of one pipeline reading the test broker (unless `brokers`)
+/// into `database_url`, with `startup_timeout`.
+fn startup_config(brokers: &str, database_url: String, startup_timeout: &str) -> String {
+    let target = Services {
+        brokers: brokers.to_owned(),
+        database_url,
+    };
+    let (topic, group, table) = (unique("startup"), unique("g"), unique("orders"));
+    format!(
+        "startup_timeout = \"{startup_timeout}\"\n{}",
+        config(&target, &group, &topic, &table, ORDER_COLUMNS, "")
+    )
+}
+
+/// Waits up to `timeout` for `sluice` to exit: its exit code and its log.
+fn exit_of(sluice: &mut Sluice, timeout: Duration) -> (Option<i32>, String) {
+    let status = sluice.wait_timeout(timeout);
+    (status.and_then(|s| s.code()), sluice.log_text())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -59,14 +67,14 @@ async fn start_up_waits_for_postgres_then_kafka() {
     // Alive, not ready, waiting for Postgres, retrying with a log line each time.
     assert!(
         eventually(Duration::from_secs(30), || async {
-            matches!(http_get(&http, "/readyz"), Some((503, body)) if body.contains("waiting for postgres"))
+            matches!(http_get(&http, "/readyz").await, Some((503, body)) if body.contains("waiting for postgres"))
         })
         .await,
         "/readyz while Postgres is down: {:?}\n{}",
-        http_get(&http, "/readyz"),
+        http_get(&http, "/readyz").await,
         sluice.log_text()
     );
-    assert_eq!(http_get(&http, "/healthz").map(|(code, _)| code), Some(200));
+    assert_eq!(http_get(&http, "/healthz").await.map(|(code, _)| code), Some(200));
     assert!(
         eventually(Duration::from_secs(30), || async {
             sluice.log_text().contains("postgres is not reachable yet; retrying")
@@ -86,14 +94,14 @@ async fn start_up_waits_for_postgres_then_kafka() {
     .unwrap();
     assert!(
         eventually(Duration::from_secs(60), || async {
-            matches!(http_get(&http, "/readyz"), Some((503, body)) if body.contains("waiting for kafka"))
+            matches!(http_get(&http, "/readyz").await, Some((503, body)) if body.contains("waiting for kafka"))
         })
         .await,
         "/readyz while Kafka is away: {:?}\n{}",
-        http_get(&http, "/readyz"),
+        http_get(&http, "/readyz").await,
         sluice.log_text()
     );
-    assert_eq!(http_get(&http, "/healthz").map(|(code, _)| code), Some(200));
+    assert_eq!(http_get(&http, "/healthz").await.map(|(code, _)| code), Some(200));
 
     // Kafka comes up at the bootstrap address: everything lands, once.
     let _kafka = BlackholeProxy::start_on(kafka_listener, services.brokers.clone()).await;
@@ -102,35 +110,22 @@ async fn start_up_waits_for_postgres_then_kafka() {
     assert_exactly_once(&pool, &table, 2, 200).await;
     assert!(
         eventually(Duration::from_secs(30), || async {
-            matches!(http_get(&http, "/readyz"), Some((200, _)))
+            matches!(http_get(&http, "/readyz").await, Some((200, _)))
         })
         .await,
         "ready once running: {:?}",
-        http_get(&http, "/readyz")
+        http_get(&http, "/readyz").await
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn start_up_gives_up_after_startup_timeout() {
     let services = Services::from_env();
-    let (topic, group, table) = (unique("startup"), unique("g"), unique("orders"));
-    let nowhere = Services {
-        brokers: services.brokers.clone(),
-        database_url: format!("postgres://postgres@127.0.0.1:{}/postgres", free_port()),
-    };
-    let cfg = format!(
-        "startup_timeout = \"2s\"\n{}",
-        config(&nowhere, &group, &topic, &table, ORDER_COLUMNS, "")
-    );
+    let nowhere = format!("postgres://postgres@127.0.0.1:{}/postgres", free_port());
     let started = std::time::Instant::now();
-    let mut sluice = Sluice::start(&cfg);
-    let status = sluice.wait_timeout(Duration::from_secs(30));
-    let log = sluice.log_text();
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(1),
-        "exits 1 after startup_timeout:\n{log}"
-    );
+    let mut sluice = Sluice::start(&startup_config(&services.brokers, nowhere, "2s"));
+    let (code, log) = exit_of(&mut sluice, Duration::from_secs(30));
+    assert_eq!(code, Some(1), "exits 1 after startup_timeout:\n{log}");
     // 2 s, and the process's own start and exit.
     assert!(
         started.elapsed() < Duration::from_secs(8),
@@ -144,25 +139,12 @@ async fn start_up_gives_up_after_startup_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn what_will_not_clear_by_itself_is_not_waited_for() {
     let services = Services::from_env();
-    let (topic, group, table) = (unique("startup"), unique("g"), unique("orders"));
     let (base, _) = services.database_url.rsplit_once('/').unwrap();
-    let missing_database = Services {
-        brokers: services.brokers.clone(),
-        database_url: format!("{base}/{}", unique("no_such_db")),
-    };
-    let cfg = format!(
-        "startup_timeout = \"2m\"\n{}",
-        config(&missing_database, &group, &topic, &table, ORDER_COLUMNS, "")
-    );
+    let missing_database = format!("{base}/{}", unique("no_such_db"));
     let started = std::time::Instant::now();
-    let mut sluice = Sluice::start(&cfg);
-    let status = sluice.wait_timeout(Duration::from_secs(30));
-    let log = sluice.log_text();
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(1),
-        "a missing database exits 1:\n{log}"
-    );
+    let mut sluice = Sluice::start(&startup_config(&services.brokers, missing_database, "2m"));
+    let (code, log) = exit_of(&mut sluice, Duration::from_secs(30));
+    assert_eq!(code, Some(1), "a missing database exits 1:\n{log}");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "at once, not after 2m:\n{log}"
@@ -174,16 +156,9 @@ async fn what_will_not_clear_by_itself_is_not_waited_for() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_while_waiting_exits_zero_and_no_password_is_shown() {
     let services = Services::from_env();
-    let (topic, group, table) = (unique("startup"), unique("g"), unique("orders"));
     let password = "pw-s3cret-startup";
-    let nowhere = Services {
-        brokers: services.brokers.clone(),
-        database_url: format!("postgres://sluice:{password}@127.0.0.1:{}/postgres", free_port()),
-    };
-    let cfg = format!(
-        "startup_timeout = \"2m\"\n{}",
-        config(&nowhere, &group, &topic, &table, ORDER_COLUMNS, "")
-    );
+    let nowhere = format!("postgres://sluice:{password}@127.0.0.1:{}/postgres", free_port());
+    let cfg = startup_config(&services.brokers, nowhere, "2m");
     let http = format!("127.0.0.1:{}", free_port());
     let mut sluice = Sluice::start_with_env(&cfg, &[("SLUICE_TELEMETRY__HTTP_ADDR", &http)]);
     assert!(
@@ -194,19 +169,18 @@ async fn sigterm_while_waiting_exits_zero_and_no_password_is_shown() {
         "retrying:\n{}",
         sluice.log_text()
     );
-    let (code, body) = http_get(&http, "/readyz").expect("/readyz answers while starting");
+    let (code, body) = http_get(&http, "/readyz")
+        .await
+        .expect("/readyz answers while starting");
     assert_eq!(code, 503);
     assert!(body.contains("waiting for postgres"), "{body}");
     assert!(!body.contains(password), "{body}");
-    let (_, status) = http_get(&http, "/status").expect("/status answers while starting");
+    let (_, status) = http_get(&http, "/status")
+        .await
+        .expect("/status answers while starting");
     assert!(!status.contains(password), "{status}");
     sluice.sigterm();
-    let status = sluice.wait_timeout(Duration::from_secs(20));
-    let log = sluice.log_text();
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "SIGTERM while waiting exits 0:\n{log}"
-    );
+    let (code, log) = exit_of(&mut sluice, Duration::from_secs(20));
+    assert_eq!(code, Some(0), "SIGTERM while waiting exits 0:\n{log}");
     assert!(!log.contains(password), "{log}");
 }
