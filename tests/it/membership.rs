@@ -45,15 +45,21 @@ async fn a_static_member_restarting_within_the_session_timeout_causes_no_rebalan
         a.log_text(),
         b.log_text()
     );
-    let held_by_b = assigned(&b).unwrap();
-    // A dies and comes back under the same instance id, well within the session timeout.
+    let (held_by_a, held_by_b) = (assigned(&a).unwrap(), assigned(&b).unwrap());
+    // A dies and comes back under the same instance id, well within the
+    // session timeout. Until it holds its partitions again (the rejoin is
+    // over), b's never change: no rebalance.
     a.kill9();
     let a2 = a.restart("sluice-a2.log");
-    let until = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < until {
-        let now = assigned(&b);
+    let until = Instant::now() + Duration::from_secs(60);
+    while assigned(&a2).as_ref() != Some(&held_by_a) {
+        assert!(
+            Instant::now() < until,
+            "a2 never took a's partitions back\n{}",
+            a2.log_text()
+        );
         assert_eq!(
-            now.as_ref(),
+            assigned(&b).as_ref(),
             Some(&held_by_b),
             "b's partitions changed: a rebalance\n{}",
             b.log_text()
@@ -64,5 +70,11 @@ async fn a_static_member_restarting_within_the_session_timeout_causes_no_rebalan
         format!("{}\n{}", a2.log_text(), b.log_text())
     })
     .await;
+    assert_eq!(
+        assigned(&b).as_ref(),
+        Some(&held_by_b),
+        "b's partitions changed later\n{}",
+        b.log_text()
+    );
     assert_exactly_once(&pool, &table, 4, EVENTS).await;
 }
