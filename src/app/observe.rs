@@ -10,7 +10,7 @@ use opentelemetry::KeyValue;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::kafka::consumer::Shared;
+use crate::kafka::consumer::{GroupView, RebalanceEvent, Shared};
 use crate::model::Topics;
 use crate::pipeline::breaker::BreakerPhase;
 use crate::pipeline::{Counters, Pipeline};
@@ -191,6 +191,7 @@ impl Observed {
                 "brokers": self.brokers,
                 "group_id": self.group_id,
                 "assigned_partitions": self.shared.assigned.load(Ordering::Relaxed),
+                "group": group_json(&self.shared.group()),
             },
             "postgres": {
                 "url": self.postgres,
@@ -206,6 +207,8 @@ impl Observed {
 #[derive(Default)]
 pub struct Instruments {
     _counters: Vec<ObservableCounter<u64>>,
+    _group_counters: Vec<ObservableCounter<f64>>,
+    _generation: Option<ObservableGauge<i64>>,
     _gauges_u64: Vec<ObservableGauge<u64>>,
     _gauges_f64: Vec<ObservableGauge<f64>>,
 }
@@ -336,6 +339,32 @@ pub fn register(meter: &Meter, observed: Arc<Observed>) -> Instruments {
             o(ob.pipelines[i].flush_interval().as_secs_f64(), &l.pipeline)
         }),
     ];
+    // The member's group: one series per event, whatever the pipelines.
+    let group_counter = |info: MetricInfo, read: fn(&GroupView, RebalanceEvent) -> f64| {
+        let observed = observed.clone();
+        meter
+            .f64_observable_counter(info.name)
+            .with_description(info.help)
+            .with_unit(info.unit)
+            .with_callback(move |o| {
+                let view = observed.shared.group();
+                for event in RebalanceEvent::ALL {
+                    o.observe(read(&view, event), &[KeyValue::new("event", event.as_str())]);
+                }
+            })
+            .build()
+    };
+    let group_counters = vec![
+        group_counter(REBALANCES, |v, e| v.count(e) as f64),
+        group_counter(REBALANCE_SECONDS, GroupView::seconds),
+    ];
+    let generation_observed = observed.clone();
+    let generation = meter
+        .i64_observable_gauge(GROUP_GENERATION.name)
+        .with_description(GROUP_GENERATION.help)
+        .with_unit(GROUP_GENERATION.unit)
+        .with_callback(move |o| o.observe(i64::from(generation_observed.shared.group().generation), &[]))
+        .build();
     let lag_observed = observed.clone();
     gauges_u64.push(
         meter
@@ -361,9 +390,43 @@ pub fn register(meter: &Meter, observed: Arc<Observed>) -> Instruments {
     );
     Instruments {
         _counters: counters,
+        _group_counters: group_counters,
+        _generation: Some(generation),
         _gauges_u64: gauges_u64,
         _gauges_f64: gauges_f64,
     }
+}
+
+/// `/status`'s `kafka.group`: who this member is in the group and what
+/// rebalances did to it.
+fn group_json(view: &GroupView) -> Value {
+    let assignment: Vec<Value> = view
+        .assignment
+        .iter()
+        .map(|(topic, partitions)| json!({"topic": topic, "partitions": partitions}))
+        .collect();
+    let rebalances: serde_json::Map<String, Value> = RebalanceEvent::ALL
+        .iter()
+        .map(|e| {
+            (
+                e.as_str().to_owned(),
+                json!({"count": view.count(*e), "seconds": view.seconds(*e)}),
+            )
+        })
+        .collect();
+    json!({
+        "member_id": view.member_id,
+        "generation": view.generation,
+        "protocol": view.protocol,
+        "assignment": assignment,
+        "rebalances": rebalances,
+        "last_rebalance": view.last.map(|l| json!({
+            "event": l.event.as_str(),
+            "partitions": l.partitions,
+            "at": rfc3339(l.at),
+            "duration_ms": l.took.as_secs_f64() * 1000.0,
+        })),
+    })
 }
 
 fn rfc3339(t: SystemTime) -> String {

@@ -142,7 +142,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         config.kafka.on_offset_out_of_range,
         writer_txs.clone(),
         tokio::runtime::Handle::current(),
-        config.shutdown_timeout,
+        config.kafka.revoke_timeout(),
         telemetry.flushes().wants_traces(),
     ));
     let observed = Arc::new(Observed::new(

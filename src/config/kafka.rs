@@ -43,6 +43,31 @@ impl fmt::Display for OffsetReset {
     }
 }
 
+/// How a rebalance moves partitions between the members of the group
+/// (librdkafka's `partition.assignment.strategy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RebalanceProtocol {
+    /// Incremental cooperative rebalancing (`cooperative-sticky`): a
+    /// rebalance revokes only the partitions that move; the others keep
+    /// flowing through it.
+    #[default]
+    Cooperative,
+    /// Eager rebalancing (`range,roundrobin`, or the eager strategies of the
+    /// `partition.assignment.strategy` property): every rebalance revokes
+    /// every partition of every member, then assigns afresh.
+    Eager,
+}
+
+impl RebalanceProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cooperative => "cooperative",
+            Self::Eager => "eager",
+        }
+    }
+}
+
 /// What sluice does with a partition whose stored offset (`sluice.offsets`)
 /// lies outside the log the broker holds: below its start (retention
 /// deleted records sluice never wrote) or above its end (the topic was
@@ -109,6 +134,16 @@ pub struct KafkaConfig {
     /// partitions wait for it (or for `session_timeout`). Default none
     /// (dynamic membership).
     pub instance_id: Option<String>,
+    /// `"cooperative"` (incremental: a rebalance revokes only the partitions
+    /// that move) or `"eager"` (every rebalance revokes everything). All
+    /// members of a group must use the same one. Default `"cooperative"`.
+    pub rebalance_protocol: RebalanceProtocol,
+    /// How long a revoke waits for the writers to commit what they hold of
+    /// the revoked partitions before forgetting it (the next owner then
+    /// re-reads it). Shorter than `session_timeout`. Default: half of
+    /// `session_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub revoke_timeout: Option<Duration>,
     /// Extra librdkafka consumer properties passed through as-is
     /// (`security.protocol`, `sasl.*`, `ssl.*`, `client.id`, ...). Properties
     /// sluice sets or owns are refused; see [`Config::validate`]. Default empty.
@@ -129,6 +164,8 @@ impl Default for KafkaConfig {
             on_offset_out_of_range: OnOffsetOutOfRange::Stop,
             session_timeout: Duration::from_secs(10),
             instance_id: None,
+            rebalance_protocol: RebalanceProtocol::Cooperative,
+            revoke_timeout: None,
             properties: BTreeMap::new(),
             prefetch_bytes: ByteSize::mib(16),
         }
@@ -156,11 +193,12 @@ impl KafkaConfig {
     /// The librdkafka consumer properties: see [`Config::consumer_properties`].
     pub fn consumer_properties(&self) -> BTreeMap<String, String> {
         let mut props = self.properties.clone();
-        // A user-chosen eager strategy is kept; validation refuses cooperative
-        // ones, and this never hands one to librdkafka even if unvalidated.
-        let strategy = match props.get(ASSIGNMENT_STRATEGY) {
-            Some(s) if !s.to_ascii_lowercase().contains("cooperative") => s.clone(),
-            _ => DEFAULT_ASSIGNMENT_STRATEGY.to_owned(),
+        // The protocol decides; a user-chosen eager strategy is kept under
+        // the eager protocol (validation refuses one that contradicts it).
+        let strategy = match (self.rebalance_protocol, props.get(ASSIGNMENT_STRATEGY)) {
+            (RebalanceProtocol::Cooperative, _) => COOPERATIVE_STRATEGY.to_owned(),
+            (RebalanceProtocol::Eager, Some(s)) if !s.to_ascii_lowercase().contains("cooperative") => s.clone(),
+            (RebalanceProtocol::Eager, _) => EAGER_STRATEGY.to_owned(),
         };
         let owned = [
             ("bootstrap.servers", self.brokers.clone()),
@@ -251,6 +289,8 @@ impl fmt::Debug for KafkaConfig {
             .field("on_offset_out_of_range", &self.on_offset_out_of_range)
             .field("session_timeout", &self.session_timeout)
             .field("instance_id", &self.instance_id)
+            .field("rebalance_protocol", &self.rebalance_protocol)
+            .field("revoke_timeout", &self.revoke_timeout)
             .field("properties", &self.redacted_properties())
             .field("prefetch_bytes", &self.prefetch_bytes)
             .finish()
@@ -258,8 +298,17 @@ impl fmt::Debug for KafkaConfig {
 }
 
 const ASSIGNMENT_STRATEGY: &str = "partition.assignment.strategy";
-/// Eager strategies only: see [`refused_property`].
-const DEFAULT_ASSIGNMENT_STRATEGY: &str = "range,roundrobin";
+/// The strategy of `rebalance_protocol = "eager"` unless the property names others.
+const EAGER_STRATEGY: &str = "range,roundrobin";
+/// librdkafka's one cooperative strategy.
+const COOPERATIVE_STRATEGY: &str = "cooperative-sticky";
+
+impl KafkaConfig {
+    /// How long a revoke waits for the writers (see [`KafkaConfig::revoke_timeout`]).
+    pub fn revoke_timeout(&self) -> Duration {
+        self.revoke_timeout.unwrap_or(self.session_timeout / 2)
+    }
+}
 
 impl KafkaConfig {
     pub(super) fn validate(&self) -> Result<(), Issue> {
@@ -291,6 +340,19 @@ impl KafkaConfig {
                 ),
             ));
         }
+        if let Some(revoke) = kafka.revoke_timeout {
+            if revoke.is_zero() || revoke >= kafka.session_timeout {
+                return Err((
+                    at("revoke_timeout"),
+                    format!(
+                        "expected more than 0 and less than kafka.session_timeout ({}), found {}: a member \
+                         flushing a revoke longer than that holds up the rebalance longer than a dead member would",
+                        humantime::format_duration(kafka.session_timeout),
+                        humantime::format_duration(revoke)
+                    ),
+                ));
+            }
+        }
         if kafka.prefetch_bytes < ByteSize::mib(4) {
             return Err((
                 at("prefetch_bytes"),
@@ -308,8 +370,31 @@ impl KafkaConfig {
             if let Some(why) = refused_property(name, value) {
                 return Err((path, why));
             }
+            if name.trim().eq_ignore_ascii_case(ASSIGNMENT_STRATEGY) {
+                if let Some(why) = contradicts_protocol(kafka.rebalance_protocol, value) {
+                    return Err((path, why));
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// Why a `partition.assignment.strategy` does not go with `protocol`, if
+/// it does not (librdkafka cannot mix cooperative and eager strategies).
+fn contradicts_protocol(protocol: RebalanceProtocol, value: &str) -> Option<String> {
+    let strategies: Vec<String> = value.split(',').map(|s| s.trim().to_ascii_lowercase()).collect();
+    let cooperative = strategies.iter().filter(|s| s.contains("cooperative")).count();
+    match protocol {
+        RebalanceProtocol::Cooperative if cooperative != strategies.len() => Some(format!(
+            "refused: kafka.rebalance_protocol is \"cooperative\" (the default), whose strategy is \
+             {COOPERATIVE_STRATEGY:?}; for {value:?} set kafka.rebalance_protocol = \"eager\", or remove the property"
+        )),
+        RebalanceProtocol::Eager if cooperative > 0 => Some(format!(
+            "refused: {value:?} is a cooperative strategy, but kafka.rebalance_protocol is \"eager\"; \
+             set kafka.rebalance_protocol = \"cooperative\" instead, or use \"range\" and/or \"roundrobin\""
+        )),
+        _ => None,
     }
 }
 
@@ -337,15 +422,9 @@ fn refused_property(name: &str, value: &str) -> Option<String> {
              and kafka.on_offset_out_of_range (what a stored offset outside the log does) instead"
         }
         "session.timeout.ms" => "sluice sets it; use kafka.session_timeout instead (a duration such as \"10s\")",
-        "partition.assignment.strategy" if value.contains("cooperative") => {
-            "sluice relies on the eager rebalance protocol: every rebalance revokes and reassigns all \
-             partitions, so positions are re-read from Postgres; use \"range\" and/or \"roundrobin\" \
-             (the default is \"range,roundrobin\")"
-        }
         "group.protocol" if value == "consumer" => {
-            "the \"consumer\" protocol (KIP-848) rebalances incrementally, but sluice relies on the eager \
-             protocol: every rebalance revokes and reassigns all partitions, so positions are re-read from \
-             Postgres; remove it or use \"classic\""
+            "sluice does not support the \"consumer\" group protocol (KIP-848) yet; remove it or use \
+             \"classic\" (kafka.rebalance_protocol chooses cooperative or eager rebalancing within it)"
         }
         "enable.partition.eof" => "sluice's consumer loop does not handle partition EOF events; remove it",
         // Prefetch is part of the memory budget (DESIGN: bounded memory); it

@@ -45,7 +45,7 @@ use serde::Deserialize;
 pub use bytesize::{ByteSize, ParseByteSizeError};
 pub use error::ConfigError;
 use error::{issue_to_error, issue_with_origin, key, Issue, Seg};
-pub use kafka::{KafkaConfig, OffsetReset, OnOffsetOutOfRange, Prefetch};
+pub use kafka::{KafkaConfig, OffsetReset, OnOffsetOutOfRange, Prefetch, RebalanceProtocol};
 pub use pipeline::{ErrorsConfig, PipelineConfig, Strategy, TableNameTooLong, Tolerance, WriteMode, TOPIC_PLACEHOLDER};
 pub use postgres::{BreakerConfig, PostgresConfig, SslMode};
 use sources::{FlattenProperties, SluiceEnv};

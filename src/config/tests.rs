@@ -555,15 +555,15 @@ fn refused_properties_name_the_property_and_the_alternative() {
         ("session.timeout.ms", "6000", "kafka.session_timeout"),
         (
             "partition.assignment.strategy",
-            "cooperative-sticky",
-            "eager rebalance protocol",
+            "roundrobin",
+            "set kafka.rebalance_protocol = \"eager\"",
         ),
         (
             "partition.assignment.strategy",
             "range,cooperative-sticky",
-            "eager rebalance protocol",
+            "set kafka.rebalance_protocol = \"eager\"",
         ),
-        ("group.protocol", "consumer", "eager"),
+        ("group.protocol", "consumer", "KIP-848"),
         ("enable.partition.eof", "true", "EOF"),
         ("queued.max.messages.kbytes", "1024", "kafka.prefetch_bytes"),
         ("fetch.max.bytes", "1048576", "kafka.prefetch_bytes"),
@@ -581,7 +581,7 @@ fn refused_properties_name_the_property_and_the_alternative() {
     let allowed = [
         ("auto.commit.interval.ms", "1000"),
         ("isolation.level", "read_uncommitted"),
-        ("partition.assignment.strategy", "roundrobin"),
+        ("partition.assignment.strategy", "cooperative-sticky"),
         ("group.protocol", "classic"),
         ("security.protocol", "SASL_SSL"),
         ("sasl.password", "hunter2"),
@@ -593,6 +593,53 @@ fn refused_properties_name_the_property_and_the_alternative() {
         c.kafka.properties.insert(name.into(), value.into());
     }
     c.validate().unwrap();
+}
+
+/// The strategy property must go with `kafka.rebalance_protocol`:
+/// librdkafka cannot mix cooperative and eager strategies in one list, nor
+/// can the members of one group.
+#[test]
+fn the_assignment_strategy_goes_with_the_rebalance_protocol() {
+    let mut c = valid();
+    c.kafka.rebalance_protocol = RebalanceProtocol::Eager;
+    for ok in ["range", "roundrobin", "range,roundrobin"] {
+        c.kafka
+            .properties
+            .insert("partition.assignment.strategy".into(), ok.into());
+        c.validate().unwrap();
+    }
+    for bad in ["cooperative-sticky", "range,cooperative-sticky"] {
+        c.kafka
+            .properties
+            .insert("partition.assignment.strategy".into(), bad.into());
+        let err = invalid(&c);
+        assert_eq!(err.key, "kafka.properties.\"partition.assignment.strategy\"");
+        assert!(
+            err.message.contains("set kafka.rebalance_protocol = \"cooperative\""),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn the_revoke_timeout_is_shorter_than_the_session_timeout() {
+    let mut c = valid();
+    assert_eq!(
+        c.kafka.revoke_timeout(),
+        Duration::from_secs(5),
+        "half the 10 s session timeout"
+    );
+    c.kafka.session_timeout = Duration::from_secs(30);
+    assert_eq!(c.kafka.revoke_timeout(), Duration::from_secs(15));
+    c.kafka.revoke_timeout = Some(Duration::from_secs(29));
+    c.validate().unwrap();
+    assert_eq!(c.kafka.revoke_timeout(), Duration::from_secs(29));
+    for bad in [Duration::from_secs(30), Duration::from_secs(31), Duration::ZERO] {
+        c.kafka.revoke_timeout = Some(bad);
+        let err = invalid(&c);
+        assert_eq!(err.key, "kafka.revoke_timeout");
+        assert!(err.message.contains("less than kafka.session_timeout (30s)"), "{err}");
+    }
 }
 
 #[test]
@@ -664,12 +711,17 @@ fn consumer_properties_set_what_sluice_owns() {
         ("fetch.queue.backoff.ms", "10"),
         ("group.id", "sluice"),
         ("max.partition.fetch.bytes", "1048576"),
-        ("partition.assignment.strategy", "range,roundrobin"),
+        ("partition.assignment.strategy", "cooperative-sticky"),
         ("queued.max.messages.kbytes", "8192"),
         ("session.timeout.ms", "10000"),
     ];
     assert_eq!(props, columns(&expect));
 
+    c.kafka.rebalance_protocol = RebalanceProtocol::Eager;
+    assert_eq!(
+        c.consumer_properties()["partition.assignment.strategy"],
+        "range,roundrobin"
+    );
     c.kafka
         .properties
         .insert("partition.assignment.strategy".into(), "roundrobin".into());
@@ -681,13 +733,21 @@ fn consumer_properties_set_what_sluice_owns() {
         "whatever kafka.auto_offset_reset says"
     );
 
-    // Even unvalidated, a cooperative strategy is never handed to librdkafka.
+    // Even unvalidated, the protocol decides: never a mixed list.
     c.kafka
         .properties
         .insert("partition.assignment.strategy".into(), "cooperative-sticky".into());
     assert_eq!(
         c.consumer_properties()["partition.assignment.strategy"],
         "range,roundrobin"
+    );
+    c.kafka.rebalance_protocol = RebalanceProtocol::Cooperative;
+    c.kafka
+        .properties
+        .insert("partition.assignment.strategy".into(), "range".into());
+    assert_eq!(
+        c.consumer_properties()["partition.assignment.strategy"],
+        "cooperative-sticky"
     );
 
     // Static membership only when asked for.

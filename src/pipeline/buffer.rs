@@ -13,7 +13,7 @@
 //! batch can prove it is gap-free: per partition, its pieces chain without a
 //! hole from the stored position (see `PipelineState::spans`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use crate::model::{DeadLetter, Raw, RecordMeta, Tp, TraceParent};
@@ -419,30 +419,78 @@ impl Buffer {
     /// covered ahead of the lane's partitions. They stay accounted as in
     /// flight until [`Buffer::release`].
     pub fn take_batch(&mut self, lane: usize, max_rows: usize, max_bytes: usize, now: Instant) -> Batch {
+        self.take_batch_of(lane, None, max_rows, max_bytes, now)
+    }
+
+    /// [`Buffer::take_batch`], of the partitions in `only` when given: the
+    /// oldest entries of those partitions (each partition's in its order;
+    /// the other partitions' entries stay queued where they are) and the
+    /// offsets covered ahead of them. An incremental revoke flushes the
+    /// revoked partitions this way while the others keep their batching.
+    pub fn take_batch_of(
+        &mut self,
+        lane: usize,
+        only: Option<&HashSet<Tp>>,
+        max_rows: usize,
+        max_bytes: usize,
+        now: Instant,
+    ) -> Batch {
         let l = &mut self.lanes[lane];
         let mut batch = Vec::with_capacity(max_rows.min(l.queue.len()));
         let mut bytes = 0;
         let mut rows = 0;
-        while let Some(front) = l.queue.front() {
-            let cost = front.cost();
-            if batch.len() >= max_rows || (!batch.is_empty() && bytes + cost > max_bytes) {
-                break;
+        let full = |batch: &Vec<Entry>, bytes: usize, cost: usize| {
+            batch.len() >= max_rows || (!batch.is_empty() && bytes + cost > max_bytes)
+        };
+        match only {
+            None => {
+                while let Some(front) = l.queue.front() {
+                    let cost = front.cost();
+                    if full(&batch, bytes, cost) {
+                        break;
+                    }
+                    bytes += cost;
+                    rows += usize::from(front.row.is_some());
+                    batch.push(l.queue.pop_front().expect("front exists"));
+                }
             }
-            bytes += cost;
-            rows += usize::from(front.row.is_some());
-            batch.push(l.queue.pop_front().expect("front exists"));
+            Some(only) => {
+                let mut kept = VecDeque::with_capacity(l.queue.len());
+                let mut done = false;
+                for e in l.queue.drain(..) {
+                    if done || !only.contains(&e.tp) {
+                        kept.push_back(e);
+                        continue;
+                    }
+                    let cost = e.cost();
+                    if full(&batch, bytes, cost) {
+                        done = true;
+                        kept.push_back(e);
+                        continue;
+                    }
+                    bytes += cost;
+                    rows += usize::from(e.row.is_some());
+                    batch.push(e);
+                }
+                l.queue = kept;
+            }
         }
         self.unqueue(lane, bytes, rows);
         self.inflight_rows += rows;
         self.inflight_bytes += bytes;
         // The remaining entries have waited since at most now; restarting the
         // clock here keeps a steady stream flushing at batch size, not early.
+        // A take of some partitions leaves the others' clock alone.
         let l = &mut self.lanes[lane];
-        l.oldest_since = if l.queue.is_empty() { None } else { Some(now) };
+        if l.queue.is_empty() {
+            l.oldest_since = None;
+        } else if only.is_none() {
+            l.oldest_since = Some(now);
+        }
         let lanes = self.lanes.len();
         let mut covered = Vec::new();
         self.covered_ahead.retain(|tp, ahead| {
-            let mine = lane_index(*tp, lanes) == lane;
+            let mine = lane_index(*tp, lanes) == lane && only.is_none_or(|o| o.contains(tp));
             if mine {
                 covered.push(*ahead);
             }
@@ -452,6 +500,15 @@ impl Buffer {
             entries: batch,
             covered,
         }
+    }
+
+    /// Whether `lane` holds anything of the partitions in `only` that a
+    /// batch would take: queued entries or offsets covered ahead.
+    pub fn holds_any_of(&self, lane: usize, only: &HashSet<Tp>) -> bool {
+        self.covered_ahead
+            .keys()
+            .any(|tp| only.contains(tp) && self.lane_of(*tp) == lane)
+            || self.lanes[lane].queue.iter().any(|e| only.contains(&e.tp))
     }
 
     /// The queued (not in-flight) entries: each lane's oldest first.
@@ -732,11 +789,13 @@ mod tests {
 
     proptest! {
         /// Whatever the interleaving, accounting matches the entries held and
-        /// every batch is, per partition, the next contiguous run in order.
+        /// every batch is, per partition, the next contiguous run in order;
+        /// also when some batches take one partition only (an incremental
+        /// revoke's flush), which leaves the others' entries queued.
         #[test]
         fn accounting_and_order_hold(
             lanes in 1usize..4,
-            ops in proptest::collection::vec((0u8..3, 0i32..3, 1usize..200), 1..300),
+            ops in proptest::collection::vec((0u8..4, 0i32..3, 1usize..200), 1..300),
         ) {
             let mut b = Buffer::with_lanes(Limits { max_records: 1000, max_bytes: 1 << 30 }, lanes);
             let now = Instant::now();
@@ -751,9 +810,19 @@ mod tests {
                         held += 1;
                     }
                     _ => {
-                        // `p` picks the lane that takes.
+                        // `p` picks the lane that takes (op 3: of `p` only).
                         let lane = p as usize % lanes;
-                        let batch = b.take_batch(lane, n, usize::MAX, now).entries;
+                        let only: HashSet<Tp> = [entry(p, 0, 0).tp].into();
+                        let of_p = op == 3;
+                        let queued_of_p = b.queued().filter(|e| e.tp.partition == p).count();
+                        let batch = b.take_batch_of(lane, of_p.then_some(&only), n, usize::MAX, now).entries;
+                        if of_p {
+                            prop_assert!(batch.iter().all(|e| e.tp.partition == p));
+                            let in_lane = b.lane_of(entry(p, 0, 0).tp) == lane;
+                            let expect = if in_lane { queued_of_p.min(n) } else { 0 };
+                            prop_assert_eq!(batch.len(), expect);
+                            prop_assert_eq!(b.holds_any_of(lane, &only), in_lane && expect < queued_of_p);
+                        }
                         for e in &batch {
                             prop_assert_eq!(b.lane_of(e.tp), lane);
                             let p = e.tp.partition as usize;

@@ -7,9 +7,10 @@
 //! [`crate::postgres`]'s writer serves [`WriterCommand`]; the application's
 //! assigner, [`crate::app::assigner`], serves [`AssignRequest`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -41,8 +42,14 @@ pub enum ConsumerCommand {
 /// Requests to a writer.
 #[derive(Debug)]
 pub enum WriterCommand {
-    /// Flush everything buffered, then answer (rebalance and shutdown).
+    /// Flush everything buffered, then answer (eager rebalance and shutdown).
     FlushAll { ack: oneshot::Sender<()> },
+    /// Flush what is buffered of these partitions only, then answer (an
+    /// incremental revoke: the other partitions keep their batching).
+    FlushPartitions {
+        partitions: Arc<HashSet<Tp>>,
+        ack: oneshot::Sender<()>,
+    },
 }
 
 /// Reads records back from Kafka by their coordinates, for the dead

@@ -5,8 +5,9 @@
 //! refusals and seeks, pause/resume at the watermarks, batch takes, flush
 //! transactions split in two steps (so a rebalance can fall between a
 //! batch's spans and its commit: a zombie write) on one to three writer
-//! lanes per member (each lane's batch in flight beside the others'), fences, eager rebalances
-//! between two members, graceful stops (drain, final flush, leave), crashes
+//! lanes per member (each lane's batch in flight beside the others'), fences, eager or
+//! cooperative (incremental, with a bounded flush of the revoked partitions) rebalances
+//! among one to three members, graceful stops (drain, final flush, leave), crashes
 //! and restarts — against an in-memory log (with
 //! holes, as after compaction) and an in-memory store that implements the
 //! fenced offset protocol of DESIGN.md. After every step a checker asserts:
@@ -119,6 +120,8 @@ pub struct Sim {
     pub fences: u64,
     pub refusals: u64,
     pub rebalances: u64,
+    /// Rebalances are incremental (cooperative) in this run, else eager.
+    pub cooperative: bool,
     pub crashes: u64,
     pub stops: u64,
     /// Batches that went in flight while another lane's was.
@@ -190,7 +193,8 @@ impl Sim {
             }
             log.push(records);
         }
-        let members = if rng.chance(50) { 1 } else { 2 };
+        let members = if rng.chance(50) { 1 } else { 2 + rng.below(2) as usize };
+        let cooperative = rng.chance(50);
         let mut sim = Sim {
             rng,
             settings,
@@ -204,6 +208,7 @@ impl Sim {
             fences: 0,
             refusals: 0,
             rebalances: 0,
+            cooperative,
             crashes: 0,
             stops: 0,
             overlaps: 0,
@@ -211,7 +216,7 @@ impl Sim {
         for m in 0..members {
             sim.members[m] = Some(Member::new(&sim.settings));
         }
-        sim.rebalance();
+        sim.eager_rebalance();
         sim
     }
 
@@ -224,11 +229,80 @@ impl Sim {
         self.log[p as usize].partition_point(|r| r.offset < offset)
     }
 
+    /// A rebalance under the seed's protocol.
+    fn rebalance(&mut self) -> Result<(), String> {
+        if self.cooperative {
+            self.cooperative_rebalance()
+        } else {
+            self.eager_rebalance();
+            Ok(())
+        }
+    }
+
+    /// Incremental cooperative rebalance: the partitions are dealt out
+    /// again among the live members; only those whose owner changes move.
+    /// The old owner flushes what it holds of them — a few rounds of
+    /// batches of those partitions only, as many as its revoke deadline
+    /// allows (maybe none, maybe cut short with a batch in flight: a
+    /// zombie) — and forgets them; the new owner starts them from the
+    /// store. The partitions that stay are not touched at all.
+    fn cooperative_rebalance(&mut self) -> Result<(), String> {
+        self.rebalances += 1;
+        let live: Vec<usize> = (0..self.members.len()).filter(|m| self.members[*m].is_some()).collect();
+        let shift = self.rng.below(live.len().max(1) as u64) as usize;
+        let target = |p: i32| (!live.is_empty()).then(|| live[(p as usize + shift) % live.len()]);
+        // Revoke phase, per old owner that is still alive.
+        for m in 0..self.members.len() {
+            if self.members[m].is_none() {
+                continue;
+            }
+            let moving: Vec<i32> = (0..self.partitions())
+                .filter(|p| self.owner[*p as usize] == Some(m) && target(*p) != Some(m))
+                .collect();
+            if moving.is_empty() {
+                continue;
+            }
+            let only: HashSet<Tp> = moving.iter().map(|p| tp(*p)).collect();
+            for _ in 0..self.rng.below(4) {
+                for l in 0..self.settings.writers {
+                    if self.member(m).lanes[l].idle() {
+                        self.take_of(m, l, Some(&only));
+                    }
+                    self.write_spans(m, l)?;
+                    self.commit(m, l)?;
+                }
+            }
+            let member = self.member(m);
+            for p in moving {
+                member.state.revoke(tp(p));
+                member.position.remove(&p);
+                member.seeks.retain(|s| s.0 != p);
+            }
+        }
+        // Assign phase: what moved, or lost its (dead) owner.
+        for p in 0..self.partitions() {
+            let old = self.owner[p as usize];
+            let new = target(p);
+            let old_alive = old.is_some_and(|m| self.members[m].is_some());
+            if old == new && old_alive {
+                continue;
+            }
+            self.owner[p as usize] = new;
+            let Some(m) = new else { continue };
+            let stored = self.store.next.get(&p).copied().map(NextOffset);
+            let start = stored.map_or(0, |s| self.index_of(p, s.0));
+            let member = self.members[m].as_mut().expect("live");
+            member.state.assign(tp(p), stored);
+            member.position.insert(p, start);
+        }
+        Ok(())
+    }
+
     /// Eager rebalance: every live member loses everything, then the
     /// partitions are dealt out again, each starting from the store. A
     /// member's in-flight batch is *not* flushed: it may still try to commit
     /// (a zombie) and must be fenced.
-    fn rebalance(&mut self) {
+    fn eager_rebalance(&mut self) {
         self.rebalances += 1;
         for (p, owner) in self.owner.iter_mut().enumerate() {
             if let Some(m) = owner.take() {
@@ -265,7 +339,7 @@ impl Sim {
             if roll < 300 {
                 // Restart: a new incarnation joins, triggering a rebalance.
                 self.members[m] = Some(Member::new(&self.settings));
-                self.rebalance();
+                self.rebalance()?;
             }
             return self.verify();
         }
@@ -278,14 +352,14 @@ impl Sim {
             730..=749 => self.split(m, l),
             750..=869 => self.commit(m, l)?,
             870..=979 => self.resume(m),
-            980..=989 => self.rebalance(),
+            980..=989 => self.rebalance()?,
             990..=994 => self.stop(m)?,
             // 995..=1004
             _ => {
                 // Crash: everything in memory is gone.
                 self.crashes += 1;
                 self.members[m] = None;
-                self.rebalance();
+                self.rebalance()?;
             }
         }
         self.verify()
@@ -309,8 +383,7 @@ impl Sim {
             }
         }
         self.members[m] = None;
-        self.rebalance();
-        Ok(())
+        self.rebalance()
     }
 
     fn member(&mut self, m: usize) -> &mut Member {
@@ -397,6 +470,12 @@ impl Sim {
 
     /// Lane `l`'s writer takes a batch of its lane.
     fn take(&mut self, m: usize, l: usize) {
+        self.take_of(m, l, None);
+    }
+
+    /// Lane `l`'s writer takes a batch of its lane, of `only` these
+    /// partitions when given (the flush of an incremental revoke).
+    fn take_of(&mut self, m: usize, l: usize, only: Option<&HashSet<Tp>>) {
         let rows = 1 + self.rng.below(self.settings.batch_size as u64) as usize;
         let bytes = self.settings.batch_bytes;
         let member = self.member(m);
@@ -404,7 +483,7 @@ impl Sim {
         if lane.taken.is_some() || lane.inflight.is_some() {
             return;
         }
-        let batch = member.state.buffer.take_batch(l, rows, bytes, Instant::now());
+        let batch = member.state.buffer.take_batch_of(l, only, rows, bytes, Instant::now());
         if !batch.entries.is_empty() || !batch.covered.is_empty() {
             lane.taken = Some(batch);
         }
@@ -588,7 +667,7 @@ impl Sim {
         for m in 0..self.members.len() {
             if self.members[m].is_none() {
                 self.members[m] = Some(Member::new(&self.settings));
-                self.rebalance();
+                self.rebalance()?;
             }
         }
         let mut idle = 0;
@@ -686,6 +765,7 @@ mod tests {
     fn every_record_exactly_once_under_every_interleaving() {
         let (mut steps, mut checks, mut fences, mut refusals, mut rebalances, mut crashes, mut stops, mut overlaps) =
             (0, 0, 0, 0, 0, 0, 0, 0);
+        let mut incremental = 0;
         let seeds = seeds();
         for &seed in &seeds {
             let mut sim = Sim::new(seed);
@@ -697,13 +777,16 @@ mod tests {
             fences += sim.fences;
             refusals += sim.refusals;
             rebalances += sim.rebalances;
+            if sim.cooperative {
+                incremental += sim.rebalances;
+            }
             crashes += sim.crashes;
             stops += sim.stops;
             overlaps += sim.overlaps;
         }
         eprintln!(
             "simulation: {} seeds, {steps} steps, {checks} checks, {refusals} refusals, {fences} fenced flushes, \
-             {rebalances} rebalances, {crashes} crashes, {stops} graceful stops, {overlaps} batches in flight \
+             {rebalances} rebalances ({incremental} cooperative), {crashes} crashes, {stops} graceful stops, {overlaps} batches in flight \
              beside another lane's, 0 violations",
             seeds.len()
         );
@@ -714,6 +797,14 @@ mod tests {
             assert!(crashes > seeds.len() as u64, "crashes: {crashes}");
             assert!(stops > seeds.len() as u64, "graceful stops: {stops}");
             assert!(overlaps > seeds.len() as u64, "concurrent lanes: {overlaps}");
+            assert!(
+                incremental > seeds.len() as u64 / 2,
+                "cooperative rebalances: {incremental}"
+            );
+            assert!(
+                rebalances - incremental > seeds.len() as u64 / 2,
+                "eager rebalances: {rebalances}"
+            );
         }
     }
 }

@@ -215,6 +215,31 @@ metric!(
     "Per committed flush: commit time minus the oldest Kafka timestamp in the batch."
 );
 
+metric!(
+    REBALANCES,
+    "sluice_rebalances_total",
+    Counter,
+    "{rebalance}",
+    ["event"],
+    "Rebalance callbacks of this member: assigned (partitions added; cooperative rebalances may add none), revoked (partitions taken away after flushing them), lost (the assignment was lost: session timeout or a failed rebalance; nothing flushed)."
+);
+metric!(
+    REBALANCE_SECONDS,
+    "sluice_rebalance_duration_seconds_total",
+    Counter,
+    "s",
+    ["event"],
+    "Time spent in rebalance callbacks, by event: reading stored offsets (assigned), flushing the revoked partitions (revoked). Intake waits meanwhile."
+);
+metric!(
+    GROUP_GENERATION,
+    "sluice_consumer_group_generation",
+    Gauge,
+    "1",
+    [],
+    "The consumer group generation this member's assignment belongs to (-1 before it joined)."
+);
+
 /// Every metric sluice exports, in `/metrics` order.
 pub const CATALOGUE: &[MetricInfo] = &[
     CONSUMED,
@@ -238,6 +263,9 @@ pub const CATALOGUE: &[MetricInfo] = &[
     BREAKER_STATE,
     CONSUMER_LAG,
     END_TO_END,
+    REBALANCES,
+    REBALANCE_SECONDS,
+    GROUP_GENERATION,
 ];
 
 const SECONDS_BUCKETS: &[f64] = &[

@@ -13,6 +13,7 @@ mod membership;
 mod memory;
 mod offsets;
 mod outage;
+mod rebalance;
 mod startup;
 mod telemetry;
 mod timeouts;

@@ -5,24 +5,28 @@
 //! the group; a loop that blocked while the database is slow would be kicked
 //! out after `max.poll.interval.ms` and trigger a rebalance storm.
 //!
-//! Rebalances use the eager protocol: every rebalance revokes all partitions
-//! and assigns afresh. On revoke the writers flush what they hold (bounded
-//! by a timeout) and the rest is forgotten; on assign each partition starts
-//! from the offset stored in Postgres, not Kafka's committed offset.
+//! Rebalances are incremental (cooperative, the default: a rebalance
+//! revokes only the partitions that move, and assigns only the ones added)
+//! or eager (every rebalance revokes everything and assigns afresh). Either
+//! way, on revoke the writers flush what they hold of the revoked
+//! partitions (bounded by `kafka.revoke_timeout`) and the rest of them is
+//! forgotten; on assign each added partition starts from the offset stored
+//! in Postgres, not Kafka's committed offset. Partitions kept across a
+//! cooperative rebalance keep their state: nobody else held them meanwhile.
 //!
 //! A stored offset outside the log the broker holds (retention deleted the
 //! records, or the topic was re-created) is never moved silently:
 //! librdkafka runs with `auto.offset.reset=error`, and `RangeWatch` finds
 //! the partition and applies `kafka.on_offset_out_of_range`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
@@ -42,8 +46,10 @@ use crate::pipeline::ports::{AssignError, AssignRequest, ConsumerCommand, Writer
 use crate::pipeline::{Admission, Counters, Offer, Pipeline, Settings, Target};
 use crate::row::statements::WriteSql;
 use crate::row::{key_hashes, DecodeError, HeaderRef, RecentKeys, RecordRef};
+pub use group::{GroupView, RebalanceEvent};
 use out_of_range::{is_out_of_range, RangeWatch};
 
+mod group;
 mod out_of_range;
 
 /// State shared by the loop, the rebalance callback and the runtime.
@@ -58,8 +64,9 @@ pub struct Shared {
     pub on_out_of_range: OnOffsetOutOfRange,
     pub writers: Vec<mpsc::UnboundedSender<WriterCommand>>,
     pub runtime: tokio::runtime::Handle,
-    /// How long a revoke waits for the writers to flush before forgetting.
-    pub revoke_flush_timeout: Duration,
+    /// How long a revoke waits for the writers to flush before forgetting
+    /// (`kafka.revoke_timeout`).
+    pub revoke_timeout: Duration,
     /// Flush spans are exported: read each record's producer trace context.
     pub trace_links: bool,
     /// Shutdown began: no intake, no flush on revoke.
@@ -68,6 +75,8 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// Partitions currently assigned to this member.
     pub assigned: AtomicUsize,
+    /// The member's view of its group (`/status`, metrics).
+    group: std::sync::Mutex<GroupView>,
     /// Set by a rebalance: librdkafka forgets pauses on (re)assignment.
     reapply_pauses: AtomicBool,
     /// Why sluice must stop (a new topic's table can't be written).
@@ -84,7 +93,7 @@ impl Shared {
         on_out_of_range: OnOffsetOutOfRange,
         writers: Vec<mpsc::UnboundedSender<WriterCommand>>,
         runtime: tokio::runtime::Handle,
-        revoke_flush_timeout: Duration,
+        revoke_timeout: Duration,
         trace_links: bool,
     ) -> Self {
         Self {
@@ -95,14 +104,71 @@ impl Shared {
             on_out_of_range,
             writers,
             runtime,
-            revoke_flush_timeout,
+            revoke_timeout,
             trace_links,
             draining: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             assigned: AtomicUsize::new(0),
+            group: std::sync::Mutex::new(GroupView {
+                generation: -1,
+                protocol: "none",
+                ..GroupView::default()
+            }),
             reapply_pauses: AtomicBool::new(false),
             fatal: std::sync::Mutex::new(None),
         }
+    }
+
+    /// A copy of the member's view of its group.
+    pub fn group(&self) -> GroupView {
+        self.group.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records a rebalance callback that began at `started` and changed the
+    /// assignment by `tpl` (added when assigned, removed otherwise).
+    fn rebalanced(
+        &self,
+        consumer: &BaseConsumer<Context>,
+        event: RebalanceEvent,
+        tpl: &TopicPartitionList,
+        started: Instant,
+    ) {
+        let mut view = self.group.lock().unwrap_or_else(|e| e.into_inner());
+        for elem in tpl.elements() {
+            let held = view.assignment.entry(elem.topic().to_owned()).or_default();
+            if event == RebalanceEvent::Assigned {
+                held.insert(elem.partition());
+            } else {
+                held.remove(&elem.partition());
+            }
+        }
+        view.assignment.retain(|_, parts| !parts.is_empty());
+        view.refresh(consumer);
+        let took = started.elapsed();
+        view.record(event, tpl.count(), took);
+        self.assigned.store(view.assigned(), Ordering::Relaxed);
+        info!(
+            event = event.as_str(),
+            partitions = tpl.count(),
+            held = view.assigned(),
+            generation = view.generation,
+            member_id = %view.member_id,
+            protocol = view.protocol,
+            took_ms = took.as_millis() as u64,
+            "rebalance"
+        );
+    }
+
+    /// What this member holds now, as librdkafka names it.
+    fn held(&self) -> TopicPartitionList {
+        let view = self.group.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partitions) in &view.assignment {
+            for &p in partitions {
+                tpl.add_partition(topic, p);
+            }
+        }
+        tpl
     }
 
     /// Why the consumer loop stopped on its own, if it did.
@@ -196,24 +262,49 @@ impl Shared {
             }
             info!(pipeline = %pipeline.name, %topic, ?partitions, stored = ?stored_list(&stored), "partitions assigned");
         }
-        self.assigned.store(tpl.count(), Ordering::Relaxed);
         self.reapply_pauses.store(true, Ordering::Relaxed);
     }
 
-    /// Flushes what the writers hold (unless shutting down, when that was
-    /// already done), then forgets the revoked partitions' records: they
-    /// were not committed, so the next owner reads them again.
-    fn on_revoke(&self, tpl: &TopicPartitionList) {
-        if !self.draining.load(Ordering::Relaxed) {
+    /// Flushes what the writers hold of the revoked partitions (`only`
+    /// them when the rebalance is incremental; everything when eager, which
+    /// revokes everything; nothing when shutting down, where that was
+    /// already done, or when `flush` is false: the assignment was lost),
+    /// then forgets the revoked partitions' records: they were not
+    /// committed, so the next owner reads them again.
+    fn on_revoke(&self, tpl: &TopicPartitionList, incremental: bool, flush: bool) {
+        let revoked: HashSet<(usize, Tp)> = tpl
+            .elements()
+            .iter()
+            .filter_map(|elem| {
+                let (topic, index) = self.topics.route(elem.topic())?;
+                Some((
+                    index,
+                    Tp {
+                        topic,
+                        partition: elem.partition(),
+                    },
+                ))
+            })
+            .collect();
+        if flush && !revoked.is_empty() && !self.draining.load(Ordering::Relaxed) {
+            let only = Arc::new(revoked.iter().map(|(_, tp)| *tp).collect::<HashSet<Tp>>());
             let acks: Vec<oneshot::Receiver<()>> = self
                 .writers
                 .iter()
                 .filter_map(|w| {
                     let (ack, rx) = oneshot::channel();
-                    w.send(WriterCommand::FlushAll { ack }).ok().map(|_| rx)
+                    let command = if incremental {
+                        WriterCommand::FlushPartitions {
+                            partitions: only.clone(),
+                            ack,
+                        }
+                    } else {
+                        WriterCommand::FlushAll { ack }
+                    };
+                    w.send(command).ok().map(|_| rx)
                 })
                 .collect();
-            let timeout = self.revoke_flush_timeout;
+            let timeout = self.revoke_timeout;
             let flushed = self.runtime.block_on(async move {
                 tokio::time::timeout(timeout, async {
                     for rx in acks {
@@ -228,18 +319,15 @@ impl Shared {
             }
         }
         let mut forgotten = 0;
-        for elem in tpl.elements() {
-            let Some((topic, index)) = self.topics.route(elem.topic()) else {
-                continue;
-            };
-            let tp = Tp {
-                topic,
-                partition: elem.partition(),
-            };
+        for (index, tp) in revoked {
             forgotten += self.pipelines[index].lock().revoke(tp);
         }
-        self.assigned.store(0, Ordering::Relaxed);
-        info!(partitions = tpl.count(), forgotten, "partitions revoked");
+        info!(
+            partitions = tpl.count(),
+            forgotten,
+            flushed = flush,
+            "partitions revoked"
+        );
     }
 }
 
@@ -274,23 +362,52 @@ impl ClientContext for Context {
 
 impl ConsumerContext for Context {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let started = Instant::now();
+        let incremental = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let shared = &self.shared;
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.shared.on_assign(tpl);
-                if let Err(err) = consumer.assign(tpl) {
+                shared.on_assign(tpl);
+                let assigned = if incremental {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(err) = assigned {
                     error!(error = %err, "assign failed");
                 }
+                shared.rebalanced(consumer, RebalanceEvent::Assigned, tpl, started);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.shared.on_revoke(tpl);
-                if let Err(err) = consumer.unassign() {
+                // Lost (the session timed out): the partitions may be another
+                // member's already, so flushing would only race it.
+                let lost = consumer.assignment_lost();
+                shared.on_revoke(tpl, incremental, !lost);
+                let unassigned = if incremental {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(err) = unassigned {
                     error!(error = %err, "unassign failed");
                 }
+                let event = if lost {
+                    RebalanceEvent::Lost
+                } else {
+                    RebalanceEvent::Revoked
+                };
+                shared.rebalanced(consumer, event, tpl, started);
             }
             other => {
                 error!(error = ?other, "rebalance failed; dropping the assignment");
-                self.shared.on_revoke(tpl);
-                let _ = consumer.unassign();
+                let held = shared.held();
+                shared.on_revoke(&held, incremental, false);
+                let _ = if incremental {
+                    consumer.incremental_unassign(&held)
+                } else {
+                    consumer.unassign()
+                };
+                shared.rebalanced(consumer, RebalanceEvent::Lost, &held, started);
             }
         }
     }

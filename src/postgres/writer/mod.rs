@@ -23,7 +23,7 @@
 //! first such record stops the pipeline instead, before anything past it
 //! commits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -194,6 +194,9 @@ impl Writer {
                 cmd = self.commands.recv() => match cmd {
                     None => return,
                     Some(WriterCommand::FlushAll { ack }) => pending_acks.push(ack),
+                    Some(WriterCommand::FlushPartitions { partitions, ack }) => {
+                        self.flush_partitions(&partitions, ack).await;
+                    }
                 },
                 _ = self.pipeline.woken(self.lane) => {}
                 _ = tokio::time::sleep(sleep) => {}
@@ -206,6 +209,23 @@ impl Writer {
         let mut acks = Vec::new();
         while self.readiness(Instant::now(), true).0 {
             self.flush_once(&mut acks).await;
+        }
+    }
+
+    /// Flushes what this lane holds of `partitions` (an incremental
+    /// revoke), batch by batch, then answers; the lane's other partitions
+    /// stay queued. An open breaker answers at once (nothing can be
+    /// flushed; the next owner re-reads what was not).
+    async fn flush_partitions(&mut self, partitions: &HashSet<Tp>, ack: oneshot::Sender<()>) {
+        let mut acks = vec![ack];
+        while !acks.is_empty()
+            && !self.pipeline.stopped.load(std::sync::atomic::Ordering::Relaxed)
+            && self.pipeline.lock().buffer.holds_any_of(self.lane, partitions)
+        {
+            self.flush_batch(&mut acks, Some(partitions)).await;
+        }
+        for ack in acks {
+            let _ = ack.send(());
         }
     }
 
@@ -248,13 +268,18 @@ impl Writer {
     }
 
     async fn flush_once(&mut self, pending_acks: &mut Vec<oneshot::Sender<()>>) {
+        self.flush_batch(pending_acks, None).await;
+    }
+
+    /// Takes a batch (of `only` these partitions, when given) and writes it.
+    async fn flush_batch(&mut self, pending_acks: &mut Vec<oneshot::Sender<()>>, only: Option<&HashSet<Tp>>) {
         let batch_rows = self.control.policy.batch_rows();
         let batch_bytes = self.pipeline.settings.batch_bytes;
-        let mut batch = self
-            .pipeline
-            .lock()
-            .buffer
-            .take_batch(self.lane, batch_rows, batch_bytes, Instant::now());
+        let mut batch =
+            self.pipeline
+                .lock()
+                .buffer
+                .take_batch_of(self.lane, only, batch_rows, batch_bytes, Instant::now());
         let mut failures = 0u32;
         // Consecutive attempts of this batch that ran out of time.
         let mut timeouts = 0u32;
@@ -414,7 +439,9 @@ impl Writer {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
                 cmd = self.commands.recv() => match cmd {
-                    Some(WriterCommand::FlushAll { ack }) => { let _ = ack.send(()); }
+                    Some(WriterCommand::FlushAll { ack } | WriterCommand::FlushPartitions { ack, .. }) => {
+                        let _ = ack.send(());
+                    }
                     None => return,
                 },
             }
