@@ -93,17 +93,36 @@ impl GroupView {
         self.assignment.values().map(BTreeSet::len).sum()
     }
 
-    /// Reads the member id, generation and protocol librdkafka holds now.
-    pub fn refresh<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        if let Some((generation, member_id)) = membership(consumer) {
+    /// Takes the member id, generation and protocol read by [`Membership::read`].
+    pub fn update(&mut self, membership: Membership) {
+        if let Some((generation, member_id)) = membership.ids {
             self.generation = generation;
             self.member_id = member_id;
         }
-        self.protocol = match consumer.rebalance_protocol() {
-            RebalanceProtocol::Cooperative => "cooperative",
-            RebalanceProtocol::Eager => "eager",
-            RebalanceProtocol::None => "none",
-        };
+        self.protocol = membership.protocol;
+    }
+}
+
+/// The member id, generation and protocol librdkafka holds.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    ids: Option<(i32, String)>,
+    protocol: &'static str,
+}
+
+impl Membership {
+    /// Reads them. Only from the rebalance callback, before it assigns or
+    /// unassigns: librdkafka reads its group state without a lock here,
+    /// and while it waits for the application's call that state holds still.
+    pub fn read<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Membership {
+        Membership {
+            ids: membership(consumer),
+            protocol: match consumer.rebalance_protocol() {
+                RebalanceProtocol::Cooperative => "cooperative",
+                RebalanceProtocol::Eager => "eager",
+                RebalanceProtocol::None => "none",
+            },
+        }
     }
 }
 

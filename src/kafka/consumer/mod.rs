@@ -46,6 +46,7 @@ use crate::pipeline::ports::{AssignError, AssignRequest, ConsumerCommand, Writer
 use crate::pipeline::{Admission, Counters, Offer, Pipeline, Settings, Target};
 use crate::row::statements::WriteSql;
 use crate::row::{key_hashes, DecodeError, HeaderRef, RecentKeys, RecordRef};
+use group::Membership;
 pub use group::{GroupView, RebalanceEvent};
 use out_of_range::{is_out_of_range, RangeWatch};
 
@@ -126,13 +127,7 @@ impl Shared {
 
     /// Records a rebalance callback that began at `started` and changed the
     /// assignment by `tpl` (added when assigned, removed otherwise).
-    fn rebalanced(
-        &self,
-        consumer: &BaseConsumer<Context>,
-        event: RebalanceEvent,
-        tpl: &TopicPartitionList,
-        started: Instant,
-    ) {
+    fn rebalanced(&self, membership: Membership, event: RebalanceEvent, tpl: &TopicPartitionList, started: Instant) {
         let mut view = self.group.lock().unwrap_or_else(|e| e.into_inner());
         for elem in tpl.elements() {
             let held = view.assignment.entry(elem.topic().to_owned()).or_default();
@@ -143,7 +138,7 @@ impl Shared {
             }
         }
         view.assignment.retain(|_, parts| !parts.is_empty());
-        view.refresh(consumer);
+        view.update(membership);
         let took = started.elapsed();
         view.record(event, tpl.count(), took);
         self.assigned.store(view.assigned(), Ordering::Relaxed);
@@ -363,6 +358,7 @@ impl ClientContext for Context {
 impl ConsumerContext for Context {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let started = Instant::now();
+        let membership = Membership::read(consumer);
         let incremental = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let shared = &self.shared;
         match err {
@@ -376,7 +372,7 @@ impl ConsumerContext for Context {
                 if let Err(err) = assigned {
                     error!(error = %err, "assign failed");
                 }
-                shared.rebalanced(consumer, RebalanceEvent::Assigned, tpl, started);
+                shared.rebalanced(membership, RebalanceEvent::Assigned, tpl, started);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 // Lost (the session timed out): the partitions may be another
@@ -396,7 +392,7 @@ impl ConsumerContext for Context {
                 } else {
                     RebalanceEvent::Revoked
                 };
-                shared.rebalanced(consumer, event, tpl, started);
+                shared.rebalanced(membership, event, tpl, started);
             }
             other => {
                 error!(error = ?other, "rebalance failed; dropping the assignment");
@@ -407,7 +403,7 @@ impl ConsumerContext for Context {
                 } else {
                     consumer.unassign()
                 };
-                shared.rebalanced(consumer, RebalanceEvent::Lost, &held, started);
+                shared.rebalanced(membership, RebalanceEvent::Lost, &held, started);
             }
         }
     }
