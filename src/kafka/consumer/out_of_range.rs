@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
@@ -298,7 +298,16 @@ fn restart_fetch(consumer: &BaseConsumer<Context>, shared: &Shared) {
             warn!(topic = elem.topic(), partition = elem.partition(), error = %err, "cannot set restart offset");
         }
     }
-    match consumer.assign(&tpl) {
+    // Under the cooperative protocol librdkafka refuses a plain assign:
+    // take the partitions out and put them back at their offsets instead.
+    let restarted = if matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative) {
+        consumer
+            .incremental_unassign(&assignment)
+            .and_then(|()| consumer.incremental_assign(&tpl))
+    } else {
+        consumer.assign(&tpl)
+    };
+    match restarted {
         Ok(()) => info!(partitions = tpl.count(), "fetching restarted"),
         Err(err) => warn!(error = %err, "restarting fetching failed"),
     }
