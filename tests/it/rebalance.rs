@@ -258,12 +258,14 @@ async fn churn(protocol: &str) {
     for m in &members {
         joined(m).await;
     }
+    // Each step waits for the group to settle first: tansu can stall a group
+    // for minutes when a member goes away in the middle of a rebalance.
     let mut exits = Vec::new();
     for (step, pause) in &steps {
         let (member, down) = match *step {
             Step::Kill { member, down } | Step::Term { member, down } => (member, down),
         };
-        joined(&members[member]).await;
+        await_settled(&members.iter().collect::<Vec<_>>(), "before the step").await;
         match step {
             Step::Kill { .. } => members[member].kill9(),
             Step::Term { .. } => {
