@@ -310,3 +310,63 @@ async fn churn_of_three_members_is_exactly_once_with_cooperative_rebalancing() {
 async fn churn_of_three_members_is_exactly_once_with_eager_rebalancing() {
     churn("eager").await;
 }
+
+/// What tansu lacks, on librdkafka's mock cluster (which coordinates
+/// groups as Kafka does here): with static membership and cooperative
+/// rebalancing, a member joining a stable group receives its share (tansu
+/// never starts the follow-up rebalance after the static leader revoked),
+/// and a static member that dies and stays down is evicted after the
+/// session timeout so its partitions flow again (tansu keeps it). Every
+/// (partition, offset) exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn static_members_scale_out_and_fail_over_on_the_mock_cluster() {
+    const EVENTS: u64 = 12_000;
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    let mock = Services {
+        brokers: cluster.bootstrap_servers(),
+        database_url: services.database_url.clone(),
+    };
+    let (topic, group, table) = (unique("static_coop"), unique("g"), unique("orders"));
+    cluster.create_topic(&topic, PARTITIONS, 1).expect("topic");
+    create_orders_table(&pool, &table).await;
+    let (brokers, t) = (mock.brokers.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || produce(&brokers, &t, PARTITIONS, 0..EVENTS / 2, 0, order_payload))
+        .await
+        .unwrap();
+    let member = |id: &str| {
+        member_config(
+            &mock,
+            &group,
+            &topic,
+            &table,
+            &format!("rebalance_protocol = \"cooperative\"\ninstance_id = \"{id}\""),
+        )
+    };
+    let a = Sluice::start(&member("member-a"));
+    await_settled(&[&a], "a alone").await;
+    let mut b = Sluice::start(&member("member-b"));
+    await_settled(&[&a, &b], "b joined a stable group").await;
+    let held_by_b = held(&b).expect("b's status");
+    b.kill9();
+    let died = Instant::now();
+    await_settled(&[&a], "b evicted").await;
+    let took = died.elapsed();
+    eprintln!("b's partitions {held_by_b:?} back on a {took:?} after b's SIGKILL (session timeout 6 s)");
+    assert!(
+        took >= Duration::from_secs(5),
+        "not before the session timeout: {took:?}"
+    );
+    let (brokers, t) = (mock.brokers.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || produce(&brokers, &t, PARTITIONS, EVENTS / 2..EVENTS, 0, order_payload))
+        .await
+        .unwrap();
+    let ends: Vec<(i32, i64)> = (0..PARTITIONS)
+        .map(|p| (p, (EVENTS / PARTITIONS as u64) as i64))
+        .collect();
+    await_stored_offsets(&pool, &group, &topic, &ends, Duration::from_secs(60), || a.log_text()).await;
+    assert_exactly_once(&pool, &table, PARTITIONS, EVENTS).await;
+    let g = &a.status().expect("a's status")["kafka"]["group"];
+    assert_eq!(g["protocol"], "cooperative", "{g}");
+}
