@@ -88,6 +88,10 @@ struct Member {
     seeks: Vec<(i32, u64, Option<NextOffset>)>,
     /// One writer per lane of the buffer, each with its own batch in flight.
     lanes: Vec<Lane>,
+    /// librdkafka's application pause flag per partition: set by pause,
+    /// cleared only by resume — it survives unassign and assign, so the
+    /// shell resumes what it is assigned for a flowing pipeline.
+    app_paused: HashSet<i32>,
 }
 
 /// What one writer lane holds.
@@ -157,12 +161,23 @@ fn settings(rng: &mut Rng) -> Settings {
 }
 
 impl Member {
+    /// The shell after assigning `p`: a flowing pipeline's partition is
+    /// resumed, a paused pipeline's paused (the loop re-applies pauses).
+    fn assigned(&mut self, p: i32) {
+        if self.state.paused {
+            self.app_paused.insert(p);
+        } else {
+            self.app_paused.remove(&p);
+        }
+    }
+
     fn new(settings: &Settings) -> Member {
         Member {
             state: PipelineState::with_lanes(settings.limits, settings.writers),
             position: HashMap::new(),
             seeks: Vec::new(),
             lanes: (0..settings.writers).map(|_| Lane::default()).collect(),
+            app_paused: HashSet::new(),
         }
     }
 }
@@ -294,6 +309,7 @@ impl Sim {
             let member = self.members[m].as_mut().expect("live");
             member.state.assign(tp(p), stored);
             member.position.insert(p, start);
+            member.assigned(p);
         }
         Ok(())
     }
@@ -326,7 +342,7 @@ impl Sim {
             let member = self.members[m].as_mut().expect("live");
             member.state.assign(tp(p), stored);
             member.position.insert(p, start);
-            // librdkafka forgets pauses on assignment; the loop re-applies them.
+            member.assigned(p);
         }
     }
 
@@ -407,7 +423,7 @@ impl Sim {
         let p = owned[self.rng.below(owned.len() as u64) as usize];
         let log = &self.log[p as usize];
         let member = self.members[m].as_mut().expect("live member");
-        if member.state.paused {
+        if member.state.paused || member.app_paused.contains(&p) {
             return;
         }
         let at = member.position[&p];
@@ -436,7 +452,11 @@ impl Sim {
             Offer::Ignored | Offer::Taken(_) => {}
         }
         member.state.refresh(&settings);
-        member.state.should_pause(&settings);
+        if member.state.should_pause(&settings) {
+            // The loop pauses every partition the pipeline holds.
+            let held: Vec<i32> = member.state.partitions.keys().map(|tp| tp.partition).collect();
+            member.app_paused.extend(held);
+        }
     }
 
     /// The consumer loop carries out one asked-for seek.
@@ -462,6 +482,10 @@ impl Sim {
         let Some(positions) = member.state.resume(&settings) else {
             return;
         };
+        // The loop resumes every partition the pipeline holds.
+        for tp in member.state.partitions.keys() {
+            member.app_paused.remove(&tp.partition);
+        }
         for (tp, NextOffset(next)) in positions {
             let at = self.log[tp.partition as usize].partition_point(|r| r.offset < next);
             member.position.insert(tp.partition, at);

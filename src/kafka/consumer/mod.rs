@@ -78,7 +78,7 @@ pub struct Shared {
     pub assigned: AtomicUsize,
     /// The member's view of its group (`/status`, metrics).
     group: std::sync::Mutex<GroupView>,
-    /// Set by a rebalance: librdkafka forgets pauses on (re)assignment.
+    /// Set by a rebalance: partitions added to a paused pipeline are paused.
     reapply_pauses: AtomicBool,
     /// Why sluice must stop (a new topic's table can't be written).
     fatal: std::sync::Mutex<Option<String>>,
@@ -154,16 +154,24 @@ impl Shared {
         );
     }
 
-    /// What this member holds now, as librdkafka names it.
-    fn held(&self) -> TopicPartitionList {
-        let view = self.group.lock().unwrap_or_else(|e| e.into_inner());
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partitions) in &view.assignment {
-            for &p in partitions {
-                tpl.add_partition(topic, p);
+    /// Of the partitions in `tpl`, those whose pipeline is flowing (not
+    /// paused, not draining): librdkafka keeps a partition's application
+    /// pause across unassign and assign, so one revoked while its pipeline
+    /// was paused would come back paused for good unless resumed.
+    fn flowing(&self, tpl: &TopicPartitionList) -> TopicPartitionList {
+        let mut out = TopicPartitionList::new();
+        if self.draining.load(Ordering::Relaxed) {
+            return out;
+        }
+        for elem in tpl.elements() {
+            let Some((_, index)) = self.topics.route(elem.topic()) else {
+                continue;
+            };
+            if !self.pipelines[index].lock().paused {
+                out.add_partition(elem.topic(), elem.partition());
             }
         }
-        tpl
+        out
     }
 
     /// Why the consumer loop stopped on its own, if it did.
@@ -370,7 +378,16 @@ impl ConsumerContext for Context {
                     consumer.assign(tpl)
                 };
                 if let Err(err) = assigned {
-                    error!(error = %err, "assign failed");
+                    // The partitions would stay registered but never be
+                    // fetched: stop rather than stall them silently.
+                    shared.fail(format!("assigning partitions failed: {err}"));
+                }
+                // The pauses that pipelines need are re-applied by the loop.
+                let flowing = shared.flowing(tpl);
+                if flowing.count() > 0 {
+                    if let Err(err) = consumer.resume(&flowing) {
+                        warn!(error = %err, "resuming assigned partitions failed");
+                    }
                 }
                 shared.rebalanced(membership, RebalanceEvent::Assigned, tpl, started);
             }
@@ -396,7 +413,7 @@ impl ConsumerContext for Context {
             }
             other => {
                 error!(error = ?other, "rebalance failed; dropping the assignment");
-                let held = shared.held();
+                let held = consumer.assignment().unwrap_or_default();
                 shared.on_revoke(&held, incremental, false);
                 let _ = if incremental {
                     consumer.incremental_unassign(&held)

@@ -178,6 +178,16 @@ impl Writer {
     pub async fn run(mut self) {
         let mut pending_acks: Vec<oneshot::Sender<()>> = Vec::new();
         loop {
+            // Between batches too, not only when idle: a revoke waits on
+            // its flush, and a lane under steady load is never idle.
+            while let Ok(cmd) = self.commands.try_recv() {
+                match cmd {
+                    WriterCommand::FlushAll { ack } => pending_acks.push(ack),
+                    WriterCommand::FlushPartitions { partitions, ack } => {
+                        self.flush_partitions(&partitions, ack).await;
+                    }
+                }
+            }
             let (ready, wait) = self.readiness(Instant::now(), !pending_acks.is_empty());
             if ready {
                 self.flush_once(&mut pending_acks).await;
