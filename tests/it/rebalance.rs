@@ -384,3 +384,69 @@ async fn static_members_scale_out_and_fail_over_on_the_mock_cluster() {
     let g = &a.status().expect("a's status")["kafka"]["group"];
     assert_eq!(g["protocol"], "cooperative", "{g}");
 }
+
+/// A partition revoked while its pipeline was paused, and assigned back
+/// once the pipeline flows again, is fetched again: librdkafka keeps a
+/// partition's pause across unassign and assign, so sluice resumes what it
+/// is assigned for a flowing pipeline (before, such a partition stalled for
+/// good behind a green `/readyz`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_revoked_while_paused_flows_when_it_comes_back() {
+    const EVENTS: u64 = 12_000;
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let (topic, group, table) = (unique("paused_back"), unique("g"), unique("orders"));
+    create_topic(&services.brokers, &topic, PARTITIONS).await;
+    create_orders_table(&pool, &table).await;
+    let (brokers, t) = (services.brokers.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || produce(&brokers, &t, PARTITIONS, 0..EVENTS, 0, order_payload))
+        .await
+        .unwrap();
+    let lock = TableLock::take(&pool, &table).await;
+    let cfg = config(
+        &services,
+        &group,
+        &topic,
+        &table,
+        ORDER_COLUMNS,
+        "max_buffer_records = 500\nbatch_size = 100",
+    );
+    let a = Sluice::start(&cfg);
+    await_settled(&[&a], "a alone").await;
+    let paused = |m: &Sluice| {
+        m.status()
+            .and_then(|s| s["pipelines"][0]["paused_partitions"].as_array().map(|p| p.len()))
+            .unwrap_or(0)
+    };
+    assert!(
+        eventually(Duration::from_secs(60), || async { paused(&a) == 12 }).await,
+        "a never paused\n{}",
+        a.log_text()
+    );
+    // B joins while A is paused: A hands some partitions over, paused.
+    let mut b = a.restart("b.log");
+    await_settled(&[&a, &b], "b joined").await;
+    let handed = held(&b).unwrap();
+    lock.release().await;
+    // B leaves once A flows again: its partitions come back to A.
+    assert!(
+        eventually(Duration::from_secs(60), || async { paused(&a) == 0 }).await,
+        "a never resumed\n{}",
+        a.log_text()
+    );
+    b.sigterm();
+    assert!(b.wait_timeout(Duration::from_secs(15)).is_some_and(|s| s.success()));
+    await_settled(&[&a], "b left").await;
+    let (brokers, t) = (services.brokers.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || produce(&brokers, &t, PARTITIONS, EVENTS..2 * EVENTS, 0, order_payload))
+        .await
+        .unwrap();
+    let ends: Vec<(i32, i64)> = (0..PARTITIONS)
+        .map(|p| (p, (2 * EVENTS / PARTITIONS as u64) as i64))
+        .collect();
+    await_stored_offsets(&pool, &group, &topic, &ends, Duration::from_secs(90), || {
+        format!("partitions that went to b and back: {handed:?}\n{}", a.log_text())
+    })
+    .await;
+    assert_exactly_once(&pool, &table, PARTITIONS, 2 * EVENTS).await;
+}
