@@ -434,11 +434,19 @@ async fn a_partition_revoked_while_paused_flows_when_it_comes_back() {
         "a never resumed\n{}",
         a.log_text()
     );
+    // Only once the backlog is written: from then on A's pipeline never
+    // pauses (nor resumes, which would resume every partition it holds).
+    let caught_up: Vec<(i32, i64)> = (0..PARTITIONS)
+        .map(|p| (p, (EVENTS / PARTITIONS as u64) as i64))
+        .collect();
+    await_stored_offsets(&pool, &group, &topic, &caught_up, Duration::from_secs(90), || {
+        format!("{}\n{}", a.log_text(), b.log_text())
+    })
+    .await;
     b.sigterm();
     assert!(b.wait_timeout(Duration::from_secs(15)).is_some_and(|s| s.success()));
     await_settled(&[&a], "b left").await;
-    // A few more records, too few to pause the pipeline again (a resume
-    // would resume every partition it holds and hide the stall).
+    // A few more records, too few to pause the pipeline again.
     const MORE: u64 = 120;
     let (brokers, t) = (services.brokers.clone(), topic.clone());
     tokio::task::spawn_blocking(move || produce(&brokers, &t, PARTITIONS, EVENTS..EVENTS + MORE, 0, order_payload))
