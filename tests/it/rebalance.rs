@@ -392,6 +392,18 @@ async fn static_members_scale_out_and_fail_over_on_the_mock_cluster() {
 /// good behind a green `/readyz`).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_partition_revoked_while_paused_flows_when_it_comes_back() {
+    revoked_while_paused("cooperative").await;
+}
+
+/// The same under eager rebalancing, where every rebalance revokes
+/// everything: a member paused at a rebalance came back with every
+/// partition paused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_revoked_while_paused_flows_when_it_comes_back_eager() {
+    revoked_while_paused("eager").await;
+}
+
+async fn revoked_while_paused(protocol: &str) {
     const EVENTS: u64 = 12_000;
     let services = Services::from_env();
     let pool = services.pool().await;
@@ -410,6 +422,10 @@ async fn a_partition_revoked_while_paused_flows_when_it_comes_back() {
         &table,
         ORDER_COLUMNS,
         "max_buffer_records = 500\nbatch_size = 100",
+    )
+    .replace(
+        "session_timeout = \"6s\"",
+        &format!("session_timeout = \"6s\"\nrebalance_protocol = \"{protocol}\""),
     );
     let a = Sluice::start(&cfg);
     await_settled(&[&a], "a alone").await;
