@@ -221,7 +221,7 @@ metric!(
     Counter,
     "{rebalance}",
     ["event"],
-    "Rebalance callbacks of this member: assigned (partitions added; cooperative rebalances may add none), revoked (partitions taken away after flushing them), lost (the assignment was lost: session timeout or a failed rebalance; nothing flushed)."
+    "Rebalance callbacks of this member: assigned (partitions added; cooperative rebalances may add none), revoked (partitions taken away, after flushing what of them the writers committed within kafka.revoke_timeout), lost (the assignment was lost: session timeout or a failed rebalance; nothing flushed)."
 );
 metric!(
     REBALANCE_SECONDS,
