@@ -65,20 +65,55 @@ impl Provider for SluiceEnv {
         let env = Env::prefixed(ENV_PREFIX)
             .filter(|name| is_config_var(name.as_str()))
             .split("__");
+        let vars: Vec<(String, String)> = env.iter().map(|(k, v)| (k.as_str().to_owned(), v)).collect();
         let mut dict = Dict::new();
-        for (key, raw) in env.iter() {
-            let key = key.as_str();
-            let entry = match key.strip_prefix("kafka.properties.") {
-                Some(name) => nest(&["kafka", "properties", &name.replace('_', ".")], Value::from(raw)),
-                None => {
-                    let value: Value = raw.parse().unwrap_or_else(|never| match never {});
-                    nest(&key.split('.').collect::<Vec<_>>(), value)
+        for (key, raw) in &vars {
+            // `<VAR>_FILE`: the value is the content of the file it names
+            // (Kubernetes Secrets, systemd credentials), taken as text.
+            let (key, value) = match key.strip_suffix(SECRET_FILE_SUFFIX) {
+                Some(base) => {
+                    if vars.iter().any(|(k, _)| k == base) {
+                        let var = env_var_name(&base.split('.').collect::<Vec<_>>());
+                        return Err(Error::from(format!(
+                            "{var} and {var}_FILE are both set; set one of them"
+                        )));
+                    }
+                    (base, Value::from(read_secret_file(base, raw).map_err(Error::from)?))
                 }
+                None if key.starts_with("kafka.properties.") => (key.as_str(), Value::from(raw.clone())),
+                None => (key.as_str(), raw.parse().unwrap_or_else(|never| match never {})),
+            };
+            let entry = match key.strip_prefix("kafka.properties.") {
+                Some(name) => nest(&["kafka", "properties", &name.replace('_', ".")], value),
+                None => nest(&key.split('.').collect::<Vec<_>>(), value),
             };
             merge_into(&mut dict, entry);
         }
         Ok(Profile::Default.collect(dict))
     }
+}
+
+/// A variable named with this suffix (`SLUICE_POSTGRES__URL_FILE`) reads the
+/// value of the one without it from a file.
+const SECRET_FILE_SUFFIX: &str = "_file";
+
+/// The content of the secret file `path` given for the key `key`, without
+/// one trailing newline. An error names the variable and the path, never
+/// the content.
+fn read_secret_file(key: &str, path: &str) -> Result<String, String> {
+    let var = format!("{}_FILE", env_var_name(&key.split('.').collect::<Vec<_>>()));
+    let mut text =
+        std::fs::read_to_string(path).map_err(|err| format!("{var}: cannot read the file {path:?}: {err}"))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(format!("{var}: the file {path:?} is empty"));
+    }
+    Ok(text)
 }
 
 /// The variable that sets the key path `keys`: the inverse of [`SluiceEnv`]'s

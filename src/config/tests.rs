@@ -1230,3 +1230,45 @@ fn the_upsert_source_rule_names_the_key_in_a_loaded_file() {
         Ok(())
     });
 }
+
+/// `<VAR>_FILE` reads the value from a file (Kubernetes Secrets, systemd
+/// credentials): the content, without its trailing newline, taken as text;
+/// also for librdkafka properties. Errors name the variable and the path,
+/// never the content.
+#[test]
+fn secrets_come_from_files_named_by_the_file_variables() {
+    jail(|jail| {
+        jail.create_file("db_url", "postgres://app:s3cret@db/app\n")?;
+        jail.create_file("kafka_pw", "12345")?;
+        jail.set_env("SLUICE_POSTGRES__URL_FILE", "db_url");
+        jail.set_env("SLUICE_KAFKA__PROPERTIES__SASL_PASSWORD_FILE", "kafka_pw");
+        let config = load(jail, MINIMAL).unwrap();
+        assert_eq!(config.postgres.url, "postgres://app:s3cret@db/app");
+        assert_eq!(config.kafka.properties["sasl.password"], "12345", "text, not a number");
+        assert!(!format!("{config:?}").contains("s3cret"), "redacted in Debug");
+
+        jail.set_env("SLUICE_POSTGRES__URL", "postgres://other@db/app");
+        let err = load_err(jail, MINIMAL);
+        assert!(
+            err.to_string()
+                .contains("SLUICE_POSTGRES__URL and SLUICE_POSTGRES__URL_FILE are both set"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        Ok(())
+    });
+    jail(|jail| {
+        jail.set_env("SLUICE_POSTGRES__URL_FILE", "missing");
+        let err = load_err(jail, MINIMAL);
+        assert!(
+            err.to_string()
+                .contains("SLUICE_POSTGRES__URL_FILE: cannot read the file \"missing\""),
+            "{err}"
+        );
+        jail.create_file("empty", "\n")?;
+        jail.set_env("SLUICE_POSTGRES__URL_FILE", "empty");
+        let err = load_err(jail, MINIMAL);
+        assert!(err.to_string().contains("the file \"empty\" is empty"), "{err}");
+        Ok(())
+    });
+}

@@ -90,8 +90,11 @@ impl LoopState {
         if self.range.pending.is_some() && due {
             self.search_out_of_range(consumer, shared);
         }
-        if !self.range.skips.is_empty() && self.apply_skips(shared) {
-            restart_fetch(consumer, shared);
+        if !self.range.skips.is_empty() {
+            let moved = self.apply_skips(shared);
+            if !moved.is_empty() {
+                restart_fetch(consumer, shared, Some(&moved));
+            }
         }
     }
 
@@ -138,7 +141,7 @@ impl LoopState {
             // their buffers left off.
             warn!(error = %error, partitions = held.len(),
                 "kafka reported an offset out of range, but every position is inside its log; fetching again from each");
-            restart_fetch(consumer, shared);
+            restart_fetch(consumer, shared, None);
         }
     }
 
@@ -186,9 +189,10 @@ impl LoopState {
     /// read before has committed (stored = expected), the stored offset
     /// moves to the skip's target under the fencing rule. Returns whether a
     /// partition has a new position to fetch from.
-    fn apply_skips(&mut self, shared: &Shared) -> bool {
+    /// Returns the partitions whose position moved: their fetch restarts.
+    fn apply_skips(&mut self, shared: &Shared) -> Vec<Tp> {
         let now = Instant::now();
-        let mut moved_any = false;
+        let mut moved_any = Vec::new();
         for mut skip in std::mem::take(&mut self.range.skips) {
             let pipeline = &shared.pipelines[skip.pipeline];
             let from = match pipeline.lock().partitions.get(&skip.tp) {
@@ -224,7 +228,7 @@ impl LoopState {
                         reason = skip.why.as_str(), reset_to = skip.to.0, skipped = skip.skipped,
                         on_offset_out_of_range = setting, "offset out of range: records skipped");
                     self.range.reported.remove(&(skip.pipeline, skip.tp, skip.epoch));
-                    moved_any = true;
+                    moved_any.push(skip.tp);
                 }
                 Ok(false) => {
                     // Another owner moved the stored offset (nothing of the
@@ -239,7 +243,7 @@ impl LoopState {
                     };
                     pipeline.lock().moved(skip.tp, skip.epoch, stored);
                     self.range.reported.remove(&(skip.pipeline, skip.tp, skip.epoch));
-                    moved_any = true;
+                    moved_any.push(skip.tp);
                     info!(pipeline = %pipeline.name, %topic, partition = skip.tp.partition, stored = ?stored.map(|s| s.0),
                         "fenced while skipping an offset out of range; re-reading from the stored offset");
                 }
@@ -271,7 +275,12 @@ impl LoopState {
 /// `assign` starts it again. The other partitions restart where their
 /// buffers left off (a refetch, as after a seek; one with no record read
 /// yet resolves its reset position again), and pauses are re-applied.
-fn restart_fetch(consumer: &BaseConsumer<Context>, shared: &Shared) {
+/// Under the cooperative protocol only `only` restart, when given (the
+/// partitions moved past a gap): the others keep their prefetch, and the
+/// fewer partitions an out-of-callback (un)assign touches, the less it can
+/// disturb a rebalance librdkafka is in the middle of.
+fn restart_fetch(consumer: &BaseConsumer<Context>, shared: &Shared, only: Option<&[Tp]>) {
+    let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
     let assignment = match consumer.assignment() {
         Ok(a) => a,
         Err(err) => {
@@ -279,8 +288,22 @@ fn restart_fetch(consumer: &BaseConsumer<Context>, shared: &Shared) {
             return;
         }
     };
+    let wanted = |topic: &str, partition: i32| {
+        !cooperative
+            || only.is_none_or(|only| {
+                shared
+                    .topics
+                    .route(topic)
+                    .is_some_and(|(t, _)| only.contains(&Tp { topic: t, partition }))
+            })
+    };
     let mut tpl = TopicPartitionList::new();
+    let mut out = TopicPartitionList::new();
     for elem in assignment.elements() {
+        if !wanted(elem.topic(), elem.partition()) {
+            continue;
+        }
+        out.add_partition(elem.topic(), elem.partition());
         let held = shared.topics.route(elem.topic()).and_then(|(topic, index)| {
             let tp = Tp {
                 topic,
@@ -300,9 +323,9 @@ fn restart_fetch(consumer: &BaseConsumer<Context>, shared: &Shared) {
     }
     // Under the cooperative protocol librdkafka refuses a plain assign:
     // take the partitions out and put them back at their offsets instead.
-    let restarted = if matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative) {
+    let restarted = if cooperative {
         consumer
-            .incremental_unassign(&assignment)
+            .incremental_unassign(&out)
             .and_then(|()| consumer.incremental_assign(&tpl))
     } else {
         consumer.assign(&tpl)
