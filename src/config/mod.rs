@@ -81,7 +81,9 @@ pub struct Config {
     pub breaker: BreakerConfig,
 }
 
-fn default_shutdown_timeout() -> Duration {
+/// `shutdown_timeout` when unset (deployment artefacts size their stop
+/// timeouts from it).
+pub fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
 }
 

@@ -6,6 +6,7 @@ mod chaos;
 mod cli;
 mod dead_letters;
 mod delivery;
+mod deploy;
 mod fencing;
 mod harness;
 mod mappings;
