@@ -99,3 +99,83 @@ fn the_systemd_unit_verifies_and_fits_the_binary() {
     }
     assert!(Path::new(UNIT).exists());
 }
+
+const DOCKERFILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/Dockerfile");
+
+/// The Dockerfile copies what exists, sets config keys sluice knows,
+/// exposes the port its health check asks, and that check's path answers
+/// 200 from the binary while it still waits for its services.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dockerfile_fits_the_binary() {
+    let text = std::fs::read_to_string(DOCKERFILE).expect("Dockerfile");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Join continuation lines, drop comments.
+    let joined = text.replace("\\\n", " ");
+    let lines: Vec<&str> = joined.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
+    for l in lines.iter().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
+        let parts: Vec<&str> = l.split_whitespace().collect();
+        for src in &parts[1..parts.len() - 1] {
+            assert!(root.join(src).exists(), "{l}: {src} does not exist");
+        }
+    }
+    let env: Vec<(String, String)> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("ENV "))
+        .flat_map(|l| l.split_whitespace())
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let http_addr = env
+        .iter()
+        .find(|(k, _)| k == "SLUICE_TELEMETRY__HTTP_ADDR")
+        .map(|(_, v)| v.clone())
+        .expect("the image serves HTTP beyond localhost");
+    let port = http_addr.rsplit(':').next().unwrap();
+    assert!(lines.iter().any(|l| *l == format!("EXPOSE {port}")), "EXPOSE {port}");
+    let health = lines
+        .iter()
+        .find(|l| l.starts_with("HEALTHCHECK"))
+        .expect("HEALTHCHECK");
+    let url = health
+        .split('"')
+        .find(|s| s.starts_with("http://"))
+        .expect("a URL in HEALTHCHECK");
+    let (authority, path) = url["http://".len()..].split_once('/').unwrap();
+    assert_eq!(authority.rsplit(':').next().unwrap(), port, "{url}");
+    assert!(lines.contains(&"STOPSIGNAL SIGTERM"));
+    assert!(!lines.iter().any(|l| *l == "USER root" || *l == "USER 0"), "not root");
+
+    // The binary, configured by the image's variables (its HTTP address
+    // moved to a free port), answers the health check's path at once,
+    // while it waits for a Postgres that is not there.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[postgres]\nurl = \"postgres://sluice@127.0.0.1:1/sluice\"\n[[pipelines]]\nname = \"p\"\ntopics = [\"t\"]\ntable = \"t\"\ncolumns = { id = \"/id\" }\n",
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", crate::harness::free_port());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.arg("run").env_clear();
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .env("SLUICE_CONFIG", &config)
+        .env("SLUICE_TELEMETRY__HTTP_ADDR", &addr)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn sluice");
+    let answered = crate::harness::eventually(Duration::from_secs(20), || async {
+        crate::harness::http_get(&addr, &format!("/{path}"))
+            .await
+            .map(|(status, _)| status)
+            == Some(200)
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answered, "GET /{path} on {addr}");
+}
