@@ -4,6 +4,7 @@
 #
 #   bench/failover.sh                                 # eager, cooperative, static-eager
 #   SLUICE_BENCH_MODES="cooperative" bench/failover.sh
+#   SLUICE_BENCH_MODES=static SLUICE_BENCH_EVENTS=restart bench/failover.sh
 #   SLUICE_BENCH_KAFKA='properties = { "heartbeat.interval.ms" = "1000" }' bench/failover.sh
 #                                                     # more [kafka] keys
 #
@@ -27,7 +28,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 modes=${SLUICE_BENCH_MODES:-eager cooperative static-eager}
 rate=${SLUICE_BENCH_RATE:-2000}
 extra_kafka=${SLUICE_BENCH_KAFKA:-}
-unset SLUICE_BENCH_MODES SLUICE_BENCH_RATE SLUICE_BENCH_KAFKA
+events=${SLUICE_BENCH_EVENTS:-kill term restart}
+unset SLUICE_BENCH_MODES SLUICE_BENCH_RATE SLUICE_BENCH_KAFKA SLUICE_BENCH_EVENTS
 # shellcheck source=bench/common.sh
 source bench/common.sh
 
@@ -122,7 +124,7 @@ for mode in $modes; do
     producer=$!
     start a
     await_split 127.0.0.1:9481 -
-    for event in kill term restart; do
+    for event in $events; do
         start b
         await_split 127.0.0.1:9481 127.0.0.1:9482
         sleep 2 # both writing
