@@ -353,6 +353,23 @@ impl KafkaConfig {
                 ));
             }
         }
+        if let Some(ms) = kafka
+            .properties
+            .get("max.poll.interval.ms")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            let revoke = kafka.revoke_timeout();
+            if revoke.as_millis() >= u128::from(ms) {
+                return Err((
+                    vec![key("kafka"), key("properties"), key("max.poll.interval.ms")],
+                    format!(
+                        "must be more than kafka.revoke_timeout ({}), found {ms}: a revoke flushes inside \
+                         the poll loop, and a member that does not poll for that long leaves the group",
+                        humantime::format_duration(revoke)
+                    ),
+                ));
+            }
+        }
         if kafka.prefetch_bytes < ByteSize::mib(4) {
             return Err((
                 at("prefetch_bytes"),

@@ -640,6 +640,14 @@ fn the_revoke_timeout_is_shorter_than_the_session_timeout() {
         assert_eq!(err.key, "kafka.revoke_timeout");
         assert!(err.message.contains("less than kafka.session_timeout (30s)"), "{err}");
     }
+    // The revoke runs inside the poll loop: max.poll.interval.ms must outlast it.
+    c.kafka.revoke_timeout = Some(Duration::from_secs(20));
+    c.kafka.properties.insert("max.poll.interval.ms".into(), "20000".into());
+    let err = invalid(&c);
+    assert_eq!(err.key, "kafka.properties.\"max.poll.interval.ms\"");
+    assert!(err.message.contains("more than kafka.revoke_timeout (20s)"), "{err}");
+    c.kafka.properties.insert("max.poll.interval.ms".into(), "20001".into());
+    c.validate().unwrap();
 }
 
 #[test]

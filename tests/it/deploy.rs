@@ -179,3 +179,18 @@ async fn the_dockerfile_fits_the_binary() {
     let _ = child.wait();
     assert!(answered, "GET /{path} on {addr}");
 }
+
+/// The librdkafka features README "Kafka security" says are compiled in are
+/// the ones the binary's librdkafka reports (`builtin.features`).
+#[test]
+fn the_readme_names_the_librdkafka_features_compiled_in() {
+    let native = rdkafka::ClientConfig::new().create_native_config().expect("config");
+    let features = native.get("builtin.features").expect("builtin.features");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("librdkafka `builtin.features`:"))
+        .unwrap_or_else(|| panic!("README states the built-in features: librdkafka `builtin.features`: `{features}`"));
+    let stated = line.split('`').nth(3).expect("the list in backticks");
+    assert_eq!(stated, features, "README says {stated:?}, the binary has {features:?}");
+}
