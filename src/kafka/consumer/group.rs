@@ -111,9 +111,10 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// Reads them. Only from the rebalance callback, before it assigns or
-    /// unassigns: librdkafka reads its group state without a lock here,
-    /// and while it waits for the application's call that state holds still.
+    /// Reads them (librdkafka answers from its group thread). Called at the
+    /// start of the rebalance callback, before it assigns or unassigns:
+    /// while librdkafka waits for that call, the generation and member id
+    /// are the ones the change belongs to.
     pub fn read<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Membership {
         Membership {
             ids: membership(consumer),
