@@ -161,6 +161,14 @@ fn settings(rng: &mut Rng) -> Settings {
 }
 
 impl Member {
+    /// Partition `p` was revoked: the core forgets it, the shell its fetch
+    /// position and pending seeks (librdkafka's pause flag stays).
+    fn revoked(&mut self, p: i32) {
+        self.state.revoke(tp(p));
+        self.position.remove(&p);
+        self.seeks.retain(|s| s.0 != p);
+    }
+
     /// The shell after assigning `p`: a flowing pipeline's partition is
     /// resumed, a paused pipeline's paused (the loop re-applies pauses).
     fn assigned(&mut self, p: i32) {
@@ -289,9 +297,7 @@ impl Sim {
             }
             let member = self.member(m);
             for p in moving {
-                member.state.revoke(tp(p));
-                member.position.remove(&p);
-                member.seeks.retain(|s| s.0 != p);
+                member.revoked(p);
             }
         }
         // Assign phase: what moved, or lost its (dead) owner.
@@ -304,14 +310,20 @@ impl Sim {
             }
             self.owner[p as usize] = new;
             let Some(m) = new else { continue };
-            let stored = self.store.next.get(&p).copied().map(NextOffset);
-            let start = stored.map_or(0, |s| self.index_of(p, s.0));
-            let member = self.members[m].as_mut().expect("live");
-            member.state.assign(tp(p), stored);
-            member.position.insert(p, start);
-            member.assigned(p);
+            self.assign_to(m, p);
         }
         Ok(())
+    }
+
+    /// Member `m` is assigned partition `p`: it starts from the store, and
+    /// the shell resumes or pauses it as its pipeline is.
+    fn assign_to(&mut self, m: usize, p: i32) {
+        let stored = self.store.next.get(&p).copied().map(NextOffset);
+        let start = stored.map_or(0, |s| self.index_of(p, s.0));
+        let member = self.members[m].as_mut().expect("live");
+        member.state.assign(tp(p), stored);
+        member.position.insert(p, start);
+        member.assigned(p);
     }
 
     /// Eager rebalance: every live member loses everything, then the
@@ -323,9 +335,7 @@ impl Sim {
         for (p, owner) in self.owner.iter_mut().enumerate() {
             if let Some(m) = owner.take() {
                 if let Some(member) = self.members[m].as_mut() {
-                    member.state.revoke(tp(p as i32));
-                    member.position.remove(&(p as i32));
-                    member.seeks.retain(|s| s.0 != p as i32);
+                    member.revoked(p as i32);
                 }
             }
         }
@@ -337,12 +347,7 @@ impl Sim {
         for p in 0..self.partitions() {
             let m = live[(p as usize + shift) % live.len()];
             self.owner[p as usize] = Some(m);
-            let stored = self.store.next.get(&p).copied().map(NextOffset);
-            let start = stored.map_or(0, |s| self.index_of(p, s.0));
-            let member = self.members[m].as_mut().expect("live");
-            member.state.assign(tp(p), stored);
-            member.position.insert(p, start);
-            member.assigned(p);
+            self.assign_to(m, p);
         }
     }
 

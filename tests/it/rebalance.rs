@@ -16,7 +16,11 @@ type Sample = (Instant, Option<BTreeSet<i32>>, BTreeMap<i32, i64>);
 
 /// The partitions a member holds, from `/status` (`kafka.group.assignment`).
 fn held(member: &Sluice) -> Option<BTreeSet<i32>> {
-    let status = member.status()?;
+    assignment(&member.status()?)
+}
+
+/// The partitions in a `/status` document's `kafka.group.assignment`.
+fn assignment(status: &serde_json::Value) -> Option<BTreeSet<i32>> {
     let mut out = BTreeSet::new();
     for t in status["kafka"]["group"]["assignment"].as_array()? {
         for p in t["partitions"].as_array()? {
@@ -89,16 +93,9 @@ async fn cooperative_rebalancing_keeps_the_untouched_member_writing() {
         tokio::spawn(async move {
             let mut samples: Vec<Sample> = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let held = http_get(&a_status, "/status").await.and_then(|(_, body)| {
-                    let status: serde_json::Value = serde_json::from_str(&body).ok()?;
-                    let mut out = BTreeSet::new();
-                    for t in status["kafka"]["group"]["assignment"].as_array()? {
-                        for p in t["partitions"].as_array()? {
-                            out.insert(p.as_i64()? as i32);
-                        }
-                    }
-                    Some(out)
-                });
+                let held = http_get(&a_status, "/status")
+                    .await
+                    .and_then(|(_, body)| assignment(&serde_json::from_str(&body).ok()?));
                 let offsets: BTreeMap<i32, i64> = stored_offsets(&pool, &group, &topic).await.into_iter().collect();
                 samples.push((Instant::now(), held, offsets));
                 tokio::time::sleep(Duration::from_millis(100)).await;
