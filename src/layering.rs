@@ -14,6 +14,7 @@ use std::path::Path;
 const LAYERS: &[(&str, u8)] = &[
     // Plain data and pure logic.
     ("mapping", 0),
+    ("format", 0),
     ("row", 1),
     ("config", 1),
     ("model", 2),

@@ -10,15 +10,18 @@
 //!
 //! ```text
 //! 6  app         wires it all: run, check, migrate, dlq; the assigner; /metrics /healthz /readyz /status
-//! 5  kafka       postgres      the two sides; siblings that never import each other
+//! 5  kafka       postgres  registry   the sides; siblings that never import each other
 //! 4  pipeline                  the sans-IO core, the buffer, backpressure, flush policy, the ports
 //! 3  telemetry                 instruments, flush events, OTLP; depends on plain data only
 //! 2  model                     ids, offsets, records, dead letters, error classes
 //! 1  row         config        the record → row encoder and write statements; typed settings
-//! 0  mapping                   column sources, Postgres types, the target table
+//! 0  mapping     format        column sources, Postgres types, the target table; record formats
 //! ```
 //!
 //! - [`mapping`]: the mapping language: column sources, the Postgres types sluice writes, [`mapping::TableRef`].
+//! - [`format`]: record formats (JSON, Avro, Protobuf, JSON Schema in the Confluent wire format) →
+//!   the JSON text the encoder reads, the Debezium envelope, the bounded schema cache and the
+//!   registry's breaker ([`format::Decoder`], [`format::Schemas`]).
 //! - [`row`]: the pure record → COPY text row encoder (plan, sources, conversions, constraints,
 //!   unique-key hashes) and the SQL text of a pipeline's writes ([`row::statements`]).
 //! - [`config`]: typed settings, figment layering (defaults → TOML → `SLUICE_*` env), validation;
@@ -124,6 +127,7 @@
 
 pub mod app;
 pub mod config;
+pub mod format;
 pub mod kafka;
 #[cfg(test)]
 mod layering;
