@@ -39,6 +39,7 @@ fn record(value: &[u8]) -> RecordRef<'_> {
         timestamp_ms: Some(1_796_027_499_191),
         key: None,
         value: Some(value),
+        source: None,
         headers: &[],
     }
 }

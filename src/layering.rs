@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u8)] = &[
     // The two sides, which never import each other.
     ("kafka", 5),
     ("postgres", 5),
+    ("registry", 5),
     // Wires it all.
     ("app", 6),
 ];

@@ -39,6 +39,7 @@
 //!   sides and the application talk.
 //! - [`kafka`]: the consumer loop (a thin shell over the core: polls, seeks, pauses, the rebalance
 //!   callback), reading records back, the dead-letter topic, the lag poller.
+//! - [`registry`]: the Schema Registry client ([`format::SchemaSource`] over blocking HTTP).
 //! - [`postgres`]: the batch writer (COPY or upsert + fenced offsets, a shell over the core), stored
 //!   offsets, the dead-letter store and replay, schema checks, DDL, the database probe, error
 //!   classification.
@@ -135,5 +136,6 @@ pub mod mapping;
 pub mod model;
 pub mod pipeline;
 pub mod postgres;
+pub mod registry;
 pub mod row;
 pub mod telemetry;

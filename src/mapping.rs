@@ -11,6 +11,7 @@
 //! | `"@key/a/b"` | JSON pointer into the Kafka key parsed as JSON |
 //! | `"@header:name"` | one header's value (the last one of that name) |
 //! | `"@headers"` | all headers as a JSON object (name → value) |
+//! | `"@source"`, `"@source/a"` | the Debezium event's `source` block, or a JSON pointer into it (`envelope = "debezium"`) |
 //! | `"=text"` | the constant `text`, read by Postgres as the column's type |
 
 use std::fmt;
@@ -33,6 +34,8 @@ pub enum ColumnSource {
     Header(String),
     /// Every header as a JSON object.
     Headers,
+    /// JSON pointer into a Debezium event's `source` block (`""`: all of it).
+    Source(String),
     /// A constant, in Postgres' text input form for the column's type.
     Const(String),
 }
@@ -42,8 +45,8 @@ pub enum ColumnSource {
 pub enum SpecError {
     #[error(
         "expected a JSON pointer starting with \"/\" (\"/\" for the whole value), one of @topic, @partition, \
-         @offset, @timestamp, @key, @headers, \"@key/<pointer>\", \"@header:<name>\", or a constant \"=<value>\"; \
-         found {0:?}"
+         @offset, @timestamp, @key, @headers, \"@key/<pointer>\", \"@header:<name>\", @source, \
+         \"@source/<pointer>\", or a constant \"=<value>\"; found {0:?}"
     )]
     Source(String),
     #[error(
@@ -70,6 +73,8 @@ impl ColumnSource {
             "@timestamp" => Ok(Self::Timestamp),
             "@key" => Ok(Self::Key),
             "@headers" => Ok(Self::Headers),
+            "@source" | "@source/" => Ok(Self::Source(String::new())),
+            s if s.starts_with("@source/") => Ok(Self::Source(s["@source".len()..].to_owned())),
             s if s.starts_with('/') => Ok(Self::Pointer(s.to_owned())),
             s if s.starts_with("@key/") => Ok(Self::KeyPointer(s["@key".len()..].to_owned())),
             s if s.starts_with("@header:") && s.len() > "@header:".len() => {
@@ -94,6 +99,8 @@ impl fmt::Display for ColumnSource {
             Self::KeyPointer(p) => write!(f, "@key{p}"),
             Self::Header(name) => write!(f, "@header:{name}"),
             Self::Headers => f.write_str("@headers"),
+            Self::Source(p) if p.is_empty() => f.write_str("@source"),
+            Self::Source(p) => write!(f, "@source{p}"),
             Self::Const(c) => write!(f, "={c}"),
         }
     }
@@ -143,13 +150,18 @@ impl PgType {
         })
     }
 
+    /// Dates and times: a bare number into one needs a unit.
+    pub fn is_temporal(self) -> bool {
+        matches!(self, PgType::Timestamptz | PgType::Timestamp | PgType::Date)
+    }
+
     /// Whether values from `source` can ever convert to this type; the
     /// error says why not. Used by `sluice check` and at start-up.
     pub fn accepts(self, source: &ColumnSource) -> Result<(), String> {
         use PgType::*;
         let ok = match source {
             // JSON values convert at run time; a mismatch there is a record error.
-            ColumnSource::Pointer(_) | ColumnSource::KeyPointer(_) => true,
+            ColumnSource::Pointer(_) | ColumnSource::KeyPointer(_) | ColumnSource::Source(_) => true,
             // Checked against the live type by Postgres at start-up.
             ColumnSource::Const(_) => true,
             ColumnSource::Headers => matches!(self, Json | Jsonb | Text),
@@ -262,11 +274,11 @@ pub fn parse_sql_type(spec: &str) -> Result<String, SpecError> {
 impl ColumnSource {
     /// The column type `auto_create` and `auto_evolve` use when
     /// `column_types` names none: `jsonb` for JSON pointers (into the value
-    /// or the key) and `@headers`, `integer` for `@partition`, `bigint` for
+    /// the key or `@source`) and `@headers`, `integer` for `@partition`, `bigint` for
     /// `@offset`, `timestamptz` for `@timestamp`, `text` for the rest.
     pub fn default_sql_type(&self) -> &'static str {
         match self {
-            Self::Pointer(_) | Self::KeyPointer(_) | Self::Headers => "jsonb",
+            Self::Pointer(_) | Self::KeyPointer(_) | Self::Source(_) | Self::Headers => "jsonb",
             Self::Partition => "integer",
             Self::Offset => "bigint",
             Self::Timestamp => "timestamptz",

@@ -66,5 +66,5 @@ pub async fn dlq_replay(
             false => pipeline.target(TopicId(0)),
         }
     };
-    Ok(crate::postgres::dead_letters::replay::replay(&pool, name, &target, filter).await?)
+    Ok(crate::postgres::dead_letters::replay::replay(&pool, name, &target, &pipeline.decoder, filter).await?)
 }

@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use tracing::info;
 
 use crate::config::{Config, PipelineConfig, WriteMode};
+use crate::format::{Decoder, Envelope, Format, Schemas};
 use crate::mapping::{ColumnSource, TableRef};
 use crate::model::{TopicId, Topics};
 use crate::pipeline::buffer::Limits;
@@ -16,6 +17,7 @@ use crate::pipeline::{Pipeline, Settings, Target};
 use crate::postgres::ddl::{self, ColumnDef};
 use crate::postgres::schema::{live_columns, plan_columns, MappingError};
 use crate::postgres::upsert::{has_unique_key, unique_keys};
+use crate::registry::Registry;
 use crate::row::{ColumnPlan, RowEncoder, UpsertError};
 
 /// Why a pipeline or a table cannot be planned.
@@ -32,6 +34,9 @@ pub enum PlanError {
     /// The mapping does not fit the table: every problem found.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Mapping(Vec<MappingError>),
+    /// The Schema Registry client could not be built (its CA file).
+    #[error("{0}")]
+    Registry(String),
     /// A topic pattern that is not a valid regular expression.
     #[error("pipeline `{pipeline}`: topic pattern {pattern:?}")]
     TopicPattern {
@@ -156,7 +161,11 @@ pub async fn plan_table(
     if !bad_constants.is_empty() {
         return Err(PlanError::Mapping(bad_constants));
     }
-    let mut encoder = RowEncoder::new(columns);
+    // Only schemaless JSON keeps the epoch-milliseconds reading of a bare
+    // number in a timestamp column; with a schema or an envelope the
+    // schema decides, and a bare number is refused.
+    let plain_json = p.value_format == Format::Json && p.envelope == Envelope::None;
+    let mut encoder = RowEncoder::new(columns).with_epoch_millis(plain_json);
     // A BEFORE trigger may change a row's key: then leave duplicates to Postgres.
     let before_triggers = live.iter().flatten().any(|c| c.table_has_before_triggers);
     if p.mode == WriteMode::Insert && !before_triggers {
@@ -239,10 +248,12 @@ pub async fn plan_topic(
 pub async fn plan_pipelines(config: &Config, pool: &PgPool, topics: &Topics) -> Result<Vec<Pipeline>, PlanError> {
     let mut pipelines = Vec::new();
     let mut problems = Vec::new();
+    let schemas = schemas(config)?;
     for (index, p) in config.pipelines.iter().enumerate() {
         let table = table_ref(p);
+        let decoder = Decoder::new(p.key_format, p.value_format, p.envelope, schemas.clone());
         if p.table_per_topic() {
-            let pipeline = Pipeline::per_topic(p.name.clone(), table, settings(p));
+            let pipeline = Pipeline::per_topic(p.name.clone(), table, settings(p)).with_decoder(decoder);
             for t in p.topics.iter().filter(|t| !t.starts_with('^')) {
                 let Some((topic_id, _)) = topics.route(t) else {
                     continue;
@@ -257,7 +268,9 @@ pub async fn plan_pipelines(config: &Config, pool: &PgPool, topics: &Topics) -> 
             continue;
         }
         match plan_table(pool, p, index, &table, Ddl::Apply).await {
-            Ok(Planned::Ready(encoder)) => pipelines.push(Pipeline::new(p.name.clone(), table, *encoder, settings(p))),
+            Ok(Planned::Ready(encoder)) => {
+                pipelines.push(Pipeline::new(p.name.clone(), table, *encoder, settings(p)).with_decoder(decoder))
+            }
             Ok(Planned::NeedsDdl(_)) => unreachable!("Ddl::Apply runs the DDL"),
             Err(PlanError::Mapping(errors)) => problems.extend(errors),
             Err(other) => return Err(other),
@@ -267,6 +280,26 @@ pub async fn plan_pipelines(config: &Config, pool: &PgPool, topics: &Topics) -> 
         true => Ok(pipelines),
         false => Err(PlanError::Mapping(problems)),
     }
+}
+
+/// The schema cache in front of the registry, shared by every pipeline,
+/// when one reads a format that needs it.
+fn schemas(config: &Config) -> Result<Option<Arc<Schemas>>, PlanError> {
+    let needed = config
+        .pipelines
+        .iter()
+        .any(|p| p.value_format.uses_registry() || p.key_format.uses_registry());
+    if !needed {
+        return Ok(None);
+    }
+    let registry = Registry::new(&config.schema_registry).map_err(|e| PlanError::Registry(e.to_string()))?;
+    // A length inside an Avro datum never legitimately exceeds the record.
+    let largest = config.pipelines.iter().map(|p| p.max_record_bytes.0).max().unwrap_or(0);
+    let _ = apache_avro::util::max_allocation_bytes(usize::try_from(largest).unwrap_or(usize::MAX).max(1024));
+    Ok(Some(Arc::new(Schemas::new(
+        Box::new(registry),
+        config.schema_registry.cache_capacity,
+    ))))
 }
 
 /// Constant columns (`"=value"`) must be valid input for their column's

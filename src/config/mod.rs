@@ -26,6 +26,7 @@ mod error;
 mod kafka;
 mod pipeline;
 mod postgres;
+mod schema_registry;
 pub mod sources;
 pub mod telemetry;
 
@@ -48,6 +49,7 @@ use error::{issue_to_error, issue_with_origin, key, Issue, Seg};
 pub use kafka::{KafkaConfig, OffsetReset, OnOffsetOutOfRange, Prefetch, RebalanceProtocol};
 pub use pipeline::{ErrorsConfig, PipelineConfig, Strategy, TableNameTooLong, Tolerance, WriteMode, TOPIC_PLACEHOLDER};
 pub use postgres::{BreakerConfig, PostgresConfig, SslMode};
+pub use schema_registry::SchemaRegistryConfig;
 use sources::{FlattenProperties, SluiceEnv};
 pub use telemetry::{OtlpProtocol, TelemetryConfig};
 
@@ -79,6 +81,9 @@ pub struct Config {
     /// The circuit breaker around database writes.
     #[serde(default)]
     pub breaker: BreakerConfig,
+    /// The Schema Registry of `avro`, `protobuf` and `json_schema` records.
+    #[serde(default)]
+    pub schema_registry: SchemaRegistryConfig,
 }
 
 /// `shutdown_timeout` when unset (deployment artefacts size their stop
@@ -172,6 +177,7 @@ impl Config {
         self.postgres.validate()?;
         self.breaker.validate()?;
         self.telemetry.validate()?;
+        self.schema_registry.validate()?;
         if self.pipelines.is_empty() {
             return Err((vec![key("pipelines")], "at least one pipeline is required".to_owned()));
         }
@@ -180,6 +186,20 @@ impl Config {
         for (i, pipeline) in self.pipelines.iter().enumerate() {
             let at = |field: &str| vec![key("pipelines"), Seg::Index(i), key(field)];
             pipeline.validate(&at)?;
+            for (field, format) in [
+                ("value_format", pipeline.value_format),
+                ("key_format", pipeline.key_format),
+            ] {
+                if format.uses_registry() && self.schema_registry.url.is_none() {
+                    return Err((
+                        at(field),
+                        format!(
+                            "{:?} records name their schema in a Schema Registry: set schema_registry.url",
+                            format.as_str()
+                        ),
+                    ));
+                }
+            }
             if let Some(first) = names.insert(&pipeline.name, i) {
                 return Err((
                     at("name"),

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::error::{issue_to_error, key, Issue, Seg};
 use super::{ByteSize, Config, ConfigError};
+use crate::format::{Envelope, Format};
 use crate::mapping::ColumnSource;
 
 /// One topic → table mapping, with its own bounded buffer and writer.
@@ -142,6 +143,24 @@ pub struct PipelineConfig {
     /// null version is dead-lettered. Default: unset (the last offset wins).
     #[serde(default)]
     pub version: Option<String>,
+    /// How record values are encoded: `json` (schemaless JSON), or, in the
+    /// Confluent wire format with the writer's schema in the Schema
+    /// Registry, `avro`, `protobuf` or `json_schema`. Default `json`.
+    #[serde(default)]
+    pub value_format: Format,
+    /// How record keys are encoded: as `value_format`, or `string` (UTF-8
+    /// text) or `bytes`. `"@key/<pointer>"` needs a JSON-shaped key (not
+    /// `string` or `bytes`). Default `json`.
+    #[serde(default)]
+    pub key_format: Format,
+    /// `none`: the value is the row. `debezium`: the value is a Debezium
+    /// change event (JSON with or without its Connect schema, or Avro):
+    /// `c`, `r` and `u` upsert `after`, `d` deletes by `before` or the key,
+    /// the tombstone after a delete is skipped, and `"@source/<pointer>"`
+    /// columns read the event's `source` block. Needs `mode = "upsert"`.
+    /// Default `none`.
+    #[serde(default)]
+    pub envelope: Envelope,
 }
 
 /// `mode`: how a pipeline's records become rows.
@@ -265,6 +284,9 @@ impl PipelineConfig {
             key: Vec::new(),
             delete_on_tombstone: None,
             version: None,
+            value_format: Format::Json,
+            key_format: Format::Json,
+            envelope: Envelope::None,
         }
     }
 
@@ -555,6 +577,56 @@ impl PipelineConfig {
         Ok(())
     }
 
+    /// `value_format`, `key_format` and `envelope` agree with each other,
+    /// with `mode` and with the column sources.
+    fn validate_format(&self, at: &dyn Fn(&str) -> Vec<Seg>) -> Result<(), Issue> {
+        if matches!(self.value_format, Format::String | Format::Bytes) {
+            return Err((
+                at("value_format"),
+                format!(
+                    "expected one of json, avro, protobuf, json_schema (string and bytes are for keys), found {:?}",
+                    self.value_format.as_str()
+                ),
+            ));
+        }
+        let sources: Vec<(&String, ColumnSource)> = self
+            .columns
+            .iter()
+            .filter_map(|(c, spec)| ColumnSource::parse(spec).ok().map(|s| (c, s)))
+            .collect();
+        for (column, source) in &sources {
+            let mut path = at("columns");
+            path.push(key(column));
+            if matches!(source, ColumnSource::KeyPointer(_)) && !self.key_format.is_json() {
+                return Err((
+                    path,
+                    format!(
+                        "a JSON pointer into the key needs a JSON-shaped key, but key_format = {:?}",
+                        self.key_format.as_str()
+                    ),
+                ));
+            }
+            if matches!(source, ColumnSource::Source(_)) && self.envelope != Envelope::Debezium {
+                return Err((path, "@source columns need envelope = \"debezium\"".to_owned()));
+            }
+        }
+        if self.envelope == Envelope::Debezium {
+            if self.mode != WriteMode::Upsert {
+                return Err((
+                    at("envelope"),
+                    "envelope = \"debezium\" applies changes by key: it needs mode = \"upsert\" and key".to_owned(),
+                ));
+            }
+            if self.delete_on_tombstone == Some(false) {
+                return Err((
+                    at("delete_on_tombstone"),
+                    "must not be false with envelope = \"debezium\": a delete event deletes".to_owned(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn validate(&self, at: &dyn Fn(&str) -> Vec<Seg>) -> Result<(), Issue> {
         if self.name.is_empty()
             || !self
@@ -647,6 +719,7 @@ impl PipelineConfig {
             }
         }
         self.validate_mode(at)?;
+        self.validate_format(at)?;
         if self.batch_size == 0 {
             return Err((at("batch_size"), "must be at least 1".to_owned()));
         }

@@ -61,6 +61,7 @@ fn valid() -> Config {
         )],
         telemetry: TelemetryConfig::default(),
         breaker: BreakerConfig::default(),
+        schema_registry: Default::default(),
     }
 }
 

@@ -15,6 +15,10 @@
 //! - *refusal*: the buffer is full under `block`; the record is not taken and
 //!   the partition is re-read from it after a seek (`awaiting_seek`). What is
 //!   buffered of the partition stays good: same epoch.
+//! - *hold*: a record cannot be decoded yet (its schema registry is
+//!   unreachable). Like a refusal it is not taken and its partition is
+//!   re-read from it; unlike one, the whole pipeline pauses until the
+//!   registry's backoff has passed, whatever the buffer holds.
 //! - *span*: what a batch covers of one partition, `[first, last]`, and the
 //!   stored position it starts from (the fencing condition).
 
@@ -176,10 +180,40 @@ impl PipelineState {
         Offer::Taken(admission)
     }
 
+    /// A polled record that cannot be decoded before `until` (its schema
+    /// is unavailable): not taken, not covered. Answers like a refusal
+    /// (`Refused`: seek the partition back to the record; `Ignored` when
+    /// the record is not one the partition expects), and holds the
+    /// pipeline: [`PipelineState::should_pause`] pauses it and
+    /// [`PipelineState::resume`] keeps it paused until `until`.
+    pub fn hold(&mut self, tp: Tp, offset: i64, until: Instant) -> Offer {
+        if self.draining {
+            return Offer::Ignored;
+        }
+        let Some(part) = self.partitions.get_mut(&tp) else {
+            return Offer::Ignored;
+        };
+        if part.awaiting_seek || !is_new(part.expected, offset) {
+            return Offer::Ignored;
+        }
+        part.awaiting_seek = true;
+        let epoch = part.epoch;
+        self.held_until = Some(self.held_until.map_or(until, |u| u.max(until)));
+        Offer::Refused {
+            epoch,
+            seek_to: NextOffset(offset),
+        }
+    }
+
     /// After an offer: whether the pipeline's partitions must be paused now
-    /// (at the high watermark). Only `block` pauses: the shedding strategies
-    /// keep consuming and drop.
+    /// (at the high watermark, or held). Only `block` pauses for a full
+    /// buffer: the shedding strategies keep consuming and drop. A hold
+    /// pauses under every strategy.
     pub fn should_pause(&mut self, s: &Settings) -> bool {
+        if self.held_until.is_some() && !self.paused && !self.draining {
+            self.paused = true;
+            return true;
+        }
         let pause = s.strategy == Strategy::Block
             && pause_decision(
                 self.paused,
@@ -193,12 +227,17 @@ impl PipelineState {
         pause
     }
 
-    /// Whether the paused partitions resume (at the low watermark; never
-    /// while draining). `Some` with where each continues: the next offset
+    /// Whether the paused partitions resume (at the low watermark, and not
+    /// before a hold's time; never while draining). `Some` with where each continues: the next offset
     /// its buffer expects, for the shell to seek to (librdkafka drops what
     /// it prefetched when pausing). Partitions with nothing read yet, or
     /// waiting for a seek of their own, are left out.
-    pub fn resume(&mut self, s: &Settings) -> Option<Vec<(Tp, NextOffset)>> {
+    pub fn resume(&mut self, s: &Settings, now: Instant) -> Option<Vec<(Tp, NextOffset)>> {
+        match self.held_until {
+            Some(until) if now < until => return None,
+            Some(_) => self.held_until = None,
+            None => {}
+        }
         if self.draining
             || pause_decision(
                 self.paused,
@@ -450,14 +489,14 @@ mod tests {
         }
         assert_eq!(paused_at, Some(7), "8 of 10 records is the 0.8 high watermark");
         assert!(state.paused);
-        assert_eq!(state.resume(&s), None, "not at the low watermark yet");
+        assert_eq!(state.resume(&s, Instant::now()), None, "not at the low watermark yet");
         let mut batch = state.buffer.take_batch(0, 4, 1 << 20, now);
         let spans = state.spans(&mut batch);
         assert!(spans.gaps.is_empty());
         state.committed(&spans.spans, &batch.entries);
         assert_eq!(state.buffer.records(), 4);
         assert_eq!(
-            state.resume(&s),
+            state.resume(&s, Instant::now()),
             Some(vec![(entry(0, 0, 1).tp, NextOffset(8))]),
             "partition 1 has read nothing yet: it stays where librdkafka is"
         );
@@ -466,6 +505,6 @@ mod tests {
         state.drain();
         assert_eq!(state.offer(entry(1, 0, 10), &s, now), Offer::Ignored);
         state.paused = true;
-        assert_eq!(state.resume(&s), None, "never resumes while draining");
+        assert_eq!(state.resume(&s, Instant::now()), None, "never resumes while draining");
     }
 }

@@ -22,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::config::Strategy;
+use crate::format::Decoder;
 use crate::mapping::TableRef;
 use crate::model::{TopicId, Tp};
 use crate::row::statements::WriteSql;
@@ -83,6 +84,9 @@ pub struct PipelineState {
     sample_seq: u64,
     /// The last epoch handed out (see [`PartState::epoch`]).
     epochs: u64,
+    /// Set by [`PipelineState::hold`]: the partitions stay paused until
+    /// then (a record's schema could not be had).
+    pub held_until: Option<std::time::Instant>,
 }
 
 impl PipelineState {
@@ -102,6 +106,7 @@ impl PipelineState {
             draining: false,
             sample_seq: 0,
             epochs: 0,
+            held_until: None,
         }
     }
 
@@ -225,6 +230,9 @@ pub struct Pipeline {
     /// Set when the pipeline has stopped for good (e.g. a data error under
     /// `errors.tolerance = none`); `/readyz` is unready while set.
     pub stopped: AtomicBool,
+    /// How the pipeline's records are decoded before the encoder reads
+    /// them (formats, envelope, schemas).
+    pub decoder: Decoder,
 }
 
 /// Whether the consumer loop should change a pipeline's pause state.
@@ -341,7 +349,14 @@ impl Pipeline {
             breaker: Arc::default(),
             flush_interval_us,
             stopped: AtomicBool::new(false),
+            decoder: Decoder::default(),
         }
+    }
+
+    /// Sets how records are decoded (default: schemaless JSON).
+    pub fn with_decoder(mut self, decoder: Decoder) -> Self {
+        self.decoder = decoder;
+        self
     }
 
     /// The flush interval in force (see [`Pipeline::flush_interval_us`]).

@@ -136,16 +136,19 @@ fn write_json_timestamp(out: &mut Vec<u8>, v: JsonRef<'_>, with_zone: bool) -> C
 }
 
 fn write_json_date(out: &mut Vec<u8>, v: JsonRef<'_>) -> Conv {
-    const WHAT: &str = "a date (YYYY-MM-DD), an RFC 3339 timestamp or epoch milliseconds";
+    const WHAT: &str = "a date (YYYY-MM-DD) or an RFC 3339 timestamp";
     let date = match v {
         JsonRef::Str(s) => parse_date(s.as_bytes())
             .or_else(|| DateTime::parse_from_rfc3339(s).ok().map(|dt| dt.naive_utc().date()))
             .ok_or_else(|| expected(WHAT, v))?,
+        // Days since the epoch (Avro, Debezium) or epoch milliseconds? A
+        // guess would put a day count on 1970-01-01. Formats with a schema
+        // arrive here as "YYYY-MM-DD".
         JsonRef::Number(n) => {
-            let ms = parse_int(n).map_err(|e| num_error(e, WHAT, v))?;
-            DateTime::from_timestamp_millis(ms)
-                .ok_or_else(|| out_of_range(v))?
-                .date_naive()
+            return Err(format!(
+                "a bare number ({n}) is ambiguous for a date (days or milliseconds since the epoch?): \
+                 expected {WHAT}"
+            ))
         }
         _ => return Err(expected(WHAT, v)),
     };

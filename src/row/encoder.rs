@@ -98,6 +98,11 @@ pub struct RowEncoder {
     /// The table's unique keys whose columns are all mapped (insert mode
     /// uses them to find duplicates within a batch before Postgres does).
     unique_keys: Vec<UniqueKey>,
+    /// Whether a bare JSON number in a timestamp column is read as epoch
+    /// milliseconds (schemaless JSON). When the records come with a schema
+    /// the schema decides (its types arrive as text), and a bare number is
+    /// refused: it could be seconds, milliseconds, microseconds or days.
+    epoch_millis: bool,
 }
 
 /// Upsert mode: the columns that identify a row, and what a tombstone does.
@@ -158,7 +163,16 @@ impl RowEncoder {
             reads_headers,
             upsert: None,
             unique_keys: Vec::new(),
+            epoch_millis: true,
         }
+    }
+
+    /// Whether a bare number in a `timestamptz`/`timestamp` column is epoch
+    /// milliseconds (`true`, the default: schemaless JSON) or refused as
+    /// ambiguous (`false`: formats with a schema, the Debezium envelope).
+    pub fn with_epoch_millis(mut self, yes: bool) -> Self {
+        self.epoch_millis = yes;
+        self
     }
 
     /// Switches to upsert mode: every line gets one more column, the
@@ -300,9 +314,15 @@ impl RowEncoder {
                         out.extend_from_slice(NULL);
                         Ok(())
                     }
+                    Some(JsonRef::Number(n)) if !self.epoch_millis && col.ty.is_temporal() => Err(format!(
+                        "a bare number ({n}) is ambiguous for a {} column (seconds? milliseconds? days?): \
+                         the record's schema does not say what it means",
+                        col.ty.sql_name()
+                    )),
                     Some(v) => write_json(out, v, col.ty),
                 },
-                ColumnSource::KeyPointer(_) => write_key_pointer(out, path, rec.key, col.ty),
+                ColumnSource::KeyPointer(_) => write_key_pointer(out, path, rec.key, col.ty, "@key"),
+                ColumnSource::Source(_) => write_key_pointer(out, path, rec.source, col.ty, "@source"),
                 other => write_meta(out, other, rec, col.ty),
             };
             written.map_err(|reason| DecodeError::for_column(&col.name, col.ty, reason))?;
@@ -365,7 +385,8 @@ impl RowEncoder {
                     )),
                     (TombstoneKey::NotUtf8(e), _) => Err(format!("the tombstone's key is not valid UTF-8: {e}")),
                 },
-                ColumnSource::KeyPointer(_) => write_key_pointer(out, path, rec.key, col.ty),
+                ColumnSource::KeyPointer(_) => write_key_pointer(out, path, rec.key, col.ty, "@key"),
+                ColumnSource::Source(_) => write_key_pointer(out, path, rec.source, col.ty, "@source"),
                 other => write_meta(out, other, rec, col.ty),
             };
             written.map_err(|reason| DecodeError::for_column(&col.name, col.ty, reason))?;
@@ -637,6 +658,7 @@ mod tests {
                 timestamp_ms: ts,
                 key: key.as_deref(),
                 value: value.as_deref(),
+                source: None,
                 headers: &[],
             };
             let all = everything();
@@ -663,6 +685,7 @@ mod tests {
                 timestamp_ms: Some(3),
                 key: Some(&key_bytes),
                 value: Some(&doc),
+                source: None,
                 headers: &[],
             };
             assert_line_shape(&RowEncoder::new(everything()), &r)?;
@@ -782,5 +805,37 @@ mod tests {
             line(&enc, &rec(None, Some(b"7"))).unwrap_err().to_string(),
             "record: null value (tombstone)"
         );
+    }
+
+    #[test]
+    fn with_a_schema_a_bare_number_in_a_temporal_column_is_refused() {
+        let cols = vec![
+            col("ts", "/ts", Timestamptz),
+            col("d", "/d", Date),
+            col("n", "/n", Int8),
+        ];
+        let doc = br#"{"ts":1704164645123,"n":5}"#;
+        let r = RecordRef {
+            value: Some(&doc[..]),
+            ..rec(None, None)
+        };
+        // Schemaless JSON: epoch milliseconds, as documented.
+        assert_eq!(
+            line(&RowEncoder::new(cols.clone()), &r).unwrap(),
+            "2024-01-02T03:04:05.123000Z\t\\N\t5"
+        );
+        let strict = RowEncoder::new(cols).with_epoch_millis(false);
+        let e = line(&strict, &r).unwrap_err().to_string();
+        assert!(
+            e.contains("column `ts` (timestamptz): a bare number (1704164645123) is ambiguous"),
+            "{e}"
+        );
+        // What a schema spelled out still converts.
+        let doc = br#"{"ts":"2024-01-02T03:04:05.123Z","d":"1969-07-20","n":5}"#;
+        let r = RecordRef {
+            value: Some(&doc[..]),
+            ..rec(None, None)
+        };
+        assert_eq!(line(&strict, &r).unwrap(), "2024-01-02T03:04:05.123000Z\t1969-07-20\t5");
     }
 }

@@ -21,6 +21,8 @@ pub struct RecordRef<'a> {
     pub timestamp_ms: Option<i64>,
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
+    /// The Debezium event's `source` block (JSON), for `@source` columns.
+    pub source: Option<&'a [u8]>,
     /// The record's headers in order; empty unless a column reads them
     /// ([`RowEncoder::reads_headers`](crate::row::RowEncoder::reads_headers)).
     pub headers: &'a [HeaderRef<'a>],
@@ -61,7 +63,7 @@ impl Token {
 
 impl Path {
     pub(super) fn compile(source: &ColumnSource) -> Self {
-        let (ColumnSource::Pointer(p) | ColumnSource::KeyPointer(p)) = source else {
+        let (ColumnSource::Pointer(p) | ColumnSource::KeyPointer(p) | ColumnSource::Source(p)) = source else {
             return Self::Meta;
         };
         // "/" is the whole value in the mapping language (see `ColumnSource::parse`),
@@ -128,21 +130,22 @@ pub(super) fn write_meta(out: &mut Vec<u8>, source: &ColumnSource, rec: &RecordR
         ColumnSource::Const(text) => {
             push_text(out, text).map_err(|NulByte| "the constant contains a NUL character".to_owned())
         }
-        ColumnSource::Pointer(_) | ColumnSource::KeyPointer(_) => {
+        ColumnSource::Pointer(_) | ColumnSource::KeyPointer(_) | ColumnSource::Source(_) => {
             unreachable!("pointers are resolved by the caller")
         }
     }
 }
 
-/// A JSON pointer into the Kafka key parsed as JSON; NULL when there is no
-/// key or nothing at the pointer.
-pub(super) fn write_key_pointer(out: &mut Vec<u8>, path: &Path, key: Option<&[u8]>, ty: PgType) -> Conv {
+/// A JSON pointer into the Kafka key parsed as JSON (or into another JSON
+/// document beside the value: `what` names it, `@key` or `@source`); NULL
+/// when there is no such document or nothing at the pointer.
+pub(super) fn write_key_pointer(out: &mut Vec<u8>, path: &Path, key: Option<&[u8]>, ty: PgType, what: &str) -> Conv {
     let Some(key) = key else {
         out.extend_from_slice(NULL);
         return Ok(());
     };
-    let text = std::str::from_utf8(key).map_err(|e| format!("@key is not valid UTF-8: {e}"))?;
-    let doc: Value = serde_json::from_str(text).map_err(|e| json_error("@key is not valid JSON", &e))?;
+    let text = std::str::from_utf8(key).map_err(|e| format!("{what} is not valid UTF-8: {e}"))?;
+    let doc: Value = serde_json::from_str(text).map_err(|e| json_error(&format!("{what} is not valid JSON"), &e))?;
     match path.resolve(&doc) {
         None | Some(Value::Null) => {
             out.extend_from_slice(NULL);

@@ -38,6 +38,7 @@ pub(super) fn rec<'a>(value: Option<&'a [u8]>, key: Option<&'a [u8]>) -> RecordR
         timestamp_ms: Some(1_704_164_645_123),
         key,
         value,
+        source: None,
         headers: &[],
     }
 }

@@ -30,6 +30,7 @@ fn entry(pipeline: &Pipeline, tp: Tp, topic: &str, offset: i64, id: i64, keep_ra
         timestamp_ms: None,
         key: None,
         value: Some(value.as_bytes()),
+        source: None,
         headers: &[],
     };
     let mut row = Vec::new();

@@ -19,6 +19,7 @@
 //! librdkafka runs with `auto.offset.reset=error`, and `RangeWatch` finds
 //! the partition and applies `kafka.on_offset_out_of_range`.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -35,6 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::config::OnOffsetOutOfRange;
+use crate::format::{Decoded, Decoder, FormatError};
 use crate::kafka::message::{dead_letter_of, raw_of, record_meta};
 use crate::kafka::offsets::start_position;
 use crate::model::dead_letter::DeadLetter;
@@ -501,6 +503,9 @@ struct Encoded {
     row: Option<Box<[u8]>>,
     dead_letter: Option<DeadLetter>,
     raw: Option<Box<Raw>>,
+    /// The record cannot be decoded yet (its schema is unavailable): hold
+    /// the pipeline until then, and re-read the record.
+    hold: Option<(Instant, String)>,
 }
 
 struct LoopState {
@@ -598,16 +603,63 @@ impl LoopState {
     }
 
     /// A record's row, or its dead letter when it cannot become one, and
-    /// its raw record when the row repeats a recent row's unique key.
+    /// its raw record when the row repeats a recent row's unique key; or a
+    /// hold when its schema cannot be had now.
+    #[allow(clippy::too_many_arguments)]
     fn encode(
         &mut self,
         index: usize,
         target: &Arc<Target>,
+        decoder: &Decoder,
         msg: &BorrowedMessage<'_>,
         topic: &str,
         timestamp_ms: Option<i64>,
         s: &Settings,
+        now: Instant,
     ) -> Encoded {
+        let dead = |err: &DecodeError| Encoded {
+            row: None,
+            dead_letter: Some(dead_letter_of(msg, Some(err), s.max_record_bytes)),
+            raw: None,
+            hold: None,
+        };
+        if msg.payload().is_some_and(|v| v.len() > s.max_record_bytes) {
+            return Encoded {
+                dead_letter: Some(dead_letter_of(msg, None, s.max_record_bytes)),
+                ..dead(&DecodeError::for_record(""))
+            };
+        }
+        // Formats with a schema, and envelopes, decode first; schemaless
+        // JSON goes to the encoder as it is.
+        let decoded = match decoder.is_plain() {
+            true => Decoded {
+                key: msg.key().map(Cow::Borrowed),
+                value: msg.payload().map(Cow::Borrowed),
+                ..Decoded::default()
+            },
+            false => match decoder.decode(msg.key(), msg.payload(), now) {
+                Ok(decoded) => decoded,
+                Err(FormatError::Record(why)) => return dead(&DecodeError::for_record(why)),
+                Err(FormatError::Unavailable { until, why }) => {
+                    return Encoded {
+                        row: None,
+                        dead_letter: None,
+                        raw: None,
+                        hold: Some((until, why)),
+                    }
+                }
+            },
+        };
+        if decoded.skip {
+            // Nothing to write (the tombstone after a Debezium delete): a
+            // marker that only covers its offset.
+            return Encoded {
+                row: None,
+                dead_letter: None,
+                raw: None,
+                hold: None,
+            };
+        }
         // Only read when a column needs them: librdkafka parses a record's
         // headers with an allocation even when it has none.
         let headers: Vec<HeaderRef<'_>> = match target.encoder.reads_headers().then(|| msg.headers()).flatten() {
@@ -619,25 +671,28 @@ impl LoopState {
             partition: msg.partition(),
             offset: msg.offset(),
             timestamp_ms,
-            key: msg.key(),
-            value: msg.payload(),
+            key: decoded.key.as_deref(),
+            value: decoded.value.as_deref(),
+            source: decoded.source.as_deref(),
             headers: &headers,
         };
         self.scratch.clear();
         // A record that can't become a row keeps its raw bytes as a dead
         // letter, stored with its batch; its offset advances in order.
-        let (row, dead_letter) = match record.value.filter(|v| v.len() > s.max_record_bytes) {
-            Some(_) => (None, Some(dead_letter_of(msg, None, s.max_record_bytes))),
-            None => match target.encoder.encode(&record, &mut self.scratch) {
-                Ok(()) => (Some(Box::<[u8]>::from(self.scratch.as_slice())), None),
-                Err(err) => (None, Some(dead_letter_of(msg, Some(&err), s.max_record_bytes))),
-            },
+        let (row, dead_letter) = match target.encoder.encode(&record, &mut self.scratch) {
+            Ok(()) => (Some(Box::<[u8]>::from(self.scratch.as_slice())), None),
+            Err(err) => (None, Some(dead_letter_of(msg, Some(&err), s.max_record_bytes))),
         };
         // A row repeating a recent row's unique key keeps its raw record:
         // it will most likely be refused, and then needs it for its dead letter.
         let raw =
             (row.is_some() && self.repeats_recent_key(index, target, s.batch_size)).then(|| Box::new(raw_of(msg)));
-        Encoded { row, dead_letter, raw }
+        Encoded {
+            row,
+            dead_letter,
+            raw,
+            hold: None,
+        }
     }
 
     /// Decodes a record and hands it to its pipeline's buffer.
@@ -659,13 +714,32 @@ impl LoopState {
         let meta = record_meta(msg, shared.trace_links);
         let s = &pipeline.settings;
         let encoded = pipeline.with_target(topic, |target| {
-            self.encode(index, target, msg, topic_name, meta.timestamp_ms, s)
+            self.encode(
+                index,
+                target,
+                &pipeline.decoder,
+                msg,
+                topic_name,
+                meta.timestamp_ms,
+                s,
+                now,
+            )
         });
-        let Some(Encoded { row, dead_letter, raw }) = encoded else {
+        let Some(Encoded {
+            row,
+            dead_letter,
+            raw,
+            hold,
+        }) = encoded
+        else {
             // Its table could not be planned (sluice is stopping): the
             // partition was never registered, so skipping loses nothing.
             return;
         };
+        if let Some((until, why)) = hold {
+            self.hold(consumer, shared, index, tp, offset, until, &why);
+            return;
+        }
         if let Some(d) = &dead_letter {
             debug!(pipeline = %pipeline.name, topic = %topic_name, partition = tp.partition, offset,
                 error = %d.error, "record cannot become a row: dead letter");
@@ -726,6 +800,42 @@ impl LoopState {
     }
 }
 
+impl LoopState {
+    /// A record whose schema cannot be had before `until`: the core holds
+    /// the pipeline (paused until then) and the partition is re-read from
+    /// the record. Nothing is dead-lettered for it.
+    #[allow(clippy::too_many_arguments)]
+    fn hold(
+        &mut self,
+        consumer: &BaseConsumer<Context>,
+        shared: &Shared,
+        index: usize,
+        tp: Tp,
+        offset: i64,
+        until: Instant,
+        why: &str,
+    ) {
+        let pipeline = &shared.pipelines[index];
+        let pause = {
+            let mut state = pipeline.lock();
+            if let Offer::Refused { epoch, seek_to } = state.hold(tp, offset, until) {
+                self.pending_seeks.push((index, tp, epoch, Some(seek_to)));
+                warn!(pipeline = %pipeline.name, topic = %shared.topics.name(tp.topic), partition = tp.partition, offset,
+                    retry_in_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64, error = %why,
+                    "schema unavailable: the pipeline's partitions pause, the record will be read again");
+            }
+            state
+                .should_pause(&pipeline.settings)
+                .then(|| partition_list(shared, state.partitions.keys()))
+        };
+        if let Some(tpl) = pause {
+            if let Err(err) = consumer.pause(&tpl) {
+                warn!(pipeline = %pipeline.name, error = %err, "pause failed");
+            }
+        }
+    }
+}
+
 fn partition_list<'a>(shared: &Shared, tps: impl Iterator<Item = &'a Tp>) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for tp in tps {
@@ -738,7 +848,7 @@ fn resume_at_low_watermark(consumer: &BaseConsumer<Context>, shared: &Shared) {
     for pipeline in &shared.pipelines {
         let (tpl, positions) = {
             let mut state = pipeline.lock();
-            let Some(positions) = state.resume(&pipeline.settings) else {
+            let Some(positions) = state.resume(&pipeline.settings, Instant::now()) else {
                 continue;
             };
             let mut seek = TopicPartitionList::new();
@@ -749,7 +859,7 @@ fn resume_at_low_watermark(consumer: &BaseConsumer<Context>, shared: &Shared) {
         };
         match consumer.resume(&tpl) {
             Ok(()) => {
-                info!(pipeline = %pipeline.name, partitions = tpl.count(), "buffer at low watermark: partitions resumed")
+                info!(pipeline = %pipeline.name, partitions = tpl.count(), "partitions resumed")
             }
             Err(err) => warn!(pipeline = %pipeline.name, error = %err, "resume failed"),
         }

@@ -12,9 +12,11 @@
 //! still bad stays unmarked and is reported.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use sqlx::{PgPool, Row as _};
 
+use crate::format::Decoder;
 use crate::model::dead_letter::headers_from_json;
 use crate::pipeline::Target;
 use crate::postgres::upsert;
@@ -129,6 +131,7 @@ pub async fn replay(
     pool: &PgPool,
     pipeline: &str,
     target: &dyn Fn(&str) -> Option<Arc<Target>>,
+    decoder: &Decoder,
     filter: &Filter,
 ) -> Result<Report, sqlx::Error> {
     let (from, to) = filter.ids.unwrap_or((i64::MIN, i64::MAX));
@@ -168,13 +171,29 @@ pub async fn replay(
         let stored_headers: Option<String> = row.try_get("headers")?;
         let owned_headers = headers_from_json(stored_headers.as_deref().unwrap_or("[]"));
         let headers: Vec<HeaderRef<'_>> = owned_headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+        // Decoded as the consumer does (a schema is fetched if need be).
+        let decoded = match decoder.decode(key.as_deref(), value.as_deref(), Instant::now()) {
+            Ok(decoded) => decoded,
+            Err(err) => {
+                tx.rollback().await?;
+                report.still_bad.push((id, err.to_string()));
+                continue;
+            }
+        };
+        if decoded.skip {
+            // Nothing to write (a Debezium delete's tombstone): done.
+            tx.commit().await?;
+            report.replayed.push(id);
+            continue;
+        }
         let record = RecordRef {
             topic: &topic,
             partition: row.try_get("partition")?,
             offset: row.try_get("offset")?,
             timestamp_ms: row.try_get("timestamp_ms")?,
-            key: key.as_deref(),
-            value: value.as_deref(),
+            key: decoded.key.as_deref(),
+            value: decoded.value.as_deref(),
+            source: decoded.source.as_deref(),
             headers: &headers,
         };
         let Some(target) = target(&topic) else {
