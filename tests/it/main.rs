@@ -8,6 +8,7 @@ mod dead_letters;
 mod delivery;
 mod deploy;
 mod fencing;
+mod formats;
 mod harness;
 mod mappings;
 mod membership;

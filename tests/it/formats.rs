@@ -1,0 +1,472 @@
+//! Record formats end to end: records made by the *official* Confluent
+//! serializers (Python `confluent-kafka`, `tests/support/produce.py`)
+//! against a registry-compatible server (`tests/support/registry.py`),
+//! and Debezium change events (`tests/fixtures/debezium`), checked in the
+//! table value by value.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::harness::*;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where `scripts/services.sh` installed confluent-kafka and friends.
+fn python_path() -> String {
+    std::env::var("SLUICE_TEST_PYTHONPATH").expect(
+        "SLUICE_TEST_PYTHONPATH is not set: run the tests with scripts/test.sh, which installs the Python serializers",
+    )
+}
+
+/// The registry-compatible server, killed on drop.
+struct Registry {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port_file = dir.path().join("port");
+        let child = Command::new("python3")
+            .arg(root().join("tests/support/registry.py"))
+            .args(["--port", "0", "--port-file"])
+            .arg(&port_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tests/support/registry.py");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(&port_file) {
+                if let Ok(p) = p.trim().parse::<u16>() {
+                    break p;
+                }
+            }
+            assert!(Instant::now() < deadline, "the registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Registry {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    fn post(&self, path: &str, body: &Value) -> String {
+        let addr = self.url.trim_start_matches("http://");
+        let body = body.to_string();
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to the registry");
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    fn outage(&self, down: bool) {
+        let answer = self.post("/_test/outage", &json!({"down": down, "mode": "503"}));
+        assert!(answer.starts_with("HTTP/1.") && answer.contains(" 200 "), "{answer}");
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Produces with `tests/support/produce.py` (the official serializers).
+fn produce_spec(spec: &Value) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("spec.json");
+    std::fs::write(&path, spec.to_string()).unwrap();
+    let out = Command::new("python3")
+        .arg(root().join("tests/support/produce.py"))
+        .arg(&path)
+        .env("PYTHONPATH", python_path())
+        .output()
+        .expect("run tests/support/produce.py");
+    assert!(
+        out.status.success(),
+        "produce.py failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn text_rows(pool: &PgPool, sql: &str) -> Vec<Vec<Option<String>>> {
+    use sqlx::Row as _;
+    let rows = sqlx::query(sql).fetch_all(pool).await.expect(sql);
+    rows.iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.try_get::<Option<String>, _>(i).unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+async fn dead_letters(pool: &PgPool, topic: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT error FROM sluice.dead_letters WHERE topic = $1 ORDER BY \"offset\"")
+        .bind(topic)
+        .fetch_all(pool)
+        .await
+        .expect("dead letters")
+}
+
+fn registry_config(registry: &Registry) -> String {
+    format!("\n[schema_registry]\nurl = \"{}\"\n", registry.url)
+}
+
+const ORDER_V1: &str = r#"{"type":"record","name":"Order","namespace":"shop","fields":[
+  {"name":"id","type":"long"},
+  {"name":"name","type":"string"},
+  {"name":"price","type":{"type":"bytes","logicalType":"decimal","precision":10,"scale":2}},
+  {"name":"born","type":{"type":"int","logicalType":"date"}},
+  {"name":"ts","type":{"type":"long","logicalType":"timestamp-micros"}},
+  {"name":"lts","type":{"type":"long","logicalType":"local-timestamp-millis"}},
+  {"name":"t","type":{"type":"long","logicalType":"time-micros"}},
+  {"name":"uid","type":{"type":"string","logicalType":"uuid"}},
+  {"name":"tags","type":{"type":"array","items":"string"}},
+  {"name":"raw","type":"bytes"}]}"#;
+
+fn order_v2() -> String {
+    ORDER_V1.replace(
+        r#"{"name":"raw","type":"bytes"}]"#,
+        r#"{"name":"raw","type":"bytes"},{"name":"note","type":["null","string"],"default":null}]"#,
+    )
+}
+
+fn order(i: u64, v2: bool) -> Value {
+    let sign = if i % 2 == 1 { "-" } else { "" };
+    let mut v = json!({
+        "id": i,
+        "name": format!("n{i}\ttab"),
+        "price": {"$decimal": format!("{sign}{i}.{:02}", i % 100)},
+        "born": {"$date": if i % 2 == 0 { "1969-07-20" } else { "2024-02-29" }},
+        "ts": {"$timestamp": "2024-01-02T03:04:05.123456Z"},
+        "lts": {"$local_timestamp": "2024-01-02T03:04:05.123"},
+        "t": {"$time": "23:59:59.999999"},
+        "uid": {"$uuid": "67e55044-10b1-426f-9247-bb680e5fe0c8"},
+        "tags": ["a", "é"],
+        "raw": {"$bytes": "AP8="},
+    });
+    if v2 {
+        v["note"] = if i % 3 == 0 {
+            Value::Null
+        } else {
+            json!(format!("note {i}"))
+        };
+    }
+    v
+}
+
+fn orders_spec(
+    services: &Services,
+    registry: &Registry,
+    topic: &str,
+    schema: &str,
+    range: std::ops::Range<u64>,
+) -> Value {
+    let v2 = schema.contains("note");
+    json!({
+        "brokers": services.brokers,
+        "topic": topic,
+        "registry": {"url": registry.url},
+        "key": {"format": "string"},
+        "value": {"format": "avro", "schema": schema},
+        "records": range.map(|i| json!({"key": format!("key-{i}"), "value": order(i, v2), "partition": (i % 3) as i32})).collect::<Vec<_>>(),
+    })
+}
+
+/// Avro records of two schema versions land value by value; a registry
+/// outage while sluice meets a schema it has not cached holds the
+/// pipeline (nothing dead-lettered for it) until the registry is back;
+/// records the registry cannot explain are dead letters with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_records_land_value_by_value_across_schema_versions_and_a_registry_outage() {
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let registry = Registry::start();
+    let topic = unique("avro");
+    let table = unique("avro_t");
+    let group = unique("avro_g");
+    create_topic(&services.brokers, &topic, 3).await;
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, name text, price numeric(10,2), born date, ts timestamptz, \
+         lts timestamp, t text, uid uuid, tags jsonb, raw bytea, note text, k text)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let columns = r#"id = "/id"
+name = "/name"
+price = "/price"
+born = "/born"
+ts = "/ts"
+lts = "/lts"
+t = "/t"
+uid = "/uid"
+tags = "/tags"
+raw = "/raw"
+note = "/note"
+k = "@key""#;
+    let extra = "value_format = \"avro\"\nkey_format = \"string\"";
+    let cfg = config(&services, &group, &topic, &table, columns, extra) + &registry_config(&registry);
+    produce_spec(&orders_spec(&services, &registry, &topic, ORDER_V1, 0..200));
+    // Two records the registry cannot explain: an unknown schema id, and
+    // bytes that are not in the wire format at all.
+    produce_records(&services.brokers, &topic, 0..2, 0, |i| match i {
+        0 => ("bad".to_owned(), Some("\u{0}\u{0}\u{0}\u{27}\u{f}xyz".to_owned()), 0),
+        _ => ("bad".to_owned(), Some("{\"id\": 1}".to_owned()), 1),
+    });
+    let mut first = Sluice::start(&cfg);
+    await_rows(&pool, &table, 200, Duration::from_secs(60), || first.log_text()).await;
+    let dead = eventually(Duration::from_secs(20), || async {
+        dead_letters(&pool, &topic).await.len() == 2
+    })
+    .await;
+    assert!(
+        dead,
+        "dead letters: {:?}\n{}",
+        dead_letters(&pool, &topic).await,
+        first.log_text()
+    );
+    let mut reasons = dead_letters(&pool, &topic).await;
+    reasons.sort();
+    assert!(
+        reasons[0].contains("not in the Confluent wire format: the first byte is 0x7b"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("schema id 9999 is not in the schema registry"),
+        "{reasons:?}"
+    );
+    first.sigterm();
+    first.wait_timeout(Duration::from_secs(30)).expect("stops on SIGTERM");
+
+    // Version 2 (a new optional field, a new schema id) while sluice is
+    // down; then the registry goes down and sluice starts again.
+    produce_spec(&orders_spec(&services, &registry, &topic, &order_v2(), 200..400));
+    registry.outage(true);
+    let second = first.restart("second.log");
+    let held = eventually(Duration::from_secs(30), || async {
+        second.log_text().matches("schema unavailable").count() >= 2
+    })
+    .await;
+    assert!(held, "no hold was logged:\n{}", second.log_text());
+    assert_eq!(
+        count(&pool, &table).await,
+        200,
+        "nothing is written while the schema is unavailable"
+    );
+    assert_eq!(
+        dead_letters(&pool, &topic).await.len(),
+        2,
+        "nothing is dead-lettered for an outage"
+    );
+    registry.outage(false);
+    await_rows(&pool, &table, 400, Duration::from_secs(60), || second.log_text()).await;
+    let settled = eventually(Duration::from_secs(20), || async {
+        stored_offsets(&pool, &group, &topic)
+            .await
+            .iter()
+            .map(|(_, o)| *o)
+            .sum::<i64>()
+            == 402
+    })
+    .await;
+    assert!(
+        settled,
+        "stored offsets: {:?}",
+        stored_offsets(&pool, &group, &topic).await
+    );
+    assert_eq!(count(&pool, &table).await, 400);
+    assert_eq!(dead_letters(&pool, &topic).await.len(), 2);
+
+    let rows = text_rows(
+        &pool,
+        &format!(
+            "SELECT id::text, name, price::text, born::text, (ts AT TIME ZONE 'UTC')::text, lts::text, t, uid::text, \
+             tags::text, raw::text, note, k FROM {table} WHERE id IN (0, 7, 300, 301) ORDER BY {table}.id"
+        ),
+    )
+    .await;
+    let s = |v: &str| Some(v.to_owned());
+    let common = |id: &str, name: &str, price: &str, born: &str, note: Option<String>, k: &str| {
+        vec![
+            s(id),
+            s(name),
+            s(price),
+            s(born),
+            s("2024-01-02 03:04:05.123456"),
+            s("2024-01-02 03:04:05.123"),
+            s("23:59:59.999999"),
+            s("67e55044-10b1-426f-9247-bb680e5fe0c8"),
+            s(r#"["a", "é"]"#),
+            s("\\x00ff"),
+            note,
+            s(k),
+        ]
+    };
+    assert_eq!(
+        rows,
+        vec![
+            common("0", "n0\ttab", "0.00", "1969-07-20", None, "key-0"),
+            common("7", "n7\ttab", "-7.07", "2024-02-29", None, "key-7"),
+            common("300", "n300\ttab", "300.00", "1969-07-20", None, "key-300"),
+            common("301", "n301\ttab", "-301.01", "2024-02-29", s("note 301"), "key-301"),
+        ]
+    );
+    let notes: i64 = sqlx::query_scalar(&format!("SELECT count(note) FROM {table}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(notes, (200..400).filter(|i| i % 3 != 0).count() as i64);
+    second.sigterm();
+}
+
+/// Debezium change events — JSON with its Connect schema, JSON without,
+/// and Avro — applied as upserts: snapshot reads, creates, an update, a
+/// delete and its tombstone; every temporal and decimal type checked in
+/// the table against `tests/fixtures/debezium/expected.json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_change_events_apply_value_by_value() {
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let registry = Registry::start();
+    let fixtures = root().join("tests/fixtures/debezium");
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("expected.json")).unwrap()).unwrap();
+    let typed = &expected["typed"];
+    let lines = |name: &str| -> Vec<Value> {
+        std::fs::read_to_string(fixtures.join(name))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // time(3)/time are read back through text columns cast to time (sluice
+    // writes them as text until the time types are supported).
+    let ddl = |table: &str| {
+        format!(
+            "CREATE TABLE {table} (id integer PRIMARY KEY, name text, price numeric(10,2), amount numeric, born date, \
+             t_ms text, t_us text, ts_ms timestamp(3), ts_us timestamp, ts_tz timestamptz, doc jsonb, uid uuid, \
+             flag boolean, big bigint, src_lsn bigint, src_ts timestamptz)"
+        )
+    };
+    let columns = r#"id = "/id"
+name = "/name"
+price = "/price"
+amount = "/amount"
+born = "/born"
+t_ms = "/t_ms"
+t_us = "/t_us"
+ts_ms = "/ts_ms"
+ts_us = "/ts_us"
+ts_tz = "/ts_tz"
+doc = "/doc"
+uid = "/uid"
+flag = "/flag"
+big = "/big"
+src_lsn = "@source/lsn""#;
+    let mut runs = Vec::new();
+    for variant in ["json-schema", "avro"] {
+        let topic = unique(&format!("dbz_{}", variant.replace('-', "_")));
+        let table = unique("dbz_t");
+        let group = unique("dbz_g");
+        create_topic(&services.brokers, &topic, 1).await;
+        sqlx::query(&ddl(&table)).execute(&pool).await.unwrap();
+        let mut extra = "mode = \"upsert\"\nkey = [\"id\"]\nenvelope = \"debezium\"".to_owned();
+        if variant == "avro" {
+            let schemas: Value =
+                serde_json::from_str(&std::fs::read_to_string(fixtures.join("typed.avsc.json")).unwrap()).unwrap();
+            let records: Vec<Value> = lines("typed.avro-records.jsonl")
+                .into_iter()
+                .map(|r| json!({"key": r["key"], "value": r["value"], "partition": 0}))
+                .collect();
+            produce_spec(&json!({
+                "brokers": services.brokers,
+                "topic": topic,
+                "registry": {"url": registry.url},
+                "key": {"format": "avro", "schema": schemas["key_schema"].to_string()},
+                "value": {"format": "avro", "schema": schemas["value_schema"].to_string()},
+                "records": records,
+            }));
+            extra += "\nvalue_format = \"avro\"\nkey_format = \"avro\"";
+        } else {
+            let events = lines("typed.json-schema.jsonl");
+            produce_records(&services.brokers, &topic, 0..events.len() as u64, 0, |i| {
+                let e = &events[i as usize];
+                (
+                    e["key"].to_string(),
+                    (!e["value"].is_null()).then(|| e["value"].to_string()),
+                    0,
+                )
+            });
+        }
+        let cfg = config(&services, &group, &topic, &table, columns, &extra) + &registry_config(&registry);
+        let sluice = Sluice::start(&cfg);
+        runs.push((topic, table, group, sluice));
+    }
+    let events = lines("typed.json-schema.jsonl").len() as i64;
+    for (topic, table, group, sluice) in &runs {
+        let settled = eventually(Duration::from_secs(60), || async {
+            stored_offsets(&pool, group, topic)
+                .await
+                .iter()
+                .map(|(_, o)| *o)
+                .sum::<i64>()
+                == events
+        })
+        .await;
+        assert!(
+            settled,
+            "{topic}: stored {:?}\n{}",
+            stored_offsets(&pool, group, topic).await,
+            sluice.log_text()
+        );
+        assert_eq!(dead_letters(&pool, topic).await, Vec::<String>::new(), "{topic}");
+        let got = text_rows(
+            &pool,
+            &format!(
+                "SELECT id::text, name, price::text, amount::text, born::text, t_ms::time(3)::text, t_us::time::text, \
+                 ts_ms::text, ts_us::text, (ts_tz AT TIME ZONE 'UTC')::text || '+00', doc::text, uid::text, \
+                 CASE WHEN flag THEN 't' WHEN NOT flag THEN 'f' END, big::text, src_lsn::text FROM {table} ORDER BY {table}.id"
+            ),
+        )
+        .await;
+        let want: Vec<Vec<Option<String>>> = typed["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let mut row: Vec<Option<String>> = [
+                    "id", "name", "price", "amount", "born", "t_ms", "t_us", "ts_ms", "ts_us", "ts_tz", "doc", "uid",
+                    "flag", "big",
+                ]
+                .iter()
+                .map(|c| r[*c].as_str().map(str::to_owned))
+                .collect();
+                row.push(Some(r["@source"]["lsn"].to_string()));
+                row
+            })
+            .collect();
+        assert_eq!(got, want, "{topic}:\n{}", sluice.log_text());
+        sluice.sigterm();
+    }
+}
