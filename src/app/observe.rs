@@ -3,13 +3,14 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use opentelemetry::metrics::{Meter, ObservableCounter, ObservableGauge};
 use opentelemetry::KeyValue;
 use serde_json::{json, Value};
 
 use crate::config::Config;
+use crate::format::Schemas;
 use crate::kafka::consumer::{GroupView, RebalanceEvent, Shared};
 use crate::model::Topics;
 use crate::pipeline::breaker::BreakerPhase;
@@ -81,7 +82,17 @@ impl Observed {
                 reasons.push(format!("pipeline {}: stopped", p.name));
             }
         }
+        if let Some(view) = self.schemas().map(|s| s.view(Instant::now())).filter(|v| !v.available) {
+            let error = view.last_error.unwrap_or_default();
+            reasons.push(format!("schema registry unavailable: {error}"));
+        }
         reasons
+    }
+
+    /// The schema cache in front of the registry (one, shared by every
+    /// pipeline), when a pipeline reads a format that needs it.
+    fn schemas(&self) -> Option<&Arc<Schemas>> {
+        self.pipelines.iter().find_map(|p| p.decoder.schemas())
     }
 
     /// The `/status` document.
@@ -198,6 +209,20 @@ impl Observed {
                 "reachable": self.db.is_ok(),
                 "last_error": self.db.last_error(),
             },
+            "schema_registry": self.schemas().map(|s| {
+                let view = s.view(Instant::now());
+                json!({
+                    "available": view.available,
+                    "retry_in_ms": view.retry_in.map(|d| d.as_millis() as u64),
+                    "last_error": view.last_error,
+                    "cached_schemas": view.cached,
+                    "requests": {
+                        "fetched": s.stats.fetched.load(Ordering::Relaxed),
+                        "not_found": s.stats.not_found.load(Ordering::Relaxed),
+                        "unavailable": s.stats.unavailable.load(Ordering::Relaxed),
+                    },
+                })
+            }),
             "pipelines": pipelines,
         })
     }
@@ -261,7 +286,7 @@ pub fn register(meter: &Meter, observed: Arc<Observed>) -> Instruments {
             })
             .build()
     };
-    let counters = vec![
+    let mut counters = vec![
         counter(CONSUMED, |c, l, o| o(Counters::get(&c.consumed), &l.pipeline)),
         counter(WRITTEN, |c, l, o| o(Counters::get(&c.written), &l.written)),
         counter(DROPPED, |c, l, o| {
@@ -388,6 +413,41 @@ pub fn register(meter: &Meter, observed: Arc<Observed>) -> Instruments {
             })
             .build(),
     );
+    // The schema registry: observed only when a pipeline uses it.
+    if observed.schemas().is_some() {
+        let schema_observed = observed.clone();
+        counters.push(
+            meter
+                .u64_observable_counter(SCHEMA_REQUESTS.name)
+                .with_description(SCHEMA_REQUESTS.help)
+                .with_unit(SCHEMA_REQUESTS.unit)
+                .with_callback(move |o| {
+                    if let Some(s) = schema_observed.schemas() {
+                        for (outcome, n) in [
+                            ("fetched", &s.stats.fetched),
+                            ("not_found", &s.stats.not_found),
+                            ("unavailable", &s.stats.unavailable),
+                        ] {
+                            o.observe(n.load(Ordering::Relaxed), &[KeyValue::new("outcome", outcome)]);
+                        }
+                    }
+                })
+                .build(),
+        );
+        let cached_observed = observed.clone();
+        gauges_u64.push(
+            meter
+                .u64_observable_gauge(SCHEMA_CACHED.name)
+                .with_description(SCHEMA_CACHED.help)
+                .with_unit(SCHEMA_CACHED.unit)
+                .with_callback(move |o| {
+                    if let Some(s) = cached_observed.schemas() {
+                        o.observe(s.view(Instant::now()).cached as u64, &[]);
+                    }
+                })
+                .build(),
+        );
+    }
     Instruments {
         _counters: counters,
         _group_counters: group_counters,

@@ -589,12 +589,12 @@ impl PipelineConfig {
                 ),
             ));
         }
-        let sources: Vec<(&String, ColumnSource)> = self
+        // Specs that do not parse were refused by `validate` already.
+        for (column, source) in self
             .columns
             .iter()
-            .filter_map(|(c, spec)| ColumnSource::parse(spec).ok().map(|s| (c, s)))
-            .collect();
-        for (column, source) in &sources {
+            .filter_map(|(c, spec)| Some((c, ColumnSource::parse(spec).ok()?)))
+        {
             let mut path = at("columns");
             path.push(key(column));
             if matches!(source, ColumnSource::KeyPointer(_)) && !self.key_format.is_json() {

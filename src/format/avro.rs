@@ -103,13 +103,10 @@ fn shape(json: &Json, namespace: Option<&str>, names: &mut HashMap<String, usize
         },
         Json::Array(branches) => Shape::Union(branches.iter().map(|b| shape(b, namespace, names, named)).collect()),
         Json::Object(o) => {
-            let semantic = o.get("connect.name").and_then(Json::as_str).and_then(|n| {
-                let scale = o
-                    .get("connect.parameters")
-                    .and_then(|p| p.get("scale"))
-                    .and_then(|s| s.as_str().and_then(|s| s.parse().ok()).or_else(|| s.as_i64()));
-                Semantic::of(n, scale)
-            });
+            let semantic = o
+                .get("connect.name")
+                .and_then(Json::as_str)
+                .and_then(|n| Semantic::named(n, o.get("connect.parameters")));
             let scale = o.get("scale").and_then(Json::as_i64).unwrap_or(0);
             let logical = o.get("logicalType").and_then(Json::as_str);
             let ty = o.get("type");

@@ -34,8 +34,9 @@ pub(crate) enum Change<'a> {
         after: Cow<'a, [u8]>,
         source: Option<Cow<'a, [u8]>>,
     },
-    /// Delete the row these key columns identify (`before`, or the Kafka key).
-    Delete { key: Cow<'a, [u8]> },
+    /// Delete the row these key columns identify: the `before` image, or
+    /// (`None`: Debezium sent none) the Kafka key.
+    Delete { before: Option<Cow<'a, [u8]>> },
     /// The tombstone after a delete: nothing to do.
     Skip,
 }
@@ -65,25 +66,20 @@ struct Event<'a> {
 }
 
 /// Reads a change event. `value` is the decoded record value (`None`: a
-/// tombstone), `key` the decoded Kafka key; `connect_json` says the value
-/// is Connect JSON, which may carry a `schema`.
-pub(crate) fn change<'a>(
-    value: Option<Cow<'a, [u8]>>,
-    key: Option<Cow<'a, [u8]>>,
-    connect_json: bool,
-) -> Result<Change<'a>, String> {
+/// tombstone); `connect_json` says it is Connect JSON, which may carry a
+/// `schema`.
+pub(crate) fn change(value: Option<Cow<'_, [u8]>>, connect_json: bool) -> Result<Change<'_>, String> {
     let Some(value) = value else {
         return Ok(Change::Skip);
     };
     match value {
-        Cow::Borrowed(doc) => read(doc, key, connect_json, &|s| Cow::Borrowed(s)),
-        Cow::Owned(doc) => read(&doc, key, connect_json, &|s| Cow::Owned(s.to_vec())),
+        Cow::Borrowed(doc) => read(doc, connect_json, &|s| Cow::Borrowed(s)),
+        Cow::Owned(doc) => read(&doc, connect_json, &|s| Cow::Owned(s.to_vec())),
     }
 }
 
 fn read<'d, 'a>(
     doc: &'d [u8],
-    key: Option<Cow<'a, [u8]>>,
     connect_json: bool,
     keep: &dyn Fn(&'d [u8]) -> Cow<'a, [u8]>,
 ) -> Result<Change<'a>, String> {
@@ -98,9 +94,7 @@ fn read<'d, 'a>(
             if rewritten.as_slice() == b"null" {
                 return Ok(Change::Skip);
             }
-            return read(&rewritten, key.map(|k| Cow::Owned(k.into_owned())), false, &|s| {
-                Cow::Owned(s.to_vec())
-            });
+            return read(&rewritten, false, &|s| Cow::Owned(s.to_vec()));
         }
     }
     let op = match event.op.as_deref() {
@@ -129,13 +123,9 @@ fn read<'d, 'a>(
                 source: event.source.map(|s| keep(s.get().as_bytes())),
             })
         }
-        "d" => match (event.before, key) {
-            (Some(before), _) => Ok(Change::Delete {
-                key: keep(before.get().as_bytes()),
-            }),
-            (None, Some(key)) => Ok(Change::Delete { key }),
-            (None, None) => Err("a Debezium delete with neither a `before` image nor a key".to_owned()),
-        },
+        "d" => Ok(Change::Delete {
+            before: event.before.map(|b| keep(b.get().as_bytes())),
+        }),
         "t" => Err("a Debezium truncate event: sluice does not apply truncates".to_owned()),
         "m" => Err("a Debezium logical-decoding message: there is no row to write".to_owned()),
         other => Err(format!("a Debezium event with an unknown op {other:?}")),
@@ -179,11 +169,7 @@ fn render(out: &mut Vec<u8>, schema: &Json, v: &Json) -> Result<(), String> {
         return Ok(());
     }
     let name = schema.get("name").and_then(Json::as_str);
-    let scale = schema
-        .get("parameters")
-        .and_then(|p| p.get("scale"))
-        .and_then(|s| s.as_str().and_then(|s| s.parse().ok()).or_else(|| s.as_i64()));
-    if let Some(semantic) = name.and_then(|n| Semantic::of(n, scale)) {
+    if let Some(semantic) = name.and_then(|n| Semantic::named(n, schema.get("parameters"))) {
         let field = schema.get("field").and_then(Json::as_str).unwrap_or("a value");
         let why = |e: String| format!("`{field}` ({}): {e}", name.unwrap_or_default());
         return match (semantic, v) {
@@ -280,7 +266,7 @@ mod tests {
     #[test]
     fn ops_map_to_upserts_deletes_and_skips() {
         let create = br#"{"before":null,"after":{"id":1,"name":"a"},"source":{"ts_ms":5,"lsn":7},"op":"c","ts_ms":6}"#;
-        let Change::Upsert { after, source } = change(Some(Cow::Borrowed(&create[..])), None, true).unwrap() else {
+        let Change::Upsert { after, source } = change(Some(Cow::Borrowed(&create[..])), true).unwrap() else {
             panic!()
         };
         assert!(matches!(after, Cow::Borrowed(_)), "no copy without a schema");
@@ -288,37 +274,35 @@ mod tests {
         assert_eq!(text_of(&source.unwrap()), r#"{"ts_ms":5,"lsn":7}"#);
         let delete = br#"{"before":{"id":1,"name":"a"},"after":null,"source":{},"op":"d"}"#;
         assert_eq!(
-            change(Some(Cow::Borrowed(&delete[..])), None, true).unwrap(),
+            change(Some(Cow::Borrowed(&delete[..])), true).unwrap(),
             Change::Delete {
-                key: Cow::Borrowed(&br#"{"id":1,"name":"a"}"#[..])
+                before: Some(Cow::Borrowed(&br#"{"id":1,"name":"a"}"#[..]))
             }
         );
-        // Without `before` (default replica identity): the Kafka key.
+        // Without `before`: the decoder falls back to the Kafka key.
         let delete = br#"{"before":null,"after":null,"op":"d"}"#;
-        let key = Cow::Borrowed(&br#"{"id":1}"#[..]);
         assert_eq!(
-            change(Some(Cow::Borrowed(&delete[..])), Some(key.clone()), true).unwrap(),
-            Change::Delete { key }
+            change(Some(Cow::Borrowed(&delete[..])), true).unwrap(),
+            Change::Delete { before: None }
         );
-        assert_eq!(change(None, None, true).unwrap(), Change::Skip);
+        assert_eq!(change(None, true).unwrap(), Change::Skip);
     }
 
     #[test]
     fn what_cannot_be_applied_is_refused_by_name() {
-        let cases: [(&[u8], &str); 7] = [
+        let cases: [(&[u8], &str); 6] = [
             (br#"{"source":{},"ts_ms":1,"databaseName":"inventory","ddl":"CREATE TABLE t (id int)","tableChanges":[]}"#, "schema-change"),
             (br#"{"status":"BEGIN","id":"571:53195829","event_count":null,"data_collections":null,"ts_ms":1}"#, "transaction-metadata"),
             (br#"{"ts_ms":1}"#, "no `op`"),
             (br#"{"op":"t","source":{}}"#, "truncate"),
             (br#"{"op":"m","source":{}}"#, "logical-decoding message"),
             (br#"{"op":"c","after":null}"#, "without an `after`"),
-            (br#"{"op":"d","before":null}"#, "neither a `before`"),
         ];
         for (doc, want) in cases {
-            let e = change(Some(Cow::Borrowed(doc)), None, true).unwrap_err();
+            let e = change(Some(Cow::Borrowed(doc)), true).unwrap_err();
             assert!(e.contains(want), "{e} should say {want}");
         }
-        assert!(change(Some(Cow::Borrowed(&b"[1]"[..])), None, true)
+        assert!(change(Some(Cow::Borrowed(&b"[1]"[..])), true)
             .unwrap_err()
             .contains("not a JSON object"));
     }
@@ -345,7 +329,7 @@ mod tests {
           "payload":{"before":null,"after":{"id":1,"born":-165,"ts_us":1704164645123456,"t_us":86399999999,
             "price":"+y4=","amount":{"scale":3,"value":"MDk="},"doc":"{\"a\": 1}","ts_tz":"2024-01-02T03:04:05.123456Z"},
             "source":{"ts_ms":1704164645000},"op":"c"}}"#;
-        let Change::Upsert { after, source } = change(Some(Cow::Borrowed(&event[..])), None, true).unwrap() else {
+        let Change::Upsert { after, source } = change(Some(Cow::Borrowed(&event[..])), true).unwrap() else {
             panic!()
         };
         assert_eq!(
@@ -361,7 +345,7 @@ mod tests {
         let bad = br#"{"schema":{"type":"struct","fields":[{"type":"struct","field":"after","fields":[
             {"type":"int32","name":"io.debezium.time.Date","field":"born"}]},{"type":"string","field":"op"}]},
             "payload":{"after":{"born":"x"},"op":"c"}}"#;
-        let e = change(Some(Cow::Borrowed(&bad[..])), None, true).unwrap_err();
+        let e = change(Some(Cow::Borrowed(&bad[..])), true).unwrap_err();
         assert!(e.contains("`born` (io.debezium.time.Date)"), "{e}");
     }
 }

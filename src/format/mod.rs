@@ -208,30 +208,28 @@ impl Decoder {
                 source: None,
                 skip: false,
             }),
-            Envelope::Debezium => {
-                let connect_json = self.value == Format::Json;
-                Ok(
-                    match debezium::change(value, key.clone(), connect_json).map_err(FormatError::Record)? {
-                        debezium::Change::Upsert { after, source } => Decoded {
-                            key,
-                            value: Some(after),
-                            source,
-                            skip: false,
-                        },
-                        debezium::Change::Delete { key } => Decoded {
-                            key: Some(key),
-                            value: None,
-                            source: None,
-                            skip: false,
-                        },
-                        debezium::Change::Skip => Decoded {
-                            key,
-                            skip: true,
-                            ..Decoded::default()
-                        },
+            Envelope::Debezium => Ok(
+                match debezium::change(value, self.value == Format::Json).map_err(FormatError::Record)? {
+                    debezium::Change::Upsert { after, source } => Decoded {
+                        key,
+                        value: Some(after),
+                        source,
+                        skip: false,
                     },
-                )
-            }
+                    // A delete: the key columns from `before`, else the Kafka key.
+                    debezium::Change::Delete { before } => Decoded {
+                        key: Some(before.or(key).ok_or_else(|| {
+                            FormatError::Record("a Debezium delete with neither a `before` image nor a key".to_owned())
+                        })?),
+                        ..Decoded::default()
+                    },
+                    debezium::Change::Skip => Decoded {
+                        key,
+                        skip: true,
+                        ..Decoded::default()
+                    },
+                },
+            ),
         }
     }
 
@@ -382,5 +380,9 @@ mod tests {
         let got = d.decode(Some(key), Some(delete), now).unwrap();
         assert_eq!((got.value, got.key.as_deref()), (None, Some(&key[..])));
         assert!(d.decode(Some(key), None, now).unwrap().skip);
+        let Err(FormatError::Record(e)) = d.decode(None, Some(delete), now) else {
+            panic!("a delete without `before` or a key")
+        };
+        assert!(e.contains("neither a `before`"), "{e}");
     }
 }

@@ -89,7 +89,6 @@ pub struct SchemaStats {
     pub fetched: AtomicU64,
     pub not_found: AtomicU64,
     pub unavailable: AtomicU64,
-    pub cached: AtomicU64,
 }
 
 #[derive(Default)]
@@ -148,7 +147,6 @@ impl Schemas {
                 }
                 inner.cache.insert(id, Arc::clone(&compiled));
                 inner.order.push_back(id);
-                self.stats.cached.store(inner.cache.len() as u64, Ordering::Relaxed);
                 Ok(compiled)
             }
             Err(FetchError::Unavailable(why)) => {

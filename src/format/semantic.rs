@@ -39,10 +39,15 @@ pub(super) enum Semantic {
 }
 
 impl Semantic {
-    /// The semantic type of a Connect schema name; `scale` is the Decimal's
-    /// `scale` parameter. Names that need no conversion (`ZonedTimestamp`,
-    /// `Uuid`, `Enum`, …: already text that means what it says) are `None`.
-    pub(super) fn of(name: &str, scale: Option<i64>) -> Option<Semantic> {
+    /// The semantic type of a Connect schema name, with its parameters
+    /// (Connect JSON's `parameters`, Avro's `connect.parameters`: the
+    /// Decimal's `scale`, a string or a number). Names that need no
+    /// conversion (`ZonedTimestamp`, `Uuid`, `Enum`, …: already text that
+    /// means what it says) are `None`.
+    pub(super) fn named(name: &str, parameters: Option<&serde_json::Value>) -> Option<Semantic> {
+        let scale = parameters
+            .and_then(|p| p.get("scale"))
+            .and_then(|s| s.as_str().and_then(|s| s.parse().ok()).or_else(|| s.as_i64()));
         Some(match name {
             "io.debezium.time.Date" | "org.apache.kafka.connect.data.Date" => Semantic::Date,
             "io.debezium.time.Time" | "org.apache.kafka.connect.data.Time" => Semantic::TimeMillis,

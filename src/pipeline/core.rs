@@ -142,22 +142,28 @@ impl PipelineState {
         self.partitions.get(&tp).is_some_and(|p| p.epoch == epoch)
     }
 
+    /// The state of `tp` when a polled record at `offset` is one to act
+    /// on: the partition is held, not waiting for a seek, the record is new
+    /// to it, and shutdown has not begun (shutdown sets `draining` under the
+    /// lock before asking the writer for its final flush: a record taken
+    /// now could land in the buffer after that flush; the next owner
+    /// re-reads it). `None`: ignore the record.
+    fn expecting(&mut self, tp: Tp, offset: i64) -> Option<&mut PartState> {
+        if self.draining {
+            return None;
+        }
+        self.partitions
+            .get_mut(&tp)
+            .filter(|p| !p.awaiting_seek && is_new(p.expected, offset))
+    }
+
     /// Offers a polled record (its entry built by the shell; epoch and
     /// `from` are set here).
     pub fn offer(&mut self, mut entry: Entry, s: &Settings, now: Instant) -> Offer {
-        if self.draining {
-            // Shutdown set this under the lock before asking the writer for
-            // its final flush: a record taken now could land in the buffer
-            // after that flush. Not taken, re-read by the next owner.
-            return Offer::Ignored;
-        }
         let (tp, offset) = (entry.tp, entry.offset);
-        let Some(part) = self.partitions.get(&tp) else {
+        let Some(part) = self.expecting(tp, offset) else {
             return Offer::Ignored;
         };
-        if part.awaiting_seek || !is_new(part.expected, offset) {
-            return Offer::Ignored;
-        }
         let epoch = part.epoch;
         entry.epoch = epoch;
         entry.from = part.expected.map_or(offset, |e| e.0);
@@ -187,15 +193,9 @@ impl PipelineState {
     /// pipeline: [`PipelineState::should_pause`] pauses it and
     /// [`PipelineState::resume`] keeps it paused until `until`.
     pub fn hold(&mut self, tp: Tp, offset: i64, until: Instant) -> Offer {
-        if self.draining {
-            return Offer::Ignored;
-        }
-        let Some(part) = self.partitions.get_mut(&tp) else {
+        let Some(part) = self.expecting(tp, offset) else {
             return Offer::Ignored;
         };
-        if part.awaiting_seek || !is_new(part.expected, offset) {
-            return Offer::Ignored;
-        }
         part.awaiting_seek = true;
         let epoch = part.epoch;
         self.held_until = Some(self.held_until.map_or(until, |u| u.max(until)));

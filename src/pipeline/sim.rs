@@ -452,35 +452,34 @@ impl Sim {
             return;
         };
         member.position.insert(p, at + 1);
-        if self.registry_down && !record.poison && record.offset % 3 == 0 {
-            // Its schema cannot be had: held, re-read after the backoff.
+        // While the registry is down, records whose schema is not cached
+        // (every third offset) cannot be decoded: held, re-read after the backoff.
+        let held = self.registry_down && !record.poison && record.offset % 3 == 0;
+        let offer = if held {
             let until = self.clock + std::time::Duration::from_millis(1 + self.rng.below(20));
-            if let Offer::Refused { epoch, seek_to } = member.state.hold(tp(p), record.offset, until) {
-                self.holds += 1;
-                member.seeks.push((p, epoch, Some(seek_to)));
-            }
-            if member.state.should_pause(&settings) {
-                let held: Vec<i32> = member.state.partitions.keys().map(|tp| tp.partition).collect();
-                member.app_paused.extend(held);
-            }
-            return;
-        }
-        let mut entry = Entry::new(tp(p), 0, record.offset, None, Default::default());
-        if record.poison {
-            entry.dead_letter = Some(Box::new(DeadLetter {
-                key: None,
-                value: Some(vec![b'?'; record.len].into_boxed_slice()),
-                headers: "[]".into(),
-                class: DeadLetterClass::Decode,
-                sqlstate: None,
-                error: "poison".into(),
-            }));
+            member.state.hold(tp(p), record.offset, until)
         } else {
-            entry.row = Some(vec![b'r'; record.len].into_boxed_slice());
-        }
-        match member.state.offer(entry, &settings, now) {
+            let mut entry = Entry::new(tp(p), 0, record.offset, None, Default::default());
+            if record.poison {
+                entry.dead_letter = Some(Box::new(DeadLetter {
+                    key: None,
+                    value: Some(vec![b'?'; record.len].into_boxed_slice()),
+                    headers: "[]".into(),
+                    class: DeadLetterClass::Decode,
+                    sqlstate: None,
+                    error: "poison".into(),
+                }));
+            } else {
+                entry.row = Some(vec![b'r'; record.len].into_boxed_slice());
+            }
+            member.state.offer(entry, &settings, now)
+        };
+        match offer {
             Offer::Refused { epoch, seek_to } => {
-                self.refusals += 1;
+                match held {
+                    true => self.holds += 1,
+                    false => self.refusals += 1,
+                }
                 member.seeks.push((p, epoch, Some(seek_to)));
             }
             Offer::Ignored | Offer::Taken(_) => {}

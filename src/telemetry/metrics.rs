@@ -239,6 +239,22 @@ metric!(
     [],
     "The consumer group generation this member's assignment belongs to (-1 before it joined)."
 );
+metric!(
+    SCHEMA_REQUESTS,
+    "sluice_schema_registry_requests_total",
+    Counter,
+    "1",
+    ["outcome"],
+    "Schema Registry lookups by outcome: fetched (a schema, cached from then on), not_found (its records are dead letters), unavailable (its records wait). Only cache misses ask the registry."
+);
+metric!(
+    SCHEMA_CACHED,
+    "sluice_schema_registry_cached_schemas",
+    Gauge,
+    "1",
+    [],
+    "Writer's schemas in the cache (at most schema_registry.cache_capacity)."
+);
 
 /// Every metric sluice exports, in `/metrics` order.
 pub const CATALOGUE: &[MetricInfo] = &[
@@ -266,6 +282,8 @@ pub const CATALOGUE: &[MetricInfo] = &[
     REBALANCES,
     REBALANCE_SECONDS,
     GROUP_GENERATION,
+    SCHEMA_REQUESTS,
+    SCHEMA_CACHED,
 ];
 
 const SECONDS_BUCKETS: &[f64] = &[

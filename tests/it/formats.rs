@@ -256,6 +256,23 @@ k = "@key""#;
         reasons[1].contains("schema id 9999 is not in the schema registry"),
         "{reasons:?}"
     );
+    // One schema fetched and cached, one id the registry does not know.
+    let registry_status = first.status().expect("/status")["schema_registry"].clone();
+    assert_eq!(registry_status["available"], true, "{registry_status}");
+    assert_eq!(registry_status["cached_schemas"], 1, "{registry_status}");
+    assert_eq!(
+        registry_status["requests"],
+        json!({"fetched": 1, "not_found": 1, "unavailable": 0}),
+        "{registry_status}"
+    );
+    let metrics = http_get(&first.http_addr().unwrap(), "/metrics")
+        .await
+        .expect("/metrics")
+        .1;
+    assert!(
+        metrics.contains("sluice_schema_registry_requests_total{outcome=\"fetched\"} 1\n"),
+        "{metrics}"
+    );
     first.sigterm();
     first.wait_timeout(Duration::from_secs(30)).expect("stops on SIGTERM");
 
@@ -273,6 +290,15 @@ k = "@key""#;
         count(&pool, &table).await,
         200,
         "nothing is written while the schema is unavailable"
+    );
+    let status = second.status().expect("/status");
+    assert_eq!(status["schema_registry"]["available"], false, "{status}");
+    assert!(
+        status["unready_reasons"].as_array().unwrap().iter().any(|r| r
+            .as_str()
+            .unwrap()
+            .starts_with("schema registry unavailable: schema id ")),
+        "{status}"
     );
     assert_eq!(
         dead_letters(&pool, &topic).await.len(),
@@ -297,6 +323,12 @@ k = "@key""#;
     );
     assert_eq!(count(&pool, &table).await, 400);
     assert_eq!(dead_letters(&pool, &topic).await.len(), 2);
+    // After the outage: the version-2 schema fetched once, and only once.
+    let registry_status = second.status().expect("/status")["schema_registry"].clone();
+    assert_eq!(registry_status["available"], true, "{registry_status}");
+    assert_eq!(registry_status["cached_schemas"], 1, "{registry_status}");
+    assert_eq!(registry_status["requests"]["fetched"], 1, "{registry_status}");
+    assert_eq!(registry_status["requests"]["not_found"], 0, "{registry_status}");
 
     let rows = text_rows(
         &pool,

@@ -498,7 +498,9 @@ pub fn run(consumer: BaseConsumer<Context>, shared: Arc<Shared>, commands: std_m
     drop(consumer);
 }
 
-/// What the consumer makes of a record (see [`LoopState::encode`]).
+/// What the consumer makes of a record (see [`LoopState::encode`]); the
+/// default is a record with nothing to write (a marker covering its offset).
+#[derive(Default)]
 struct Encoded {
     row: Option<Box<[u8]>>,
     dead_letter: Option<DeadLetter>,
@@ -617,17 +619,13 @@ impl LoopState {
         s: &Settings,
         now: Instant,
     ) -> Encoded {
-        let dead = |err: &DecodeError| Encoded {
-            row: None,
-            dead_letter: Some(dead_letter_of(msg, Some(err), s.max_record_bytes)),
-            raw: None,
-            hold: None,
+        // `None`: the record is larger than `max_record_bytes`.
+        let dead = |err: Option<&DecodeError>| Encoded {
+            dead_letter: Some(dead_letter_of(msg, err, s.max_record_bytes)),
+            ..Encoded::default()
         };
         if msg.payload().is_some_and(|v| v.len() > s.max_record_bytes) {
-            return Encoded {
-                dead_letter: Some(dead_letter_of(msg, None, s.max_record_bytes)),
-                ..dead(&DecodeError::for_record(""))
-            };
+            return dead(None);
         }
         // Formats with a schema, and envelopes, decode first; schemaless
         // JSON goes to the encoder as it is.
@@ -639,13 +637,11 @@ impl LoopState {
             },
             false => match decoder.decode(msg.key(), msg.payload(), now) {
                 Ok(decoded) => decoded,
-                Err(FormatError::Record(why)) => return dead(&DecodeError::for_record(why)),
+                Err(FormatError::Record(why)) => return dead(Some(&DecodeError::for_record(why))),
                 Err(FormatError::Unavailable { until, why }) => {
                     return Encoded {
-                        row: None,
-                        dead_letter: None,
-                        raw: None,
                         hold: Some((until, why)),
+                        ..Encoded::default()
                     }
                 }
             },
@@ -653,12 +649,7 @@ impl LoopState {
         if decoded.skip {
             // Nothing to write (the tombstone after a Debezium delete): a
             // marker that only covers its offset.
-            return Encoded {
-                row: None,
-                dead_letter: None,
-                raw: None,
-                hold: None,
-            };
+            return Encoded::default();
         }
         // Only read when a column needs them: librdkafka parses a record's
         // headers with an allocation even when it has none.
@@ -798,9 +789,7 @@ impl LoopState {
             }
         }
     }
-}
 
-impl LoopState {
     /// A record whose schema cannot be had before `until`: the core holds
     /// the pipeline (paused until then) and the partition is re-read from
     /// the record. Nothing is dead-lettered for it.
