@@ -150,9 +150,9 @@ impl PgType {
         })
     }
 
-    /// Dates and times: a bare number into one needs a unit.
-    pub fn is_temporal(self) -> bool {
-        matches!(self, PgType::Timestamptz | PgType::Timestamp | PgType::Date)
+    /// `timestamptz` or `timestamp`.
+    pub fn is_timestamp(self) -> bool {
+        matches!(self, PgType::Timestamptz | PgType::Timestamp)
     }
 
     /// Whether values from `source` can ever convert to this type; the

@@ -314,9 +314,10 @@ impl RowEncoder {
                         out.extend_from_slice(NULL);
                         Ok(())
                     }
-                    Some(JsonRef::Number(n)) if !self.epoch_millis && col.ty.is_temporal() => Err(format!(
-                        "a bare number ({n}) is ambiguous for a {} column (seconds? milliseconds? days?): \
-                         the record's schema does not say what it means",
+                    // (A date never takes a bare number: see `convert`.)
+                    Some(JsonRef::Number(n)) if !self.epoch_millis && col.ty.is_timestamp() => Err(format!(
+                        "a bare number ({n}) is ambiguous for a {} column (seconds? milliseconds? \
+                         microseconds?): the record's schema does not say what it means",
                         col.ty.sql_name()
                     )),
                     Some(v) => write_json(out, v, col.ty),

@@ -734,3 +734,94 @@ async fn json_schema_records_land_value_by_value() {
     assert_eq!(count(&pool, &table).await, 20);
     assert_eq!(dead_letters(&pool, &topic).await, Vec::<String>::new());
 }
+
+/// Debezium's JSON without its schema (`schemas.enable=false`): the
+/// envelope applies (upserts, the delete, the skipped tombstone), text,
+/// numbers, booleans, UUIDs and zoned timestamps land as they are — and a
+/// bare day count into a `date` column is refused, never guessed: each
+/// such event is a dead letter with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_json_without_its_schema_applies_and_refuses_bare_temporal_numbers() {
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let registry = Registry::start();
+    let fixtures = root().join("tests/fixtures/debezium");
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("expected.json")).unwrap()).unwrap();
+    let events: Vec<Value> = std::fs::read_to_string(fixtures.join("typed.json.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let columns =
+        "id = \"/id\"\nname = \"/name\"\nts_tz = \"/ts_tz\"\nuid = \"/uid\"\nflag = \"/flag\"\nbig = \"/big\"";
+    let extra = "mode = \"upsert\"\nkey = [\"id\"]\nenvelope = \"debezium\"";
+    let mut tables = Vec::new();
+    for with_born in [false, true] {
+        let topic = unique("dbz_plain");
+        let table = unique("dbz_plain_t");
+        create_topic(&services.brokers, &topic, 1).await;
+        sqlx::query(&format!(
+            "CREATE TABLE {table} (id integer PRIMARY KEY, name text, ts_tz timestamptz, uid uuid, flag boolean, \
+             big bigint, born date)"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+        produce_records(&services.brokers, &topic, 0..events.len() as u64, 0, |i| {
+            let e = &events[i as usize];
+            (
+                e["key"].to_string(),
+                (!e["value"].is_null()).then(|| e["value"].to_string()),
+                0,
+            )
+        });
+        let columns = match with_born {
+            true => format!("{columns}\nborn = \"/born\""),
+            false => columns.to_owned(),
+        };
+        let rows = land(
+            &services,
+            &pool,
+            &registry,
+            (&topic, &table, &columns, extra),
+            events.len() as i64,
+            &format!(
+                "SELECT id::text, name, (ts_tz AT TIME ZONE 'UTC')::text || '+00', uid::text, \
+                 CASE WHEN flag THEN 't' WHEN NOT flag THEN 'f' END, big::text FROM {table} ORDER BY {table}.id"
+            ),
+        )
+        .await;
+        tables.push((topic, rows));
+    }
+    let want: Vec<Vec<Option<String>>> = expected["typed"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            ["id", "name", "ts_tz", "uid", "flag", "big"]
+                .iter()
+                .map(|c| r[*c].as_str().map(str::to_owned))
+                .collect()
+        })
+        .collect();
+    let (plain_topic, plain_rows) = &tables[0];
+    assert_eq!(plain_rows, &want);
+    assert_eq!(dead_letters(&pool, plain_topic).await, Vec::<String>::new());
+    // With `born` mapped: every row image carrying a day count is refused.
+    let refused = events
+        .iter()
+        .filter(|e| {
+            matches!(e["value"]["op"].as_str(), Some("c" | "r" | "u")) && e["value"]["after"]["born"].is_number()
+        })
+        .count();
+    let (born_topic, _) = &tables[1];
+    let reasons = dead_letters(&pool, born_topic).await;
+    assert_eq!(reasons.len(), refused, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.contains("column `born` (date): a bare number") && r.contains("days or milliseconds")),
+        "{reasons:?}"
+    );
+}
