@@ -49,6 +49,90 @@ use serde_json::json;
 #[path = "common/poison_corpus.rs"]
 mod poison_corpus;
 
+/// The order events as Avro, for `--avro-registry`.
+mod avro {
+    use anyhow::Context as _;
+    use apache_avro::types::Value;
+    use apache_avro::{Decimal, Schema};
+
+    const SCHEMA: &str = r#"{"type":"record","name":"Order","namespace":"sluice.bench","fields":[
+      {"name":"id","type":"long"},
+      {"name":"customer","type":{"type":"record","name":"Customer","fields":[{"name":"name","type":"string"}]}},
+      {"name":"amount","type":{"type":"bytes","logicalType":"decimal","precision":12,"scale":2}},
+      {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}},
+      {"name":"items","type":{"type":"array","items":{"type":"record","name":"Item","fields":[
+        {"name":"sku","type":"string"},{"name":"qty","type":"long"},
+        {"name":"unit_price","type":{"type":"bytes","logicalType":"decimal","precision":12,"scale":2}}]}}}]}"#;
+
+    pub struct Orders {
+        schema: Schema,
+        /// Magic byte and schema id.
+        header: [u8; 5],
+    }
+
+    impl Orders {
+        /// Registers the schema under `<topic>-value`.
+        pub fn register(url: &str, topic: &str) -> anyhow::Result<Orders> {
+            let body = serde_json::json!({ "schema": SCHEMA }).to_string();
+            let mut response = ureq::post(&format!(
+                "{}/subjects/{topic}-value/versions",
+                url.trim_end_matches('/')
+            ))
+            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            .send(body)
+            .context("registering the Avro schema")?;
+            let answer: serde_json::Value = serde_json::from_str(&response.body_mut().read_to_string()?)?;
+            let id = answer["id"].as_u64().context("the registry answered no id")? as u32;
+            let mut header = [0u8; 5];
+            header[1..].copy_from_slice(&id.to_be_bytes());
+            Ok(Orders {
+                schema: Schema::parse_str(SCHEMA)?,
+                header,
+            })
+        }
+
+        /// One order event (as `order_event` makes it) in the wire format.
+        pub fn encode(&self, event: &serde_json::Value) -> anyhow::Result<Vec<u8>> {
+            let decimal = |v: &serde_json::Value| {
+                let cents: i64 = v.as_str().unwrap_or("0").replace('.', "").parse().unwrap_or(0);
+                Value::Decimal(Decimal::from(num_bigint::BigInt::from(cents).to_signed_bytes_be()))
+            };
+            let ts = chrono::DateTime::parse_from_rfc3339(event["ts"].as_str().unwrap_or_default())?.timestamp_millis();
+            let items = event["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| {
+                    Value::Record(vec![
+                        (
+                            "sku".into(),
+                            Value::String(i["sku"].as_str().unwrap_or_default().to_owned()),
+                        ),
+                        ("qty".into(), Value::Long(i["qty"].as_i64().unwrap_or(0))),
+                        ("unit_price".into(), decimal(&i["unit_price"])),
+                    ])
+                })
+                .collect();
+            let value = Value::Record(vec![
+                ("id".into(), Value::Long(event["id"].as_i64().unwrap_or(0))),
+                (
+                    "customer".into(),
+                    Value::Record(vec![(
+                        "name".into(),
+                        Value::String(event["customer"]["name"].as_str().unwrap_or_default().to_owned()),
+                    )]),
+                ),
+                ("amount".into(), decimal(&event["amount"])),
+                ("ts".into(), Value::TimestampMillis(ts)),
+                ("items".into(), Value::Array(items)),
+            ]);
+            let mut out = self.header.to_vec();
+            out.extend(apache_avro::to_avro_datum(&self.schema, value)?);
+            Ok(out)
+        }
+    }
+}
+
 /// What to produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Corpus {
@@ -118,6 +202,13 @@ struct Args {
     /// Seconds to wait for outstanding deliveries at the end.
     #[arg(long, default_value_t = 60)]
     flush_timeout: u64,
+
+    /// Write the order events as Avro in the Confluent wire format instead
+    /// of JSON, their schema registered under `<topic>-value` at this
+    /// Schema Registry URL (amount and prices as decimal(12,2), ts as
+    /// timestamp-millis).
+    #[arg(long, value_name = "URL")]
+    avro_registry: Option<String>,
 }
 
 /// Counts delivery reports; called from `BaseProducer::poll` on this thread.
@@ -244,6 +335,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
         Corpus::Poison => Some(poison_corpus::corpus(args.count, partitions as u64).0),
     };
     let total = records.as_ref().map_or(args.count, |r| r.len() as u64);
+    let avro = match (&args.avro_registry, args.corpus) {
+        (Some(url), Corpus::Orders) => Some(avro::Orders::register(url, &args.topic)?),
+        (Some(_), _) => bail!("--avro-registry writes order events only"),
+        (None, _) => None,
+    };
 
     let started = Instant::now();
     let mut last_progress = started;
@@ -265,7 +361,12 @@ fn run(args: Args) -> anyhow::Result<bool> {
         let (key, payload, partition) = match &records {
             None => {
                 let id = args.start_id + if args.keys > 0 { n % args.keys } else { n };
-                (id.to_string(), serde_json::to_vec(&order_event(id, &mut rng))?, None)
+                let event = order_event(id, &mut rng);
+                let payload = match &avro {
+                    Some(avro) => avro.encode(&event)?,
+                    None => serde_json::to_vec(&event)?,
+                };
+                (id.to_string(), payload, None)
             }
             Some(records) => (
                 n.to_string(),
