@@ -51,7 +51,8 @@ pub enum SpecError {
     Source(String),
     #[error(
         "expected one of text, varchar(n), char(n), smallint, integer, bigint, real, double precision, numeric, \
-         numeric(p), numeric(p,s), boolean, timestamptz, timestamp, date, uuid, json, jsonb, bytea; found {0:?}"
+         numeric(p), numeric(p,s), boolean, timestamptz, timestamp, date, time, time(p), timetz, interval, uuid, json, \
+         jsonb, bytea, inet, cidr, macaddr; found {0:?}"
     )]
     SqlType(String),
     #[error("unbalanced parentheses in {0:?}")]
@@ -124,6 +125,12 @@ pub enum PgType {
     Json,
     Jsonb,
     Bytea,
+    Time,
+    Timetz,
+    Interval,
+    Inet,
+    Cidr,
+    Macaddr,
 }
 
 impl PgType {
@@ -146,6 +153,12 @@ impl PgType {
             "json" => Self::Json,
             "jsonb" => Self::Jsonb,
             "bytea" => Self::Bytea,
+            "time" => Self::Time,
+            "timetz" => Self::Timetz,
+            "interval" => Self::Interval,
+            "inet" => Self::Inet,
+            "cidr" => Self::Cidr,
+            "macaddr" => Self::Macaddr,
             _ => return None,
         })
     }
@@ -203,6 +216,12 @@ impl PgType {
             Json => "json",
             Jsonb => "jsonb",
             Bytea => "bytea",
+            Time => "time",
+            Timetz => "timetz",
+            Interval => "interval",
+            Inet => "inet",
+            Cidr => "cidr",
+            Macaddr => "macaddr",
         }
     }
 }
@@ -248,6 +267,12 @@ pub fn parse_sql_type(spec: &str) -> Result<String, SpecError> {
         "json" => "json",
         "jsonb" => "jsonb",
         "bytea" => "bytea",
+        "time" | "time without time zone" => "time",
+        "timetz" | "time with time zone" => "timetz",
+        "interval" => "interval",
+        "inet" => "inet",
+        "cidr" => "cidr",
+        "macaddr" => "macaddr",
         _ => return Err(SpecError::SqlType(spec.to_owned())),
     };
     let ok_args = match (canonical, args.as_slice()) {
@@ -255,6 +280,7 @@ pub fn parse_sql_type(spec: &str) -> Result<String, SpecError> {
         ("varchar" | "char", [n]) => (1..=10_485_760).contains(n),
         ("numeric", [p]) => (1..=1000).contains(p),
         ("numeric", [p, s]) => (1..=1000).contains(p) && s <= p,
+        ("time" | "timetz", [p]) => *p <= 6,
         _ => false,
     };
     if !ok_args {

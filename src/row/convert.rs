@@ -107,6 +107,127 @@ pub(super) fn write_json(out: &mut Vec<u8>, v: JsonRef<'_>, ty: PgType) -> Conv 
             push_base64_bytea(out, s).map_err(|e| format!("{} is not valid base64: {e}", show(v)))
         }
         (Bytea, _) => Err(expected("a base64 string", v)),
+        (Time | Timetz | Interval | Inet | Cidr | Macaddr, JsonRef::Str(s)) => {
+            let valid = match ty {
+                Time => time_of_day(s).is_some(),
+                Timetz => time_with_zone(s),
+                Interval => interval(s),
+                Inet => network(s, false),
+                Cidr => network(s, true),
+                _ => mac_address(s),
+            };
+            if !valid {
+                return Err(expected(text_form(ty), v));
+            }
+            push_text(out, s).map_err(|NulByte| nul_in(v))
+        }
+        // A bare number would need a unit (seconds? milliseconds?), and
+        // addresses are never numbers.
+        (Time | Timetz | Interval | Inet | Cidr | Macaddr, _) => Err(expected(text_form(ty), v)),
+    }
+}
+
+/// What a string into one of the text-checked types must look like.
+fn text_form(ty: PgType) -> &'static str {
+    match ty {
+        PgType::Time => "a time of day string (HH:MM:SS[.fraction])",
+        PgType::Timetz => "a time of day with an offset (HH:MM:SS[.fraction]+HH[:MM] or Z)",
+        PgType::Interval => "an interval string (ISO 8601 such as \"P1DT2H\", or \"1 day 02:00:00\")",
+        PgType::Inet => "an IP address, optionally with a /prefix",
+        PgType::Cidr => "a network address (IP/prefix, no bits set right of the prefix)",
+        _ => "a MAC address (six hex pairs separated by ':' or '-')",
+    }
+}
+
+/// `HH:MM:SS[.fraction]` (Postgres also takes `24:00:00`).
+fn time_of_day(s: &str) -> Option<()> {
+    if s == "24:00:00" {
+        return Some(());
+    }
+    let b = s.as_bytes();
+    if b.len() < 8 || b[2] != b':' || b[5] != b':' || !matches!(b.get(8), None | Some(b'.')) {
+        return None;
+    }
+    if b.len() > 8 && (b.len() == 9 || !b[9..].iter().all(u8::is_ascii_digit)) {
+        return None;
+    }
+    chrono::NaiveTime::parse_from_str(&s[..8], "%H:%M:%S").ok().map(|_| ())
+}
+
+/// A time of day, then `Z` or an offset `±HH`, `±HH:MM` or `±HHMM`.
+fn time_with_zone(s: &str) -> bool {
+    if let Some(time) = s.strip_suffix('Z') {
+        return time_of_day(time).is_some();
+    }
+    let Some(at) = s.rfind(['+', '-']) else {
+        return false;
+    };
+    let (time, zone) = s.split_at(at);
+    let zone = zone[1..].replace(':', "");
+    let hours_minutes = zone.len() == 2 || zone.len() == 4;
+    time_of_day(time).is_some()
+        && hours_minutes
+        && zone.bytes().all(|b| b.is_ascii_digit())
+        && zone[..2].parse::<u32>().is_ok_and(|h| h <= 15)
+        && zone
+            .get(2..)
+            .is_none_or(|m| m.is_empty() || m.parse::<u32>().is_ok_and(|m| m < 60))
+}
+
+/// ISO 8601 (`P1Y2M3DT4H5M6.5S`, `PT0.003S`) or Postgres' own form
+/// (`1 year 2 mons 3 days 04:05:06.5`, `-1 day`, `02:00:00`).
+fn interval(s: &str) -> bool {
+    static ISO: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static POSTGRES: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let iso = ISO.get_or_init(|| {
+        regex::Regex::new(r"^-?P(?:\d+Y)?(?:\d+M)?(?:\d+W)?(?:\d+D)?(?:T(?:\d+H)?(?:\d+M)?(?:\d+(?:\.\d+)?S)?)?$")
+            .expect("a valid regex")
+    });
+    let postgres = POSTGRES.get_or_init(|| {
+        regex::Regex::new(
+            r"^(?:[+-]?\d+(?:\.\d+)? (?:years?|mons?|months?|weeks?|days?|hours?|mins?|minutes?|secs?|seconds?) ?)*(?:[+-]?\d+:\d{2}(?::\d{2}(?:\.\d+)?)?)?$",
+        )
+        .expect("a valid regex")
+    });
+    let s = s.trim();
+    !s.is_empty() && s != "P" && s != "PT" && !s.ends_with('T') && (iso.is_match(s) || postgres.is_match(s))
+}
+
+/// `address[/prefix]`; `cidr` also refuses bits set right of the prefix.
+fn network(s: &str, cidr: bool) -> bool {
+    let (address, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let Ok(ip) = address.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let width = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix.map(str::parse::<u32>) {
+        None => width,
+        Some(Ok(p)) if p <= width => p,
+        Some(_) => return false,
+    };
+    if !cidr || prefix == width {
+        return true;
+    }
+    let bits: u128 = match ip {
+        std::net::IpAddr::V4(v4) => u32::from(v4).into(),
+        std::net::IpAddr::V6(v6) => v6.into(),
+    };
+    bits & ((1u128 << (width - prefix)) - 1) == 0
+}
+
+/// Six hex pairs separated by `:` or `-` (or twelve hex digits).
+fn mac_address(s: &str) -> bool {
+    let hex = |part: &str| part.len() == 2 && part.bytes().all(|b| b.is_ascii_hexdigit());
+    match s.len() {
+        12 => s.bytes().all(|b| b.is_ascii_hexdigit()),
+        17 => [':', '-'].iter().any(|sep| {
+            let parts: Vec<&str> = s.split(*sep).collect();
+            parts.len() == 6 && parts.iter().all(|p| hex(p))
+        }),
+        _ => false,
     }
 }
 
@@ -236,6 +357,49 @@ mod tests {
             assert!(err(ty, r#"{"a":["\u0000"]}"#).contains("NUL"));
             assert!(err(ty, r#"{"k\u0000":1}"#).contains("NUL"));
         }
+    }
+
+    #[test]
+    fn text_checked_types() {
+        assert_eq!(ok(Time, r#""23:59:59.999999""#), "23:59:59.999999");
+        assert_eq!(ok(Time, r#""08:30:00""#), "08:30:00");
+        assert!(err(Time, r#""25:00:00""#).contains("(time): expected a time of day string"));
+        assert!(err(Time, r#""08:30:00.""#).contains("expected a time of day"));
+        assert!(
+            err(Time, "30600123").contains("expected a time of day"),
+            "a bare number needs a unit"
+        );
+        assert_eq!(ok(Timetz, r#""08:30:00.5+02:00""#), "08:30:00.5+02:00");
+        assert_eq!(ok(Timetz, r#""08:30:00Z""#), "08:30:00Z");
+        assert!(err(Timetz, r#""08:30:00""#).contains("with an offset"));
+        for good in [
+            "P1Y2M3DT4H5M6.5S",
+            "PT0.003S",
+            "-P1D",
+            "1 day 02:00:00",
+            "3 mons",
+            "02:00:00",
+            "-1 days",
+        ] {
+            assert_eq!(ok(Interval, &format!("{good:?}")), good);
+        }
+        for bad in ["P", "PT", "1 fortnight", "abc", ""] {
+            assert!(
+                err(Interval, &format!("{bad:?}")).contains("expected an interval"),
+                "{bad}"
+            );
+        }
+        assert!(err(Interval, "3600").contains("expected an interval"));
+        assert_eq!(ok(Inet, r#""192.168.0.1/24""#), "192.168.0.1/24");
+        assert_eq!(ok(Inet, r#""::1""#), "::1");
+        assert!(err(Inet, r#""300.1.1.1""#).contains("expected an IP address"));
+        assert!(err(Inet, r#""10.0.0.1/33""#).contains("expected an IP address"));
+        assert_eq!(ok(Cidr, r#""10.1.0.0/16""#), "10.1.0.0/16");
+        assert_eq!(ok(Cidr, r#""2001:db8::/32""#), "2001:db8::/32");
+        assert!(err(Cidr, r#""10.1.2.0/16""#).contains("no bits set right of the prefix"));
+        assert_eq!(ok(Macaddr, r#""08:00:2b:01:02:03""#), "08:00:2b:01:02:03");
+        assert_eq!(ok(Macaddr, r#""08-00-2B-01-02-03""#), "08-00-2B-01-02-03");
+        assert!(err(Macaddr, r#""08:00:2b:01:02""#).contains("expected a MAC address"));
     }
 
     proptest! {

@@ -8,7 +8,7 @@ use crate::mapping::{ColumnSource, PgType};
 use crate::row::{ColumnPlan, DecodeError, RecordRef, RowEncoder};
 use PgType::*;
 
-pub(super) const ALL_TYPES: [PgType; 15] = [
+pub(super) const ALL_TYPES: [PgType; 21] = [
     Text,
     Int2,
     Int4,
@@ -24,6 +24,12 @@ pub(super) const ALL_TYPES: [PgType; 15] = [
     Json,
     Jsonb,
     Bytea,
+    Time,
+    Timetz,
+    Interval,
+    Inet,
+    Cidr,
+    Macaddr,
 ];
 
 pub(super) fn col(name: &str, spec: &str, ty: PgType) -> ColumnPlan {

@@ -208,7 +208,7 @@ async fn avro_records_land_value_by_value_across_schema_versions_and_a_registry_
     create_topic(&services.brokers, &topic, 3).await;
     sqlx::query(&format!(
         "CREATE TABLE {table} (id bigint PRIMARY KEY, name text, price numeric(10,2), born date, ts timestamptz, \
-         lts timestamp, t text, uid uuid, tags jsonb, raw bytea, note text, k text)"
+         lts timestamp, t time, uid uuid, tags jsonb, raw bytea, note text, k text)"
     ))
     .execute(&pool)
     .await
@@ -333,7 +333,7 @@ k = "@key""#;
     let rows = text_rows(
         &pool,
         &format!(
-            "SELECT id::text, name, price::text, born::text, (ts AT TIME ZONE 'UTC')::text, lts::text, t, uid::text, \
+            "SELECT id::text, name, price::text, born::text, (ts AT TIME ZONE 'UTC')::text, lts::text, t::text, uid::text, \
              tags::text, raw::text, note, k FROM {table} WHERE id IN (0, 7, 300, 301) ORDER BY {table}.id"
         ),
     )
@@ -392,12 +392,10 @@ async fn debezium_change_events_apply_value_by_value() {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     };
-    // time(3)/time are read back through text columns cast to time (sluice
-    // writes them as text until the time types are supported).
     let ddl = |table: &str| {
         format!(
             "CREATE TABLE {table} (id integer PRIMARY KEY, name text, price numeric(10,2), amount numeric, born date, \
-             t_ms text, t_us text, ts_ms timestamp(3), ts_us timestamp, ts_tz timestamptz, doc jsonb, uid uuid, \
+             t_ms time(3), t_us time, ts_ms timestamp(3), ts_us timestamp, ts_tz timestamptz, doc jsonb, uid uuid, \
              flag boolean, big bigint, src_lsn bigint, src_ts timestamptz)"
         )
     };
@@ -476,7 +474,7 @@ src_lsn = "@source/lsn""#;
         let got = text_rows(
             &pool,
             &format!(
-                "SELECT id::text, name, price::text, amount::text, born::text, t_ms::time(3)::text, t_us::time::text, \
+                "SELECT id::text, name, price::text, amount::text, born::text, t_ms::text, t_us::text, \
                  ts_ms::text, ts_us::text, (ts_tz AT TIME ZONE 'UTC')::text || '+00', doc::text, uid::text, \
                  CASE WHEN flag THEN 't' WHEN NOT flag THEN 'f' END, big::text, src_lsn::text FROM {table} ORDER BY {table}.id"
             ),
@@ -684,18 +682,21 @@ async fn json_schema_records_land_value_by_value() {
     let table = unique("jsch_t");
     create_topic(&services.brokers, &topic, 1).await;
     sqlx::query(&format!(
-        "CREATE TABLE {table} (id bigint PRIMARY KEY, name text, born date, amount numeric(12,3), meta jsonb)"
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, name text, born date, amount numeric(12,3), meta jsonb, \
+         every interval, ip inet, net cidr, mac macaddr, at timetz)"
     ))
     .execute(&pool)
     .await
     .unwrap();
     let schema = r#"{"$schema":"http://json-schema.org/draft-07/schema#","title":"Person","type":"object",
         "properties":{"id":{"type":"integer"},"name":{"type":"string"},"born":{"type":"string","format":"date"},
-        "amount":{"type":"number"},"meta":{"type":"object"}},"required":["id"]}"#;
+        "amount":{"type":"number"},"meta":{"type":"object"},"every":{"type":"string"},"ip":{"type":"string"},
+        "net":{"type":"string"},"mac":{"type":"string"},"at":{"type":"string"}},"required":["id"]}"#;
     let records: Vec<Value> = (0..20u64)
         .map(|i| {
             json!({"key": {"id": i}, "value": {"id": i, "name": format!("p\"{i}"), "born": "1969-07-20",
-                "amount": 1234.5 + i as f64, "meta": {"a": [i, null]}}})
+                "amount": 1234.5 + i as f64, "meta": {"a": [i, null]}, "every": "P1DT2H", "ip": "10.0.0.1/8",
+                "net": "10.0.0.0/8", "mac": "08-00-2B-01-02-03", "at": "08:30:00.5+02:00"}})
         })
         .collect();
     produce_spec(&json!({
@@ -713,11 +714,15 @@ async fn json_schema_records_land_value_by_value() {
         (
             &topic,
             &table,
-            "id = \"@key/id\"\nname = \"/name\"\nborn = \"/born\"\namount = \"/amount\"\nmeta = \"/meta\"",
+            "id = \"@key/id\"\nname = \"/name\"\nborn = \"/born\"\namount = \"/amount\"\nmeta = \"/meta\"\n\
+             every = \"/every\"\nip = \"/ip\"\nnet = \"/net\"\nmac = \"/mac\"\nat = \"/at\"",
             "value_format = \"json_schema\"",
         ),
         20,
-        &format!("SELECT id::text, name, born::text, amount::text, meta::text FROM {table} WHERE id = 3"),
+        &format!(
+            "SELECT id::text, name, born::text, amount::text, meta::text, every::text, ip::text, net::text, \
+             mac::text, at::text FROM {table} WHERE id = 3"
+        ),
     )
     .await;
     let s = |v: &str| Some(v.to_owned());
@@ -728,7 +733,12 @@ async fn json_schema_records_land_value_by_value() {
             s("p\"3"),
             s("1969-07-20"),
             s("1237.500"),
-            s(r#"{"a": [3, null]}"#)
+            s(r#"{"a": [3, null]}"#),
+            s("1 day 02:00:00"),
+            s("10.0.0.1/8"),
+            s("10.0.0.0/8"),
+            s("08:00:2b:01:02:03"),
+            s("08:30:00.5+02"),
         ]]
     );
     assert_eq!(count(&pool, &table).await, 20);
