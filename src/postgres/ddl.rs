@@ -118,6 +118,7 @@ mod tests {
                 table_has_before_triggers: false,
                 deterministic: true,
                 checks: Vec::new(),
+                enum_labels: Vec::new(),
             })
             .collect()
     }

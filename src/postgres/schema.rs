@@ -3,7 +3,7 @@
 use sqlx::PgPool;
 
 use crate::mapping::{ColumnSource, PgType, TableRef};
-use crate::row::{CheckExpr, ColumnPlan, Constraints, Limit};
+use crate::row::{CheckExpr, ColumnPlan, Constraints, Labels, Limit};
 
 /// A column as the database has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,9 @@ pub struct LiveColumn {
     /// CHECK constraints on this column alone: (name, definition as
     /// `pg_get_constraintdef` shows it).
     pub checks: Vec<(String, String)>,
+    /// For an enum type, its labels in order (empty otherwise): the column
+    /// is written as text and a value must be one of them.
+    pub enum_labels: Vec<String>,
 }
 
 /// Reads the table's columns; `None` when the table does not exist.
@@ -60,10 +63,12 @@ pub async fn live_columns(pool: &PgPool, table: &TableRef) -> Result<Option<Vec<
     .bind(&table.name)
     .fetch_all(pool)
     .await?;
-    let rows: Vec<(String, String, bool, i32, bool)> = sqlx::query_as(
+    let rows: Vec<(String, String, bool, i32, bool, Vec<String>)> = sqlx::query_as(
         "SELECT a.attname::text, \
                 (CASE WHEN t.typtype = 'd' THEN bt.typname ELSE t.typname END)::text, \
-                a.attnotnull, a.atttypmod, COALESCE(co.collisdeterministic, true) \
+                a.attnotnull, a.atttypmod, COALESCE(co.collisdeterministic, true), \
+                COALESCE((SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e \
+                          WHERE e.enumtypid = COALESCE(NULLIF(t.typbasetype, 0), t.oid)), '{}') \
          FROM pg_attribute a \
          JOIN pg_class c ON c.oid = a.attrelid \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -79,19 +84,22 @@ pub async fn live_columns(pool: &PgPool, table: &TableRef) -> Result<Option<Vec<
     .await?;
     Ok(Some(
         rows.into_iter()
-            .map(|(name, type_name, not_null, typmod, deterministic)| LiveColumn {
-                checks: checks
-                    .iter()
-                    .filter(|(column, _, _)| *column == name)
-                    .map(|(_, con, def)| (con.clone(), def.clone()))
-                    .collect(),
-                name,
-                type_name,
-                not_null,
-                typmod,
-                table_has_before_triggers: triggers,
-                deterministic,
-            })
+            .map(
+                |(name, type_name, not_null, typmod, deterministic, enum_labels)| LiveColumn {
+                    checks: checks
+                        .iter()
+                        .filter(|(column, _, _)| *column == name)
+                        .map(|(_, con, def)| (con.clone(), def.clone()))
+                        .collect(),
+                    name,
+                    type_name,
+                    not_null,
+                    typmod,
+                    table_has_before_triggers: triggers,
+                    deterministic,
+                    enum_labels,
+                },
+            )
             .collect(),
     ))
 }
@@ -165,7 +173,13 @@ pub fn plan_columns(
             });
             continue;
         };
-        let Some(ty) = PgType::from_udt_name(&col.type_name) else {
+        // An enum is written as text, checked against its labels.
+        let udt = if col.enum_labels.is_empty() {
+            col.type_name.as_str()
+        } else {
+            "text"
+        };
+        let Some(ty) = PgType::from_udt_name(udt) else {
             errors.push(MappingError::UnsupportedType {
                 pipeline: pipeline.into(),
                 column: column.clone(),
@@ -210,6 +224,7 @@ fn constraints_of(col: &LiveColumn, ty: PgType) -> Constraints {
             .iter()
             .filter_map(|(con, def)| CheckExpr::parse(con, &col.name, ty, col.deterministic, def))
             .collect(),
+        labels: (!col.enum_labels.is_empty()).then(|| Labels::new(&col.type_name, &col.enum_labels)),
     }
 }
 
@@ -228,6 +243,7 @@ mod tests {
                 table_has_before_triggers: false,
                 deterministic: true,
                 checks: Vec::new(),
+                enum_labels: Vec::new(),
             },
             LiveColumn {
                 name: "doc".into(),
@@ -237,6 +253,7 @@ mod tests {
                 table_has_before_triggers: false,
                 deterministic: true,
                 checks: Vec::new(),
+                enum_labels: Vec::new(),
             },
             LiveColumn {
                 name: "where".into(),
@@ -246,6 +263,7 @@ mod tests {
                 table_has_before_triggers: false,
                 deterministic: true,
                 checks: Vec::new(),
+                enum_labels: Vec::new(),
             },
             LiveColumn {
                 name: "flag".into(),
@@ -255,6 +273,7 @@ mod tests {
                 table_has_before_triggers: false,
                 deterministic: true,
                 checks: Vec::new(),
+                enum_labels: Vec::new(),
             },
         ]
     }

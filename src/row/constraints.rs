@@ -36,6 +36,27 @@ pub(super) fn enforce(col: &ColumnPlan, encoded: &[u8]) -> Result<(), Violation>
             false => Ok(()),
         };
     }
+    if let Some(labels) = col
+        .constraints
+        .labels
+        .as_ref()
+        .filter(|l| !l.fields.iter().any(|f| f == encoded))
+    {
+        return Err(Violation::new(
+            "22P02",
+            format!(
+                "{} is not a label of enum {} ({})",
+                show_bytes(&unescape_head(encoded)),
+                labels.type_name,
+                labels
+                    .fields
+                    .iter()
+                    .map(|f| String::from_utf8_lossy(f).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
     if let Some(expr) = col.constraints.check_exprs.iter().find(|c| c.violated(encoded)) {
         return Err(Violation::new(
             "23514",
@@ -115,6 +136,28 @@ mod tests {
             constraints,
             ..col("c", "/x", ty)
         }])
+    }
+
+    #[test]
+    fn an_enum_takes_only_its_labels() {
+        let labels = crate::row::Labels::new("mood", &["happy".to_owned(), "so\tso".to_owned()]);
+        let enc = constrained(
+            Text,
+            Constraints {
+                labels: Some(labels),
+                ..Default::default()
+            },
+        );
+        assert_eq!(line(&enc, &rec(Some(br#"{"x":"happy"}"#), None)).unwrap(), "happy");
+        assert_eq!(line(&enc, &rec(Some(br#"{"x":"so\tso"}"#), None)).unwrap(), "so\\tso");
+        assert_eq!(line(&enc, &rec(Some(br#"{"x":null}"#), None)).unwrap(), "\\N");
+        let e = line(&enc, &rec(Some(br#"{"x":"sad"}"#), None)).unwrap_err();
+        assert_eq!(e.sqlstate, Some("22P02"));
+        assert!(
+            e.to_string()
+                .contains(r#""sad" is not a label of enum mood (happy, so\tso)"#),
+            "{e}"
+        );
     }
 
     #[test]

@@ -64,5 +64,5 @@ pub use check_expr::CheckExpr;
 pub use encoder::{DecodeError, RowEncoder, UpsertError};
 pub(crate) use keys::{field_ranges, key_fields};
 pub use keys::{key_hashes, RecentKeys};
-pub use plan::{ColumnPlan, Constraints, Limit, UniqueKey};
+pub use plan::{ColumnPlan, Constraints, Labels, Limit, UniqueKey};
 pub use sources::{header_value_json, HeaderRef, RecordRef};

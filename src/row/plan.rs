@@ -43,12 +43,40 @@ pub struct Constraints {
     pub limit: Option<Limit>,
     /// CHECKs comparing this column with a constant: SQLSTATE 23514.
     pub check_exprs: Vec<CheckExpr>,
+    /// An enum type's labels: a value must be one of them (SQLSTATE 22P02).
+    pub labels: Option<Labels>,
 }
 
 impl Constraints {
     /// Whether there is nothing to check.
     pub fn is_empty(&self) -> bool {
-        !self.not_null && self.limit.is_none() && self.check_exprs.is_empty()
+        !self.not_null && self.limit.is_none() && self.check_exprs.is_empty() && self.labels.is_none()
+    }
+}
+
+/// An enum type's name and labels, kept as COPY text fields (so a written
+/// field compares byte for byte).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labels {
+    pub type_name: String,
+    pub fields: Vec<Vec<u8>>,
+}
+
+impl Labels {
+    pub fn new(type_name: &str, labels: &[String]) -> Labels {
+        let fields = labels
+            .iter()
+            .map(|l| {
+                let mut field = Vec::with_capacity(l.len());
+                // A label never holds NUL (Postgres text cannot).
+                let _ = crate::row::copy_text::push_text(&mut field, l);
+                field
+            })
+            .collect();
+        Labels {
+            type_name: type_name.to_owned(),
+            fields,
+        }
     }
 }
 

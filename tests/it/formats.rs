@@ -571,8 +571,13 @@ async fn protobuf_records_land_value_by_value() {
     let topic = unique("proto");
     let table = unique("proto_t");
     create_topic(&services.brokers, &topic, 2).await;
+    // A Protobuf enum into a Postgres enum: checked against its labels.
+    sqlx::query(&format!("CREATE TYPE {table}_status AS ENUM ('NEW', 'PAID')"))
+        .execute(&pool)
+        .await
+        .unwrap();
     sqlx::query(&format!(
-        "CREATE TABLE {table} (id bigint PRIMARY KEY, name text, tags jsonb, status text, at timestamptz, \
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, name text, tags jsonb, status {table}_status, at timestamptz, \
          qty integer, line jsonb, raw bytea, price jsonb, big numeric, k text)"
     ))
     .execute(&pool)
@@ -630,7 +635,7 @@ k = "@key""#;
         ),
         50,
         &format!(
-            "SELECT id::text, name, tags::text, status, (at AT TIME ZONE 'UTC')::text, qty::text, line::text, \
+            "SELECT id::text, name, tags::text, status::text, (at AT TIME ZONE 'UTC')::text, qty::text, line::text, \
              raw::text, price::text, big::text, k FROM {table} WHERE id IN (6, 7) ORDER BY {table}.id"
         ),
     )
