@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use super::plan::{plan_table, table_ref, Ddl, PlanError, Planned};
+use super::plan::{plan_table, table_ref, with_schema_columns, Ddl, PlanError, Planned};
 use super::{connect, MIGRATOR};
 use crate::config::{Config, PipelineConfig};
 use crate::mapping::TableRef;
@@ -60,6 +60,13 @@ pub async fn check(config: &Config) -> usize {
             println!("error: reading sluice migrations: {err}");
         }
     }
+    let config = match with_schema_columns(config.clone()) {
+        Ok(config) => config,
+        Err(err) => {
+            println!("error: {err}");
+            return problems + 1;
+        }
+    };
     for (index, p) in config.pipelines.iter().enumerate() {
         let mut tables = Vec::new();
         if p.table_per_topic() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 
 use super::connect;
-use super::plan::{plan_pipelines, plan_topic, topics_of, PlanError};
+use super::plan::{plan_pipelines, plan_topic, topics_of, with_schema_columns, PlanError};
 use crate::config::Config;
 use crate::model::TopicId;
 use crate::pipeline::Target;
@@ -29,6 +29,7 @@ pub async fn dlq_replay(
         .with_context(|| format!("connecting to postgres {}", config.postgres.redacted_url()))?;
     let mut only = config.clone();
     only.pipelines = vec![config.pipelines[index].clone()];
+    let only = with_schema_columns(only)?;
     let topics = topics_of(&only)?;
     let pipeline = match plan_pipelines(&only, &pool, &topics).await {
         Ok(mut p) => p.remove(0),

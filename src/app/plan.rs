@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use tracing::info;
 
 use crate::config::{Config, PipelineConfig, WriteMode};
-use crate::format::{Decoder, Envelope, Format, Schemas};
+use crate::format::{Decoder, Envelope, Format, SchemaSource as _, Schemas};
 use crate::mapping::{ColumnSource, TableRef};
 use crate::model::{TopicId, Topics};
 use crate::pipeline::buffer::Limits;
@@ -280,6 +280,39 @@ pub async fn plan_pipelines(config: &Config, pool: &PgPool, topics: &Topics) -> 
         true => Ok(pipelines),
         false => Err(PlanError::Mapping(problems)),
     }
+}
+
+/// Fills in the columns of pipelines that omit them
+/// ([`PipelineConfig::columns_from_schema`]): one per top-level field of the
+/// latest schema of `<topic>-value`, mapped from `/<field>` and typed from
+/// the schema unless `column_types` names a type. One registry request per
+/// such pipeline, at start; a registry that cannot answer is an error.
+pub fn with_schema_columns(mut config: Config) -> Result<Config, PlanError> {
+    if !config.pipelines.iter().any(PipelineConfig::columns_from_schema) {
+        return Ok(config);
+    }
+    let registry = Registry::new(&config.schema_registry).map_err(|e| PlanError::Registry(e.to_string()))?;
+    for p in config.pipelines.iter_mut().filter(|p| p.columns_from_schema()) {
+        let subject = format!("{}-value", p.topics[0]);
+        let bad = |why: String| {
+            PlanError::Registry(format!(
+                "pipeline `{}` takes its columns from the schema of subject {subject:?}: {why}",
+                p.name
+            ))
+        };
+        let schema = registry.latest(&subject).map_err(|e| bad(e.to_string()))?;
+        let fields = crate::format::columns_of(&schema).map_err(bad)?;
+        for f in &fields {
+            p.columns.insert(f.name.clone(), format!("/{}", f.name));
+            p.column_types
+                .entry(f.name.clone())
+                .or_insert_with(|| f.sql_type.clone());
+        }
+        info!(pipeline = %p.name, %subject, columns = fields.len(), "columns taken from the schema");
+    }
+    // What the schema brought is checked like a configured mapping.
+    config.validate().map_err(|e| PlanError::Registry(e.to_string()))?;
+    Ok(config)
 }
 
 /// The schema cache in front of the registry, shared by every pipeline,

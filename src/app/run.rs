@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 use super::assigner::Assigner;
 use super::http;
 use super::observe::{self, Observed};
-use super::plan::{plan_pipelines, topics_of, PlanError};
+use super::plan::{plan_pipelines, topics_of, with_schema_columns, PlanError};
 use super::startup::{serve_starting, wait_for_services, Waiting};
 use crate::config::{Config, OffsetReset};
 use crate::kafka::consumer::{self, Shared};
@@ -56,6 +56,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             return Ok(());
         }
     };
+    let config = with_schema_columns(config)?;
     let pipelines = match plan_pipelines(&config, &pool, &topics).await {
         Ok(p) => p,
         Err(PlanError::Mapping(errors)) => {

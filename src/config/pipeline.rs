@@ -34,7 +34,12 @@ pub struct PipelineConfig {
     /// `"/customer/name"`, `"/"` for the whole value, `@topic`,
     /// `@partition`, `@offset`, `@timestamp`, `@key`, `"@key/<pointer>"`,
     /// `"@header:<name>"`, `@headers`, or a constant `"=<value>"`).
-    /// Required, non-empty.
+    /// Required, non-empty — except with `value_format = "avro"`, no
+    /// envelope, one named topic and one table, where omitting it maps
+    /// every top-level field of the topic's latest value schema
+    /// (`<topic>-value`) to the column of the same name, typed from the
+    /// schema for `auto_create`/`auto_evolve` (`column_types` overrides).
+    #[serde(default)]
     pub columns: BTreeMap<String, String>,
     /// Column name → SQL type, for `auto_create` and `auto_evolve` (e.g.
     /// `"bigint"`, `"numeric(12,2)"`, `"varchar(40)"`). A mapped column not
@@ -308,6 +313,16 @@ impl PipelineConfig {
         self.table.contains(TOPIC_PLACEHOLDER)
     }
 
+    /// `columns` is omitted, to be taken from the latest Avro value schema
+    /// of the pipeline's one topic (`<topic>-value`) when it is planned.
+    pub fn columns_from_schema(&self) -> bool {
+        self.columns.is_empty()
+            && self.value_format == Format::Avro
+            && self.envelope == Envelope::None
+            && matches!(self.topics.as_slice(), [t] if !t.starts_with('^'))
+            && !self.table_per_topic()
+    }
+
     /// `(schema, table)` for records of `topic`: `{topic}` replaced by the
     /// topic name with every character other than ASCII letters, digits and
     /// `_` turned into `_`. The error says when the name is too long for
@@ -548,7 +563,8 @@ impl PipelineConfig {
                 for (k, column) in self.key.iter().enumerate() {
                     let mut path = at("key");
                     path.push(Seg::Index(k));
-                    if !self.columns.contains_key(column) {
+                    // With columns from the schema, planning checks the key is a field.
+                    if !self.columns.contains_key(column) && !self.columns_from_schema() {
                         return Err((
                             path,
                             format!("{column:?} is not a mapped column (a key column must be in `columns`)"),
@@ -559,7 +575,7 @@ impl PipelineConfig {
                     }
                 }
                 if let Some(version) = &self.version {
-                    if !self.columns.contains_key(version) {
+                    if !self.columns.contains_key(version) && !self.columns_from_schema() {
                         return Err((
                             at("version"),
                             format!("{version:?} is not a mapped column (the version column must be in `columns`)"),
@@ -689,8 +705,14 @@ impl PipelineConfig {
                 ),
             ));
         }
-        if self.columns.is_empty() {
-            return Err((at("columns"), "at least one column is required".to_owned()));
+        if self.columns.is_empty() && !self.columns_from_schema() {
+            return Err((
+                at("columns"),
+                "at least one column is required (they may be omitted only with value_format = \"avro\", no \
+                 envelope, one named topic and one table: each top-level field of the topic's latest value schema \
+                 then becomes a column of the same name)"
+                    .to_owned(),
+            ));
         }
         for (column, spec) in &self.columns {
             let mut path = at("columns");
@@ -708,7 +730,8 @@ impl PipelineConfig {
         for (column, ty) in &self.column_types {
             let mut path = at("column_types");
             path.push(key(column));
-            if !self.columns.contains_key(column) {
+            // With columns from the schema, a type here overrides the schema's.
+            if !self.columns.contains_key(column) && !self.columns_from_schema() {
                 return Err((
                     path,
                     format!("{column:?} is not a mapped column (it must be in `columns`)"),

@@ -88,6 +88,107 @@ impl AvroSchema {
     }
 }
 
+/// A top-level field of a record schema as a column: its name and the SQL
+/// type `auto_create`/`auto_evolve` give it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldColumn {
+    pub name: String,
+    pub sql_type: String,
+}
+
+/// The columns of an Avro record schema: one per top-level field, typed as
+/// sluice writes the field (see [`sql_type`]).
+pub(crate) fn columns(text: &str) -> Result<Vec<FieldColumn>, String> {
+    let json: Json = serde_json::from_str(text).map_err(|e| format!("not a valid Avro schema: {e}"))?;
+    let fields = match (json.get("type").and_then(Json::as_str), json.get("fields")) {
+        (Some("record"), Some(Json::Array(fields))) => fields,
+        _ => return Err("the schema is not a record: it has no fields to be columns".to_owned()),
+    };
+    fields
+        .iter()
+        .map(|f| {
+            let name = f.get("name").and_then(Json::as_str).ok_or("a field without a name")?;
+            Ok(FieldColumn {
+                name: name.to_owned(),
+                sql_type: sql_type(f.get("type").unwrap_or(&Json::Null)),
+            })
+        })
+        .collect()
+}
+
+/// The SQL type a field of this Avro type is written as: what its JSON
+/// text converts to faithfully. A nullable union is its other branch;
+/// records, maps, arrays and other unions are `jsonb`.
+fn sql_type(ty: &Json) -> String {
+    let decimal = |o: &serde_json::Map<String, Json>| match (
+        o.get("precision").and_then(Json::as_u64),
+        o.get("scale").and_then(Json::as_u64),
+    ) {
+        (Some(p), s) if (1..=1000).contains(&p) && s.unwrap_or(0) <= p => format!("numeric({p},{})", s.unwrap_or(0)),
+        _ => "numeric".to_owned(),
+    };
+    match ty {
+        Json::String(name) => match name.as_str() {
+            "boolean" => "boolean",
+            "int" => "integer",
+            "long" => "bigint",
+            "float" => "real",
+            "double" => "double precision",
+            "bytes" => "bytea",
+            "string" => "text",
+            // A named type: records are jsonb, an enum's or fixed's name is
+            // not known here without its definition; jsonb holds either.
+            _ => "jsonb",
+        }
+        .to_owned(),
+        Json::Array(branches) => {
+            let other: Vec<&Json> = branches.iter().filter(|b| b.as_str() != Some("null")).collect();
+            match other.as_slice() {
+                [one] => sql_type(one),
+                _ => "jsonb".to_owned(),
+            }
+        }
+        Json::Object(o) => {
+            let connect = o.get("connect.name").and_then(Json::as_str);
+            let logical = o.get("logicalType").and_then(Json::as_str);
+            let by_name = match connect {
+                Some("io.debezium.time.Date" | "org.apache.kafka.connect.data.Date") => Some("date"),
+                Some("io.debezium.time.Time" | "io.debezium.time.MicroTime" | "io.debezium.time.NanoTime")
+                | Some("org.apache.kafka.connect.data.Time") => Some("time"),
+                Some("io.debezium.time.Timestamp" | "io.debezium.time.MicroTimestamp")
+                | Some("io.debezium.time.NanoTimestamp") => Some("timestamp"),
+                Some("org.apache.kafka.connect.data.Timestamp" | "io.debezium.time.ZonedTimestamp") => {
+                    Some("timestamptz")
+                }
+                Some("io.debezium.data.VariableScaleDecimal") => Some("numeric"),
+                Some("io.debezium.data.Json") => Some("jsonb"),
+                Some("io.debezium.data.Uuid") => Some("uuid"),
+                _ => None,
+            };
+            if let Some(t) = by_name {
+                return t.to_owned();
+            }
+            match (o.get("type"), logical) {
+                (_, Some("decimal")) => decimal(o),
+                (_, Some("date")) => "date".to_owned(),
+                (_, Some("time-millis" | "time-micros")) => "time".to_owned(),
+                (_, Some("timestamp-millis" | "timestamp-micros" | "timestamp-nanos")) => "timestamptz".to_owned(),
+                (_, Some("local-timestamp-millis" | "local-timestamp-micros" | "local-timestamp-nanos")) => {
+                    "timestamp".to_owned()
+                }
+                (_, Some("uuid")) => "uuid".to_owned(),
+                (_, Some("duration")) => "interval".to_owned(),
+                (Some(Json::String(t)), _) if t == "enum" => "text".to_owned(),
+                (Some(Json::String(t)), _) if t == "fixed" => "bytea".to_owned(),
+                (Some(Json::String(t)), _) if matches!(t.as_str(), "record" | "map" | "array") => "jsonb".to_owned(),
+                (Some(inner), _) => sql_type(inner),
+                (None, _) => "jsonb".to_owned(),
+            }
+        }
+        _ => "jsonb".to_owned(),
+    }
+}
+
 /// The shape of a schema's JSON (see the module docs).
 fn shape(json: &Json, namespace: Option<&str>, names: &mut HashMap<String, usize>, named: &mut Vec<Shape>) -> Shape {
     match json {
@@ -455,6 +556,55 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#"{"n":{"v":"1970-01-03","next":null}}"#
         );
+    }
+
+    #[test]
+    fn top_level_fields_become_typed_columns() {
+        let schema = r#"{"type":"record","name":"T","fields":[
+            {"name":"id","type":"long"},
+            {"name":"n","type":"int"},
+            {"name":"name","type":["null","string"],"default":null},
+            {"name":"price","type":{"type":"bytes","logicalType":"decimal","precision":10,"scale":2}},
+            {"name":"born","type":{"type":"int","logicalType":"date"}},
+            {"name":"t","type":{"type":"long","logicalType":"time-micros"}},
+            {"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}},
+            {"name":"lts","type":{"type":"long","logicalType":"local-timestamp-micros"}},
+            {"name":"uid","type":{"type":"string","logicalType":"uuid"}},
+            {"name":"e","type":{"type":"enum","name":"E","symbols":["A"]}},
+            {"name":"tags","type":{"type":"array","items":"string"}},
+            {"name":"inner","type":{"type":"record","name":"I","fields":[]}},
+            {"name":"either","type":["int","string"]},
+            {"name":"raw","type":"bytes"},
+            {"name":"ok","type":"boolean"},
+            {"name":"d","type":"double"},
+            {"name":"dbz","type":{"type":"int","connect.name":"io.debezium.time.Date"}}
+        ]}"#;
+        let got: Vec<(String, String)> = columns(schema)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.name, c.sql_type))
+            .collect();
+        let want = [
+            ("id", "bigint"),
+            ("n", "integer"),
+            ("name", "text"),
+            ("price", "numeric(10,2)"),
+            ("born", "date"),
+            ("t", "time"),
+            ("ts", "timestamptz"),
+            ("lts", "timestamp"),
+            ("uid", "uuid"),
+            ("e", "text"),
+            ("tags", "jsonb"),
+            ("inner", "jsonb"),
+            ("either", "jsonb"),
+            ("raw", "bytea"),
+            ("ok", "boolean"),
+            ("d", "double precision"),
+            ("dbz", "date"),
+        ];
+        assert_eq!(got, want.map(|(n, t)| (n.to_owned(), t.to_owned())));
+        assert!(columns(r#""string""#).unwrap_err().contains("not a record"));
     }
 
     #[test]

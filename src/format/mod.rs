@@ -33,6 +33,7 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
+pub use avro::FieldColumn;
 pub use schemas::{
     FetchError, RegisteredSchema, RegistryView, SchemaKind, SchemaSource, SchemaStats, Schemas, FIRST_BACKOFF,
     MAX_BACKOFF,
@@ -251,6 +252,18 @@ impl Decoder {
     /// The registry's state, when this decoder uses one.
     pub fn schemas(&self) -> Option<&Arc<Schemas>> {
         self.schemas.as_ref()
+    }
+}
+
+/// The columns a registered schema gives a pipeline that omits `columns`:
+/// one per top-level field of an Avro record schema.
+pub fn columns_of(schema: &RegisteredSchema) -> Result<Vec<FieldColumn>, String> {
+    match schema.kind {
+        SchemaKind::Avro => avro::columns(&schema.text),
+        other => Err(format!(
+            "columns are taken from Avro schemas only; this subject's schema is {}",
+            other.as_str()
+        )),
     }
 }
 

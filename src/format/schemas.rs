@@ -60,6 +60,8 @@ pub enum FetchError {
 pub trait SchemaSource: Send + Sync {
     /// The schema registered under `id`.
     fn fetch(&self, id: u32) -> Result<RegisteredSchema, FetchError>;
+    /// The latest version registered under `subject` (`<topic>-value`).
+    fn latest(&self, subject: &str) -> Result<RegisteredSchema, FetchError>;
 }
 
 /// A compiled writer's schema.
@@ -230,6 +232,10 @@ pub(crate) mod tests {
                 .get(&id)
                 .cloned()
                 .ok_or_else(|| FetchError::NotFound("Schema not found".into()))
+        }
+
+        fn latest(&self, subject: &str) -> Result<RegisteredSchema, FetchError> {
+            Err(FetchError::NotFound(format!("subject {subject} not found")))
         }
     }
 

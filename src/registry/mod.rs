@@ -182,15 +182,26 @@ impl SchemaSource for Registry {
         let answer = self
             .get(&format!("/schemas/ids/{id}?format=serialized"))?
             .ok_or_else(|| FetchError::NotFound(format!("GET /schemas/ids/{id}: 404")))?;
+        self.registered(answer, &format!("schema id {id}"))
+    }
+
+    fn latest(&self, subject: &str) -> Result<RegisteredSchema, FetchError> {
+        let path = format!("/subjects/{}/versions/latest?format=serialized", encode_path(subject));
+        let answer = self
+            .get(&path)?
+            .ok_or_else(|| FetchError::NotFound(format!("subject {subject:?} has no schema in the registry")))?;
+        self.registered(answer, &format!("subject {subject:?}"))
+    }
+}
+
+impl Registry {
+    /// An answer's schema with its references resolved; `what` names it.
+    fn registered(&self, answer: SchemaAnswer, what: &str) -> Result<RegisteredSchema, FetchError> {
         let kind = match answer.schema_type.as_deref() {
             None | Some("AVRO") => SchemaKind::Avro,
             Some("PROTOBUF") => SchemaKind::Protobuf,
             Some("JSON") => SchemaKind::Json,
-            Some(other) => {
-                return Err(FetchError::NotFound(format!(
-                    "schema id {id} has unknown schemaType {other:?}"
-                )))
-            }
+            Some(other) => return Err(FetchError::NotFound(format!("{what} has unknown schemaType {other:?}"))),
         };
         let mut references = Vec::new();
         self.resolve(answer.references, 0, &mut references)?;

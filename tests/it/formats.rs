@@ -840,3 +840,91 @@ async fn debezium_json_without_its_schema_applies_and_refuses_bare_temporal_numb
         "{reasons:?}"
     );
 }
+
+/// `columns` omitted on an Avro pipeline: every top-level field of the
+/// topic's latest value schema becomes a column of the same name,
+/// `auto_create` types them from the schema, and after a second schema
+/// version adds an optional field, `auto_evolve` adds it as a nullable
+/// column at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_come_from_the_avro_schema_and_a_new_field_adds_a_column() {
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let registry = Registry::start();
+    let topic = unique("avro_cols");
+    let table = unique("avro_cols_t");
+    let group = unique("avro_cols_g");
+    create_topic(&services.brokers, &topic, 3).await;
+    produce_spec(&orders_spec(&services, &registry, &topic, ORDER_V1, 0..50));
+    let extra = "value_format = \"avro\"\nkey_format = \"string\"\nauto_create = true\nauto_evolve = true";
+    let cfg = config(&services, &group, &topic, &table, "", extra) + &registry_config(&registry);
+    let first = Sluice::start(&cfg);
+    await_rows(&pool, &table, 50, Duration::from_secs(60), || first.log_text()).await;
+    let types = |pool: PgPool| {
+        let table = table.clone();
+        async move {
+            text_rows(
+                &pool,
+                &format!(
+                    "SELECT attname::text, format_type(atttypid, atttypmod), \
+                     CASE WHEN attnotnull THEN 'not null' ELSE 'null' END FROM pg_attribute \
+                     WHERE attrelid = '{table}'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+                ),
+            )
+            .await
+        }
+    };
+    let s = |v: &str| Some(v.to_owned());
+    let column = |name: &str, ty: &str| vec![s(name), s(ty), s("null")];
+    let v1 = vec![
+        column("born", "date"),
+        column("id", "bigint"),
+        column("lts", "timestamp without time zone"),
+        column("name", "text"),
+        column("price", "numeric(10,2)"),
+        column("raw", "bytea"),
+        column("t", "time without time zone"),
+        column("tags", "jsonb"),
+        column("ts", "timestamp with time zone"),
+        column("uid", "uuid"),
+    ];
+    assert_eq!(types(pool.clone()).await, v1, "{}", first.log_text());
+    let row = text_rows(
+        &pool,
+        &format!(
+            "SELECT price::text, born::text, (ts AT TIME ZONE 'UTC')::text, lts::text, t::text, tags::text, raw::text \
+             FROM {table} WHERE id = 7"
+        ),
+    )
+    .await;
+    assert_eq!(
+        row,
+        vec![vec![
+            s("-7.07"),
+            s("2024-02-29"),
+            s("2024-01-02 03:04:05.123456"),
+            s("2024-01-02 03:04:05.123"),
+            s("23:59:59.999999"),
+            s(r#"["a", "é"]"#),
+            s("\\x00ff"),
+        ]]
+    );
+    first.sigterm();
+    let mut first = first;
+    first.wait_timeout(Duration::from_secs(30)).expect("stops on SIGTERM");
+
+    produce_spec(&orders_spec(&services, &registry, &topic, &order_v2(), 50..100));
+    let second = first.restart("second.log");
+    await_rows(&pool, &table, 100, Duration::from_secs(60), || second.log_text()).await;
+    let mut v2 = v1;
+    v2.push(column("note", "text"));
+    assert_eq!(types(pool.clone()).await, v2, "{}", second.log_text());
+    let notes: i64 = sqlx::query_scalar(&format!("SELECT count(note) FROM {table}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(notes, (50..100).filter(|i| i % 3 != 0).count() as i64);
+    assert_eq!(count(&pool, &table).await, 100);
+    assert_eq!(dead_letters(&pool, &topic).await, Vec::<String>::new());
+    second.sigterm();
+}
