@@ -1281,3 +1281,50 @@ fn secrets_come_from_files_named_by_the_file_variables() {
         Ok(())
     });
 }
+
+#[test]
+fn formats_need_a_registry_and_columns_may_come_only_from_an_avro_schema() {
+    let mut c = valid();
+    c.pipelines[0].value_format = crate::format::Format::Avro;
+    let e = invalid(&c);
+    assert_eq!(
+        e.to_string(),
+        "config key `pipelines[0].value_format`: \"avro\" records name their schema in a Schema Registry: set schema_registry.url"
+    );
+    c.schema_registry.url = Some("http://registry:8081".into());
+    c.validate().unwrap();
+    // Columns omitted: taken from the Avro schema of the one topic.
+    c.pipelines[0].columns.clear();
+    assert!(c.pipelines[0].columns_from_schema());
+    c.validate().unwrap();
+    // ... but not from a pattern, a table per topic, JSON, or an envelope.
+    for change in [
+        (|p: &mut PipelineConfig| p.topics = vec!["^orders.*".into()]) as fn(&mut PipelineConfig),
+        |p| p.table = "t_{topic}".into(),
+        |p| p.value_format = crate::format::Format::Json,
+    ] {
+        let mut bad = c.clone();
+        change(&mut bad.pipelines[0]);
+        let e = invalid(&bad);
+        assert!(
+            e.to_string().starts_with("config key `pipelines[0].columns`: at least one column is required (they may be omitted only with value_format = \"avro\""),
+            "{e}"
+        );
+    }
+    // string and bytes are for keys; @source needs the envelope.
+    let mut bad = valid();
+    bad.pipelines[0].value_format = crate::format::Format::String;
+    assert!(invalid(&bad).to_string().contains("string and bytes are for keys"));
+    let mut bad = valid();
+    bad.pipelines[0].columns.insert("lsn".into(), "@source/lsn".into());
+    assert!(invalid(&bad)
+        .to_string()
+        .contains("@source columns need envelope = \"debezium\""));
+    bad.pipelines[0].envelope = crate::format::Envelope::Debezium;
+    assert!(invalid(&bad).to_string().contains("needs mode = \"upsert\""));
+    // The password is never shown.
+    let mut c = valid();
+    c.schema_registry.username = Some("u".into());
+    c.schema_registry.password = Some("s3cret".into());
+    assert!(!format!("{c:?}").contains("s3cret"));
+}
