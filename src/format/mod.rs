@@ -185,13 +185,17 @@ impl Decoder {
     }
 
     /// Decodes a record's key and value; `now` dates a registry failure.
+    /// `needs_key: false` (no column reads the key, no delete needs it)
+    /// leaves a key in a registry format undecoded, as `None`.
     pub fn decode<'a>(
         &self,
         key: Option<&'a [u8]>,
         value: Option<&'a [u8]>,
+        needs_key: bool,
         now: Instant,
     ) -> Result<Decoded<'a>, FormatError> {
         let key = match key {
+            Some(_) if !needs_key && self.key.uses_registry() => None,
             Some(k) if self.key.uses_registry() => Some(unquote(self.registered(self.key, k, now)?)),
             Some(k) if self.envelope == Envelope::Debezium && self.key == Format::Json => {
                 Some(debezium::connect_key(Cow::Borrowed(k)).map_err(|e| FormatError::Record(format!("key: {e}")))?)
@@ -313,9 +317,17 @@ mod tests {
         );
         let value = framed(1, &[0x02, 0x02]);
         let key = framed(2, &[0x06, b'a', b'b', b'c']);
-        let got = d.decode(Some(&key), Some(&value), Instant::now()).unwrap();
+        let got = d.decode(Some(&key), Some(&value), true, Instant::now()).unwrap();
         assert_eq!(got.value.as_deref(), Some(&br#"{"id":1,"born":"1970-01-02"}"#[..]));
         assert_eq!(got.key.as_deref(), Some(&b"abc"[..]), "a string key is unquoted");
+        // A key nothing reads is not decoded (not even its framing checked).
+        let got = d
+            .decode(Some(b"not framed"), Some(&value), false, Instant::now())
+            .unwrap();
+        assert_eq!(got.key, None);
+        assert!(d
+            .decode(Some(b"not framed"), Some(&value), true, Instant::now())
+            .is_err());
         assert!(!d.is_plain());
     }
 
@@ -328,17 +340,17 @@ mod tests {
             (&[0u8, 0, 1][..], "too short"),
             (&[][..], "empty record"),
         ] {
-            let Err(FormatError::Record(e)) = d.decode(None, Some(bytes), now) else {
+            let Err(FormatError::Record(e)) = d.decode(None, Some(bytes), true, now) else {
                 panic!("expected a record error")
             };
             assert!(e.contains(want), "{e}");
         }
-        let Err(FormatError::Record(e)) = d.decode(None, Some(&framed(42, &[0])), now) else {
+        let Err(FormatError::Record(e)) = d.decode(None, Some(&framed(42, &[0])), true, now) else {
             panic!("expected a record error")
         };
         assert!(e.contains("schema id 42 is not in the schema registry"), "{e}");
         // A tombstone stays a tombstone.
-        assert_eq!(d.decode(None, None, now).unwrap(), Decoded::default());
+        assert_eq!(d.decode(None, None, true, now).unwrap(), Decoded::default());
     }
 
     #[test]
@@ -356,7 +368,7 @@ mod tests {
         );
         let d = decoder(Format::String, Format::JsonSchema, Envelope::None, json);
         let value = framed(3, br#"{"a":1}"#);
-        let got = d.decode(Some(b"k"), Some(&value), Instant::now()).unwrap();
+        let got = d.decode(Some(b"k"), Some(&value), true, Instant::now()).unwrap();
         assert!(matches!(got.value, Some(Cow::Borrowed(b)) if b == br#"{"a":1}"#));
         assert_eq!(got.key.as_deref(), Some(&b"k"[..]));
         // A JSON Schema id where Avro is expected.
@@ -374,7 +386,7 @@ mod tests {
             )]
             .into(),
         );
-        let Err(FormatError::Record(e)) = d.decode(None, Some(&value), Instant::now()) else {
+        let Err(FormatError::Record(e)) = d.decode(None, Some(&value), true, Instant::now()) else {
             panic!()
         };
         assert!(e.contains("is a JSON schema, but the pipeline reads avro"), "{e}");
@@ -386,14 +398,14 @@ mod tests {
         let now = Instant::now();
         let key = br#"{"id":1}"#;
         let create = br#"{"before":null,"after":{"id":1},"source":{"lsn":1},"op":"r"}"#;
-        let got = d.decode(Some(key), Some(create), now).unwrap();
+        let got = d.decode(Some(key), Some(create), true, now).unwrap();
         assert_eq!(got.value.as_deref(), Some(&br#"{"id":1}"#[..]));
         assert_eq!(got.source.as_deref(), Some(&br#"{"lsn":1}"#[..]));
         let delete = br#"{"before":null,"after":null,"op":"d"}"#;
-        let got = d.decode(Some(key), Some(delete), now).unwrap();
+        let got = d.decode(Some(key), Some(delete), true, now).unwrap();
         assert_eq!((got.value, got.key.as_deref()), (None, Some(&key[..])));
-        assert!(d.decode(Some(key), None, now).unwrap().skip);
-        let Err(FormatError::Record(e)) = d.decode(None, Some(delete), now) else {
+        assert!(d.decode(Some(key), None, true, now).unwrap().skip);
+        let Err(FormatError::Record(e)) = d.decode(None, Some(delete), true, now) else {
             panic!("a delete without `before` or a key")
         };
         assert!(e.contains("neither a `before`"), "{e}");

@@ -262,6 +262,18 @@ impl RowEncoder {
         self.reads_value
     }
 
+    /// Whether a line may read the Kafka key: a `@key` or `"@key/…"` column,
+    /// or upsert mode with `delete_on_tombstone` (a delete's key columns
+    /// come from the key). A caller that has to decode keys may skip it
+    /// otherwise.
+    pub fn reads_key(&self) -> bool {
+        self.upsert.as_ref().is_some_and(|u| u.delete_on_tombstone)
+            || self
+                .columns
+                .iter()
+                .any(|c| matches!(c.source, ColumnSource::Key | ColumnSource::KeyPointer(_)))
+    }
+
     /// Whether any column reads the record's headers (so the caller must
     /// pass them in [`RecordRef::headers`]).
     pub fn reads_headers(&self) -> bool {
@@ -838,5 +850,19 @@ mod tests {
             ..rec(None, None)
         };
         assert_eq!(line(&strict, &r).unwrap(), "2024-01-02T03:04:05.123000Z\t1969-07-20\t5");
+    }
+
+    #[test]
+    fn reads_key_says_whether_a_line_may_need_the_key() {
+        assert!(!RowEncoder::new(vec![col("v", "/v", Text)]).reads_key());
+        assert!(RowEncoder::new(vec![col("k", "@key", Text)]).reads_key());
+        assert!(RowEncoder::new(vec![col("k", "@key/id", Int8)]).reads_key());
+        let upsert = RowEncoder::new(vec![col("id", "/id", Int8)]);
+        assert!(upsert
+            .clone()
+            .with_upsert(&["id".to_owned()], true)
+            .unwrap()
+            .reads_key());
+        assert!(!upsert.with_upsert(&["id".to_owned()], false).unwrap().reads_key());
     }
 }

@@ -635,7 +635,7 @@ impl LoopState {
                 value: msg.payload().map(Cow::Borrowed),
                 ..Decoded::default()
             },
-            false => match decoder.decode(msg.key(), msg.payload(), now) {
+            false => match decoder.decode(msg.key(), msg.payload(), target.encoder.reads_key(), now) {
                 Ok(decoded) => decoded,
                 Err(FormatError::Record(why)) => return dead(Some(&DecodeError::for_record(why))),
                 Err(FormatError::Unavailable { until, why }) => {

@@ -172,7 +172,7 @@ pub async fn replay(
         let owned_headers = headers_from_json(stored_headers.as_deref().unwrap_or("[]"));
         let headers: Vec<HeaderRef<'_>> = owned_headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
         // Decoded as the consumer does (a schema is fetched if need be).
-        let decoded = match decoder.decode(key.as_deref(), value.as_deref(), Instant::now()) {
+        let decoded = match decoder.decode(key.as_deref(), value.as_deref(), true, Instant::now()) {
             Ok(decoded) => decoded,
             Err(err) => {
                 tx.rollback().await?;
