@@ -52,7 +52,7 @@ pub enum SpecError {
     #[error(
         "expected one of text, varchar(n), char(n), smallint, integer, bigint, real, double precision, numeric, \
          numeric(p), numeric(p,s), boolean, timestamptz, timestamp, date, time, time(p), timetz, interval, uuid, json, \
-         jsonb, bytea, inet, cidr, macaddr; found {0:?}"
+         jsonb, bytea, inet, cidr, macaddr, or an array of one of them (`integer[]`); found {0:?}"
     )]
     SqlType(String),
     #[error("unbalanced parentheses in {0:?}")]
@@ -231,7 +231,20 @@ impl PgType {
 /// precision (and scale) for `numeric(p[,s])`. Only these exact forms are
 /// accepted, since the text goes into DDL. The error says what was expected.
 pub fn parse_sql_type(spec: &str) -> Result<String, SpecError> {
-    let norm = spec.trim().to_ascii_lowercase();
+    // `T[]` (or `T[][]`, or the SQL standard's `T ARRAY`): an array of a
+    // type below. Postgres does not enforce the number of dimensions.
+    let trimmed = spec.trim();
+    if let Some(elem) = trimmed.strip_suffix("[]").or_else(|| {
+        trimmed
+            .to_ascii_lowercase()
+            .strip_suffix(" array")
+            .map(|_| &trimmed[..trimmed.len() - 6])
+    }) {
+        let elem = elem.trim_end();
+        let canonical = parse_sql_type(elem.trim_end_matches("[]").trim_end())?;
+        return Ok(format!("{canonical}[]"));
+    }
+    let norm = trimmed.to_ascii_lowercase();
     let (base, args) = match norm.split_once('(') {
         Some((base, rest)) => {
             let inner = rest
@@ -395,6 +408,12 @@ mod tests {
             .contains("expected one of"));
         assert!(parse_sql_type("int); DROP TABLE x; --").is_err());
         assert!(parse_sql_type("varchar(0)").is_err());
+        assert_eq!(parse_sql_type("INT[]").unwrap(), "integer[]");
+        assert_eq!(parse_sql_type("varchar(5) []").unwrap(), "varchar(5)[]");
+        assert_eq!(parse_sql_type("text[][]").unwrap(), "text[]");
+        assert_eq!(parse_sql_type("numeric(8,2) ARRAY").unwrap(), "numeric(8,2)[]");
+        assert!(parse_sql_type("point[]").is_err());
+        assert!(parse_sql_type("[]").is_err());
         for (spec, ty) in [
             ("/a", "jsonb"),
             ("@offset", "bigint"),

@@ -60,7 +60,7 @@ pub async fn check(config: &Config) -> usize {
             println!("error: reading sluice migrations: {err}");
         }
     }
-    let config = match with_schema_columns(config.clone()) {
+    let config = match with_schema_columns(config.clone(), &[]) {
         Ok(config) => config,
         Err(err) => {
             println!("error: {err}");

@@ -29,7 +29,7 @@ pub async fn dlq_replay(
         .with_context(|| format!("connecting to postgres {}", config.postgres.redacted_url()))?;
     let mut only = config.clone();
     only.pipelines = vec![config.pipelines[index].clone()];
-    let only = with_schema_columns(only)?;
+    let only = with_schema_columns(only, &[])?;
     let topics = topics_of(&only)?;
     let pipeline = match plan_pipelines(&only, &pool, &topics).await {
         Ok(mut p) => p.remove(0),

@@ -268,9 +268,11 @@ pub async fn plan_pipelines(config: &Config, pool: &PgPool, topics: &Topics) -> 
             continue;
         }
         match plan_table(pool, p, index, &table, Ddl::Apply).await {
-            Ok(Planned::Ready(encoder)) => {
-                pipelines.push(Pipeline::new(p.name.clone(), table, *encoder, settings(p)).with_decoder(decoder))
-            }
+            Ok(Planned::Ready(encoder)) => pipelines.push(
+                Pipeline::new(p.name.clone(), table, *encoder, settings(p))
+                    .with_decoder(decoder)
+                    .with_columns_from_schema(p.columns_from_schema()),
+            ),
             Ok(Planned::NeedsDdl(_)) => unreachable!("Ddl::Apply runs the DDL"),
             Err(PlanError::Mapping(errors)) => problems.extend(errors),
             Err(other) => return Err(other),
@@ -284,10 +286,12 @@ pub async fn plan_pipelines(config: &Config, pool: &PgPool, topics: &Topics) -> 
 
 /// Fills in the columns of pipelines that omit them
 /// ([`PipelineConfig::columns_from_schema`]): one per top-level field of the
-/// latest schema of `<topic>-value`, mapped from `/<field>` and typed from
-/// the schema unless `column_types` names a type. One registry request per
-/// such pipeline, at start; a registry that cannot answer is an error.
-pub fn with_schema_columns(mut config: Config) -> Result<Config, PlanError> {
+/// latest schema of `<topic>-value`, and of each schema id in `seen` for
+/// that pipeline (schemas records were met with, whose fields the latest
+/// may lack), mapped from `/<field>` and typed from the schema unless
+/// `column_types` names a type. A few registry requests per such pipeline,
+/// at start; a registry that cannot answer is an error.
+pub fn with_schema_columns(mut config: Config, seen: &[(String, u32)]) -> Result<Config, PlanError> {
     if !config.pipelines.iter().any(PipelineConfig::columns_from_schema) {
         return Ok(config);
     }
@@ -300,15 +304,22 @@ pub fn with_schema_columns(mut config: Config) -> Result<Config, PlanError> {
                 p.name
             ))
         };
-        let schema = registry.latest(&subject).map_err(|e| bad(e.to_string()))?;
-        let fields = crate::format::columns_of(&schema).map_err(bad)?;
-        for f in &fields {
-            p.columns.insert(f.name.clone(), format!("/{}", f.name));
-            p.column_types
-                .entry(f.name.clone())
-                .or_insert_with(|| f.sql_type.clone());
+        let mut schemas = vec![registry.latest(&subject).map_err(|e| bad(e.to_string()))?];
+        for (_, id) in seen.iter().filter(|(name, _)| *name == p.name) {
+            schemas.push(registry.fetch(*id).map_err(|e| bad(format!("schema id {id}: {e}")))?);
         }
-        info!(pipeline = %p.name, %subject, columns = fields.len(), "columns taken from the schema");
+        let before = p.columns.len();
+        for schema in &schemas {
+            for f in crate::format::columns_of(schema, p.envelope).map_err(&bad)? {
+                p.columns
+                    .entry(f.name.clone())
+                    .or_insert_with(|| format!("/{}", f.name));
+                p.column_types.entry(f.name).or_insert(f.sql_type);
+            }
+        }
+        p.schema_filled = true;
+        info!(pipeline = %p.name, %subject, columns = p.columns.len() - before, schemas = schemas.len(),
+            "columns taken from the schema");
     }
     // What the schema brought is checked like a configured mapping.
     config.validate().map_err(|e| PlanError::Registry(e.to_string()))?;
@@ -343,7 +354,7 @@ async fn verify_constants(pool: &PgPool, pipeline: &str, columns: &[ColumnPlan])
         let ColumnSource::Const(text) = &c.source else {
             continue;
         };
-        let cast = format!("SELECT CAST($1::text AS {})::text", c.ty.sql_name());
+        let cast = format!("SELECT CAST($1::text AS {})::text", c.type_name());
         if let Err(err) = sqlx::query(&cast).bind(text).execute(pool).await {
             let why = match &err {
                 sqlx::Error::Database(db) => db.message().to_owned(),
@@ -352,8 +363,8 @@ async fn verify_constants(pool: &PgPool, pipeline: &str, columns: &[ColumnPlan])
             problems.push(MappingError::Incompatible {
                 pipeline: pipeline.to_owned(),
                 column: c.name.clone(),
-                type_name: c.ty.sql_name().to_owned(),
-                reason: format!("the constant {text:?} is not a valid {}: {why}", c.ty.sql_name()),
+                type_name: c.type_name().into_owned(),
+                reason: format!("the constant {text:?} is not a valid {}: {why}", c.type_name()),
             });
         }
     }

@@ -26,9 +26,42 @@ use crate::telemetry::Telemetry;
 
 /// Runs sluice until `shutdown` resolves, then drains within
 /// `config.shutdown_timeout` and leaves the group.
+///
+/// A pipeline taking its columns from the value schema that meets a schema
+/// with fields it has no column for makes sluice drain the same way, plan
+/// again with that schema's fields (`auto_evolve` adds their columns) and
+/// start again; the records held meanwhile are read again.
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    let started = tokio::time::Instant::now();
     tokio::pin!(shutdown);
+    let mut seen: Vec<(String, u32)> = Vec::new();
+    loop {
+        match run_once(config.clone(), &seen, shutdown.as_mut()).await? {
+            Ended::Shutdown => return Ok(()),
+            Ended::Replan(more) => {
+                for wanted in more {
+                    if !seen.contains(&wanted) {
+                        seen.push(wanted);
+                    }
+                }
+                info!(schemas = ?seen, "planning again with the new schemas' fields");
+            }
+        }
+    }
+}
+
+/// Why [`run_once`] returned.
+enum Ended {
+    Shutdown,
+    /// Drained to plan again with these (pipeline, value schema id) pairs.
+    Replan(Vec<(String, u32)>),
+}
+
+async fn run_once(
+    config: Config,
+    seen: &[(String, u32)],
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<Ended> {
+    let started = tokio::time::Instant::now();
     // What needs no service is checked before waiting for them.
     let topics = Arc::new(topics_of(&config)?);
     // The telemetry port is served from the start: /healthz alive, /readyz
@@ -53,10 +86,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         pool = wait_for_services(&config, &waiting, started) => pool?,
         _ = &mut shutdown => {
             info!("shutdown requested while starting");
-            return Ok(());
+            return Ok(Ended::Shutdown);
         }
     };
-    let config = with_schema_columns(config)?;
+    let config = with_schema_columns(config, seen)?;
     let pipelines = match plan_pipelines(&config, &pool, &topics).await {
         Ok(p) => p,
         Err(PlanError::Mapping(errors)) => {
@@ -192,13 +225,22 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         .context("spawning the consumer thread")?;
     info!(pipelines = pipelines.len(), group = %config.kafka.group_id, brokers = %config.kafka.brokers, "sluice running");
 
-    tokio::select! {
-        _ = &mut shutdown => info!(timeout = ?config.shutdown_timeout, "shutdown requested: draining"),
+    let ended = tokio::select! {
+        _ = &mut shutdown => {
+            info!(timeout = ?config.shutdown_timeout, "shutdown requested: draining");
+            Ended::Shutdown
+        }
+        wanted = shared.replan_wanted() => {
+            let wanted: Vec<(String, u32)> =
+                wanted.into_iter().map(|(index, id)| (pipelines[index].name.clone(), id)).collect();
+            info!(schemas = ?wanted, timeout = ?config.shutdown_timeout, "new schema fields: draining to plan again");
+            Ended::Replan(wanted)
+        }
         _ = &mut done_rx => match shared.fatal() {
             Some(why) => bail!("{why}"),
             None => bail!("the consumer loop ended unexpectedly"),
         },
-    }
+    };
 
     // DRAINING: stop intake, flush what is buffered, commit, leave the group.
     // Whatever is not flushed by the deadline is simply not committed.
@@ -263,6 +305,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             drop_reason = p.settings.strategy.as_str(), dead_lettered = get(&c.dead_lettered), fenced = get(&c.fenced),
             flushes = get(&c.flushes), attempts = get(&c.attempts), "pipeline totals");
     }
-    info!("sluice stopped");
-    Ok(())
+    if matches!(ended, Ended::Shutdown) {
+        info!("sluice stopped");
+    }
+    Ok(ended)
 }

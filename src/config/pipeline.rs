@@ -48,6 +48,10 @@ pub struct PipelineConfig {
     /// `timestamptz` for `@timestamp`, `text` otherwise. Default: empty.
     #[serde(default)]
     pub column_types: BTreeMap<String, String>,
+    /// Set when planning filled `columns` in from the value schema (not a
+    /// config key): the pipeline keeps [`columns_from_schema`](Self::columns_from_schema).
+    #[serde(skip)]
+    pub schema_filled: bool,
     /// Create the table when it does not exist, from `columns` and
     /// `column_types`, with the `key` columns (upsert mode) as its primary
     /// key. Default `false`: a missing table is a start-up error.
@@ -268,6 +272,7 @@ impl PipelineConfig {
             table: table.into(),
             columns,
             column_types: BTreeMap::new(),
+            schema_filled: false,
             auto_create: false,
             auto_evolve: false,
             batch_size: default_batch_size(),
@@ -313,12 +318,17 @@ impl PipelineConfig {
         self.table.contains(TOPIC_PLACEHOLDER)
     }
 
-    /// `columns` is omitted, to be taken from the latest Avro value schema
-    /// of the pipeline's one topic (`<topic>-value`) when it is planned.
+    /// `columns` is omitted, to be taken from the latest value schema of
+    /// the pipeline's one topic (`<topic>-value`) when it is planned: an
+    /// Avro, Protobuf or JSON Schema one, or a Debezium change event's Avro
+    /// schema (its row's fields).
     pub fn columns_from_schema(&self) -> bool {
-        self.columns.is_empty()
-            && self.value_format == Format::Avro
-            && self.envelope == Envelope::None
+        let schema = match self.envelope {
+            Envelope::None => self.value_format.uses_registry(),
+            Envelope::Debezium => self.value_format == Format::Avro,
+        };
+        (self.columns.is_empty() || self.schema_filled)
+            && schema
             && matches!(self.topics.as_slice(), [t] if !t.starts_with('^'))
             && !self.table_per_topic()
     }
@@ -708,9 +718,10 @@ impl PipelineConfig {
         if self.columns.is_empty() && !self.columns_from_schema() {
             return Err((
                 at("columns"),
-                "at least one column is required (they may be omitted only with value_format = \"avro\", no \
-                 envelope, one named topic and one table: each top-level field of the topic's latest value schema \
-                 then becomes a column of the same name)"
+                "at least one column is required (they may be omitted only with value_format = \"avro\", \
+                 \"protobuf\" or \"json_schema\" (with envelope = \"debezium\": \"avro\"), one named topic and one \
+                 table: each top-level field of the topic's latest value schema then becomes a column of the same \
+                 name)"
                     .to_owned(),
             ));
         }

@@ -1283,7 +1283,7 @@ fn secrets_come_from_files_named_by_the_file_variables() {
 }
 
 #[test]
-fn formats_need_a_registry_and_columns_may_come_only_from_an_avro_schema() {
+fn formats_need_a_registry_and_columns_may_come_only_from_a_registered_schema() {
     let mut c = valid();
     c.pipelines[0].value_format = crate::format::Format::Avro;
     let e = invalid(&c);
@@ -1297,11 +1297,31 @@ fn formats_need_a_registry_and_columns_may_come_only_from_an_avro_schema() {
     c.pipelines[0].columns.clear();
     assert!(c.pipelines[0].columns_from_schema());
     c.validate().unwrap();
-    // ... but not from a pattern, a table per topic, JSON, or an envelope.
+    // ... or a Protobuf or JSON Schema one, or a Debezium Avro one.
+    for format in [crate::format::Format::Protobuf, crate::format::Format::JsonSchema] {
+        let mut other = c.clone();
+        other.pipelines[0].value_format = format;
+        assert!(other.pipelines[0].columns_from_schema());
+        other.validate().unwrap();
+    }
+    let mut debezium = c.clone();
+    debezium.pipelines[0].envelope = crate::format::Envelope::Debezium;
+    debezium.pipelines[0].mode = WriteMode::Upsert;
+    debezium.pipelines[0].key = vec!["id".into()];
+    assert!(debezium.pipelines[0].columns_from_schema());
+    debezium.validate().unwrap();
+    // ... but not from a pattern, a table per topic, JSON, or Debezium's
+    // JSON (its schema is in each event, not in a registry).
     for change in [
         (|p: &mut PipelineConfig| p.topics = vec!["^orders.*".into()]) as fn(&mut PipelineConfig),
         |p| p.table = "t_{topic}".into(),
         |p| p.value_format = crate::format::Format::Json,
+        |p| {
+            p.envelope = crate::format::Envelope::Debezium;
+            p.mode = WriteMode::Upsert;
+            p.key = vec!["id".into()];
+            p.value_format = crate::format::Format::Json;
+        },
     ] {
         let mut bad = c.clone();
         change(&mut bad.pipelines[0]);

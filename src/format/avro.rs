@@ -100,6 +100,35 @@ pub struct FieldColumn {
 /// sluice writes the field (see [`sql_type`]).
 pub(crate) fn columns(text: &str) -> Result<Vec<FieldColumn>, String> {
     let json: Json = serde_json::from_str(text).map_err(|e| format!("not a valid Avro schema: {e}"))?;
+    record_columns(&json)
+}
+
+/// The columns of a Debezium change event's Avro schema (its `Envelope`):
+/// one per field of the row record that `before` and `after` carry.
+pub(crate) fn debezium_columns(text: &str) -> Result<Vec<FieldColumn>, String> {
+    let json: Json = serde_json::from_str(text).map_err(|e| format!("not a valid Avro schema: {e}"))?;
+    let fields = json.get("fields").and_then(Json::as_array);
+    // The row record is defined inline at its first use (`before`), and
+    // named by reference at the second (`after`).
+    let row = fields
+        .into_iter()
+        .flatten()
+        .filter(|f| matches!(f.get("name").and_then(Json::as_str), Some("before" | "after")))
+        .filter_map(|f| match f.get("type") {
+            Some(Json::Array(branches)) => branches.iter().find(|b| b.is_object()),
+            Some(t @ Json::Object(_)) => Some(t),
+            _ => None,
+        })
+        .next()
+        .ok_or_else(|| {
+            "the schema is not a Debezium change event's (no `before`/`after` record: is this the topic of a \
+             Debezium connector with the Avro converter?)"
+                .to_owned()
+        })?;
+    record_columns(row)
+}
+
+fn record_columns(json: &Json) -> Result<Vec<FieldColumn>, String> {
     let fields = match (json.get("type").and_then(Json::as_str), json.get("fields")) {
         (Some("record"), Some(Json::Array(fields))) => fields,
         _ => return Err("the schema is not a record: it has no fields to be columns".to_owned()),

@@ -22,6 +22,7 @@
 
 mod avro;
 mod debezium;
+mod json_schema;
 mod protobuf;
 mod schemas;
 mod semantic;
@@ -125,6 +126,8 @@ pub struct Decoded<'a> {
     pub source: Option<Cow<'a, [u8]>>,
     /// Nothing to write (the tombstone after a Debezium delete).
     pub skip: bool,
+    /// The id of the writer's schema of the value, for a registry format.
+    pub value_schema: Option<u32>,
 }
 
 /// A pipeline's decoding: the key and value formats, the envelope, and
@@ -202,9 +205,12 @@ impl Decoder {
             }
             other => other.map(Cow::Borrowed),
         };
-        let value = match value {
-            Some(v) if self.value.uses_registry() => Some(self.registered(self.value, v, now)?),
-            other => other.map(Cow::Borrowed),
+        let (value, value_schema) = match value {
+            Some(v) if self.value.uses_registry() => {
+                let (id, decoded) = self.registered_with_id(self.value, v, now)?;
+                (Some(decoded), Some(id))
+            }
+            other => (other.map(Cow::Borrowed), None),
         };
         match self.envelope {
             Envelope::None => Ok(Decoded {
@@ -212,6 +218,7 @@ impl Decoder {
                 value,
                 source: None,
                 skip: false,
+                value_schema,
             }),
             Envelope::Debezium => Ok(
                 match debezium::change(value, self.value == Format::Json).map_err(FormatError::Record)? {
@@ -220,12 +227,14 @@ impl Decoder {
                         value: Some(after),
                         source,
                         skip: false,
+                        value_schema,
                     },
                     // A delete: the key columns from `before`, else the Kafka key.
                     debezium::Change::Delete { before } => Decoded {
                         key: Some(before.or(key).ok_or_else(|| {
                             FormatError::Record("a Debezium delete with neither a `before` image nor a key".to_owned())
                         })?),
+                        value_schema,
                         ..Decoded::default()
                     },
                     debezium::Change::Skip => Decoded {
@@ -240,6 +249,16 @@ impl Decoder {
 
     /// Bytes in the Confluent wire format, decoded with their writer's schema.
     fn registered<'a>(&self, format: Format, bytes: &'a [u8], now: Instant) -> Result<Cow<'a, [u8]>, FormatError> {
+        self.registered_with_id(format, bytes, now).map(|(_, decoded)| decoded)
+    }
+
+    /// [`registered`](Self::registered), and the writer's schema id.
+    fn registered_with_id<'a>(
+        &self,
+        format: Format,
+        bytes: &'a [u8],
+        now: Instant,
+    ) -> Result<(u32, Cow<'a, [u8]>), FormatError> {
         let (id, payload) = framing(bytes).map_err(FormatError::Record)?;
         let schemas = self.schemas.as_ref().expect("checked in Decoder::new");
         let compiled = schemas.get(id, format, now)?;
@@ -247,10 +266,17 @@ impl Decoder {
         match &*compiled {
             schemas::Compiled::Avro(schema) => schema.to_json(payload, &mut out),
             schemas::Compiled::Protobuf(schema) => schema.to_json(payload, &mut out),
-            schemas::Compiled::Json => return Ok(Cow::Borrowed(payload)),
+            schemas::Compiled::Json => return Ok((id, Cow::Borrowed(payload))),
         }
         .map_err(|e| FormatError::Record(format!("schema id {id}: {e}")))?;
-        Ok(Cow::Owned(out))
+        Ok((id, Cow::Owned(out)))
+    }
+
+    /// The columns the value schema `id` gives (see [`columns_of`]); `None`
+    /// when it is not cached.
+    pub fn value_columns(&self, id: u32) -> Option<Result<Vec<FieldColumn>, String>> {
+        let schema = self.schemas.as_ref()?.served(id)?;
+        Some(columns_of(&schema, self.envelope))
     }
 
     /// The registry's state, when this decoder uses one.
@@ -260,12 +286,17 @@ impl Decoder {
 }
 
 /// The columns a registered schema gives a pipeline that omits `columns`:
-/// one per top-level field of an Avro record schema.
-pub fn columns_of(schema: &RegisteredSchema) -> Result<Vec<FieldColumn>, String> {
-    match schema.kind {
-        SchemaKind::Avro => avro::columns(&schema.text),
-        other => Err(format!(
-            "columns are taken from Avro schemas only; this subject's schema is {}",
+/// one per top-level field of an Avro record, of the first message of a
+/// Protobuf file, of a JSON Schema object's properties, or of the row of a
+/// Debezium change event (Avro), typed as sluice writes the field.
+pub fn columns_of(schema: &RegisteredSchema, envelope: Envelope) -> Result<Vec<FieldColumn>, String> {
+    match (schema.kind, envelope) {
+        (SchemaKind::Avro, Envelope::None) => avro::columns(&schema.text),
+        (SchemaKind::Avro, Envelope::Debezium) => avro::debezium_columns(&schema.text),
+        (SchemaKind::Protobuf, Envelope::None) => protobuf::columns(&schema.text, &schema.references),
+        (SchemaKind::Json, Envelope::None) => json_schema::columns(&schema.text),
+        (other, Envelope::Debezium) => Err(format!(
+            "columns of Debezium change events are taken from Avro schemas only; this subject's schema is {}",
             other.as_str()
         )),
     }

@@ -6,7 +6,9 @@
 //! bytes as base64, 64-bit integers as numbers, unset fields at their
 //! defaults.
 
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
+use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions};
+
+use super::avro::FieldColumn;
 use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
 
 /// A compiled Protobuf writer's schema.
@@ -106,6 +108,53 @@ impl ProtoSchema {
     }
 }
 
+/// The columns of a Protobuf schema: one per field of the file's first
+/// message (message index `[0]`, what a producer of one message per file
+/// writes), by its `.proto` name, typed as sluice writes the field.
+pub(crate) fn columns(text: &str, references: &[(String, String)]) -> Result<Vec<FieldColumn>, String> {
+    let schema = ProtoSchema::compile(text, references)?;
+    let message = schema.message(&[0])?;
+    Ok(message
+        .fields()
+        .map(|f| FieldColumn {
+            name: f.name().to_owned(),
+            sql_type: sql_type(&f).to_owned(),
+        })
+        .collect())
+}
+
+/// The SQL type a field is written as: what its canonical JSON converts to
+/// faithfully. Repeated fields, maps and messages other than the
+/// well-known scalars are `jsonb`.
+fn sql_type(field: &FieldDescriptor) -> &'static str {
+    if field.is_list() || field.is_map() {
+        return "jsonb";
+    }
+    match field.kind() {
+        Kind::Double => "double precision",
+        Kind::Float => "real",
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => "integer",
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint32 | Kind::Fixed32 => "bigint",
+        Kind::Uint64 | Kind::Fixed64 => "numeric",
+        Kind::Bool => "boolean",
+        Kind::String | Kind::Enum(_) => "text",
+        Kind::Bytes => "bytea",
+        Kind::Message(m) => match m.full_name() {
+            "google.protobuf.Timestamp" => "timestamptz",
+            "google.protobuf.DoubleValue" => "double precision",
+            "google.protobuf.FloatValue" => "real",
+            "google.protobuf.Int32Value" => "integer",
+            "google.protobuf.Int64Value" | "google.protobuf.UInt32Value" => "bigint",
+            "google.protobuf.UInt64Value" => "numeric",
+            "google.protobuf.BoolValue" => "boolean",
+            "google.protobuf.BytesValue" => "bytea",
+            // A Duration's JSON is seconds with an `s` ("1.5s").
+            "google.protobuf.StringValue" | "google.protobuf.Duration" | "google.protobuf.FieldMask" => "text",
+            _ => "jsonb",
+        },
+    }
+}
+
 /// Confluent's message indexes: a zigzag varint count, then that many
 /// zigzag varint indexes; a count of 0 means `[0]` (the first message).
 fn message_indexes(payload: &[u8]) -> Result<(Vec<usize>, &[u8]), String> {
@@ -163,6 +212,72 @@ mod tests {
           double price = 8;
         }
     "#;
+
+    #[test]
+    fn the_first_messages_fields_become_typed_columns() {
+        let proto = r#"
+            syntax = "proto3";
+            package shop;
+            import "google/protobuf/timestamp.proto";
+            import "google/protobuf/wrappers.proto";
+            import "google/protobuf/duration.proto";
+            message Order {
+              int64 id = 1;
+              string name = 2;
+              repeated string tags = 3;
+              enum Status { NEW = 0; PAID = 1; }
+              Status status = 4;
+              google.protobuf.Timestamp at = 5;
+              Line line = 6;
+              bytes raw = 7;
+              double price = 8;
+              float ratio = 9;
+              int32 qty = 10;
+              uint32 small = 11;
+              uint64 big = 12;
+              sint64 delta = 13;
+              bool paid = 14;
+              map<string, int32> counts = 15;
+              google.protobuf.Int64Value maybe = 16;
+              google.protobuf.Duration took = 17;
+              oneof choice { string a = 18; int32 b = 19; }
+            }
+            message Line { int32 qty = 1; }
+        "#;
+        let got: Vec<(String, String)> = columns(proto, &[])
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.name, c.sql_type))
+            .collect();
+        let want = [
+            ("id", "bigint"),
+            ("name", "text"),
+            ("tags", "jsonb"),
+            ("status", "text"),
+            ("at", "timestamptz"),
+            ("line", "jsonb"),
+            ("raw", "bytea"),
+            ("price", "double precision"),
+            ("ratio", "real"),
+            ("qty", "integer"),
+            ("small", "bigint"),
+            ("big", "numeric"),
+            ("delta", "bigint"),
+            ("paid", "boolean"),
+            ("counts", "jsonb"),
+            ("maybe", "bigint"),
+            ("took", "text"),
+            ("a", "text"),
+            ("b", "integer"),
+        ];
+        assert_eq!(
+            got,
+            want.iter()
+                .map(|(n, t)| (n.to_string(), t.to_string()))
+                .collect::<Vec<_>>()
+        );
+        assert!(columns("syntax = \"proto3\";", &[]).unwrap_err().contains("no message"));
+    }
 
     #[test]
     fn messages_decode_to_canonical_json() {

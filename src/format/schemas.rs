@@ -96,6 +96,9 @@ pub struct SchemaStats {
 #[derive(Default)]
 struct Inner {
     cache: HashMap<u32, Arc<Compiled>>,
+    /// The schemas as the registry served them, beside their compiled form
+    /// (for the columns a schema gives; evicted together).
+    served: HashMap<u32, Arc<RegisteredSchema>>,
     /// Insertion order, for evicting the oldest when full.
     order: VecDeque<u32>,
     down_until: Option<Instant>,
@@ -145,9 +148,11 @@ impl Schemas {
                 if inner.cache.len() >= self.capacity {
                     if let Some(oldest) = inner.order.pop_front() {
                         inner.cache.remove(&oldest);
+                        inner.served.remove(&oldest);
                     }
                 }
                 inner.cache.insert(id, Arc::clone(&compiled));
+                inner.served.insert(id, Arc::new(registered));
                 inner.order.push_back(id);
                 Ok(compiled)
             }
@@ -168,6 +173,12 @@ impl Schemas {
                 )))
             }
         }
+    }
+
+    /// The schema `id` as the registry served it, when it is cached (every
+    /// schema a record was just decoded with is).
+    pub fn served(&self, id: u32) -> Option<Arc<RegisteredSchema>> {
+        self.inner.lock().expect("schema cache lock").served.get(&id).cloned()
     }
 
     pub fn view(&self, now: Instant) -> RegistryView {

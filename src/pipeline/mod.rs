@@ -233,6 +233,10 @@ pub struct Pipeline {
     /// How the pipeline's records are decoded before the encoder reads
     /// them (formats, envelope, schemas).
     pub decoder: Decoder,
+    /// The columns come from the value schema (`columns` omitted): a record
+    /// whose schema has a field without a column is not written without it
+    /// (the consumer asks for a re-plan).
+    pub columns_from_schema: bool,
 }
 
 /// Whether the consumer loop should change a pipeline's pause state.
@@ -350,12 +354,19 @@ impl Pipeline {
             flush_interval_us,
             stopped: AtomicBool::new(false),
             decoder: Decoder::default(),
+            columns_from_schema: false,
         }
     }
 
     /// Sets how records are decoded (default: schemaless JSON).
     pub fn with_decoder(mut self, decoder: Decoder) -> Self {
         self.decoder = decoder;
+        self
+    }
+
+    /// Marks the pipeline as taking its columns from the value schema.
+    pub fn with_columns_from_schema(mut self, yes: bool) -> Self {
+        self.columns_from_schema = yes;
         self
     }
 

@@ -119,6 +119,7 @@ mod tests {
                 deterministic: true,
                 checks: Vec::new(),
                 enum_labels: Vec::new(),
+                array_of: None,
             })
             .collect()
     }

@@ -24,8 +24,12 @@ pub struct LiveColumn {
     /// `pg_get_constraintdef` shows it).
     pub checks: Vec<(String, String)>,
     /// For an enum type, its labels in order (empty otherwise): the column
-    /// is written as text and a value must be one of them.
+    /// is written as text and a value must be one of them. For an array of
+    /// an enum, the element type's labels.
     pub enum_labels: Vec<String>,
+    /// For an array column, its element type's name (domains resolved);
+    /// `type_name` is then the array type's (`_int4`).
+    pub array_of: Option<String>,
 }
 
 /// Reads the table's columns; `None` when the table does not exist.
@@ -63,17 +67,23 @@ pub async fn live_columns(pool: &PgPool, table: &TableRef) -> Result<Option<Vec<
     .bind(&table.name)
     .fetch_all(pool)
     .await?;
-    let rows: Vec<(String, String, bool, i32, bool, Vec<String>)> = sqlx::query_as(
-        "SELECT a.attname::text, \
-                (CASE WHEN t.typtype = 'd' THEN bt.typname ELSE t.typname END)::text, \
+    // `rt` is the column's type with a domain resolved; `et` its element
+    // type when it is an array (and `ebt` that one's base, for a domain).
+    // (name, type, not null, typmod, deterministic, enum labels, array element type)
+    type Row = (String, String, bool, i32, bool, Vec<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT a.attname::text, rt.typname::text, \
                 a.attnotnull, a.atttypmod, COALESCE(co.collisdeterministic, true), \
                 COALESCE((SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e \
-                          WHERE e.enumtypid = COALESCE(NULLIF(t.typbasetype, 0), t.oid)), '{}') \
+                          WHERE e.enumtypid = COALESCE(NULLIF(et.typbasetype, 0), et.oid, rt.oid)), '{}'), \
+                (CASE WHEN et.typtype = 'd' THEN ebt.typname ELSE et.typname END)::text \
          FROM pg_attribute a \
          JOIN pg_class c ON c.oid = a.attrelid \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_type t ON t.oid = a.atttypid \
-         LEFT JOIN pg_type bt ON bt.oid = t.typbasetype \
+         JOIN pg_type rt ON rt.oid = COALESCE(NULLIF(t.typbasetype, 0), t.oid) \
+         LEFT JOIN pg_type et ON et.oid = rt.typelem AND rt.typcategory = 'A' AND rt.typlen = -1 \
+         LEFT JOIN pg_type ebt ON ebt.oid = et.typbasetype \
          LEFT JOIN pg_collation co ON co.oid = a.attcollation \
          WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
          ORDER BY a.attnum",
@@ -85,7 +95,7 @@ pub async fn live_columns(pool: &PgPool, table: &TableRef) -> Result<Option<Vec<
     Ok(Some(
         rows.into_iter()
             .map(
-                |(name, type_name, not_null, typmod, deterministic, enum_labels)| LiveColumn {
+                |(name, type_name, not_null, typmod, deterministic, enum_labels, array_of)| LiveColumn {
                     checks: checks
                         .iter()
                         .filter(|(column, _, _)| *column == name)
@@ -98,6 +108,7 @@ pub async fn live_columns(pool: &PgPool, table: &TableRef) -> Result<Option<Vec<
                     table_has_before_triggers: triggers,
                     deterministic,
                     enum_labels,
+                    array_of,
                 },
             )
             .collect(),
@@ -173,11 +184,12 @@ pub fn plan_columns(
             });
             continue;
         };
-        // An enum is written as text, checked against its labels.
-        let udt = if col.enum_labels.is_empty() {
-            col.type_name.as_str()
-        } else {
-            "text"
+        // An enum is written as text, checked against its labels; an array
+        // by its element type.
+        let udt = match (&col.array_of, col.enum_labels.is_empty()) {
+            (_, false) => "text",
+            (Some(elem), true) => elem.as_str(),
+            (None, true) => col.type_name.as_str(),
         };
         let Some(ty) = PgType::from_udt_name(udt) else {
             errors.push(MappingError::UnsupportedType {
@@ -187,7 +199,24 @@ pub fn plan_columns(
             });
             continue;
         };
-        if let Err(reason) = ty.accepts(source) {
+        let array = col.array_of.is_some();
+        let accepted = match source {
+            ColumnSource::Pointer(_)
+            | ColumnSource::KeyPointer(_)
+            | ColumnSource::Source(_)
+            | ColumnSource::Const(_)
+                if array =>
+            {
+                Ok(())
+            }
+            _ if array => Err(format!(
+                "{source} cannot be written to an array column ({}[]): an array takes a JSON array from \
+                 a pointer, or a constant",
+                ty.sql_name()
+            )),
+            _ => ty.accepts(source),
+        };
+        if let Err(reason) = accepted {
             errors.push(MappingError::Incompatible {
                 pipeline: pipeline.into(),
                 column: column.clone(),
@@ -200,6 +229,7 @@ pub fn plan_columns(
             name: column.clone(),
             source: source.clone(),
             ty,
+            array,
             constraints: constraints_of(col, ty),
         });
     }
@@ -216,15 +246,21 @@ fn constraints_of(col: &LiveColumn, ty: PgType) -> Constraints {
     if col.table_has_before_triggers {
         return Constraints::default();
     }
+    // An array's typmod is its elements'; a CHECK on an array column is
+    // left to Postgres.
+    let element_type = col.array_of.as_deref().unwrap_or(&col.type_name);
     Constraints {
         not_null: col.not_null,
-        limit: Limit::from_typmod(&col.type_name, col.typmod),
-        check_exprs: col
-            .checks
-            .iter()
-            .filter_map(|(con, def)| CheckExpr::parse(con, &col.name, ty, col.deterministic, def))
-            .collect(),
-        labels: (!col.enum_labels.is_empty()).then(|| Labels::new(&col.type_name, &col.enum_labels)),
+        limit: Limit::from_typmod(element_type, col.typmod),
+        check_exprs: match col.array_of {
+            Some(_) => Vec::new(),
+            None => col
+                .checks
+                .iter()
+                .filter_map(|(con, def)| CheckExpr::parse(con, &col.name, ty, col.deterministic, def))
+                .collect(),
+        },
+        labels: (!col.enum_labels.is_empty()).then(|| Labels::new(element_type, &col.enum_labels)),
     }
 }
 
@@ -244,6 +280,7 @@ mod tests {
                 deterministic: true,
                 checks: Vec::new(),
                 enum_labels: Vec::new(),
+                array_of: None,
             },
             LiveColumn {
                 name: "doc".into(),
@@ -254,6 +291,7 @@ mod tests {
                 deterministic: true,
                 checks: Vec::new(),
                 enum_labels: Vec::new(),
+                array_of: None,
             },
             LiveColumn {
                 name: "where".into(),
@@ -264,6 +302,7 @@ mod tests {
                 deterministic: true,
                 checks: Vec::new(),
                 enum_labels: Vec::new(),
+                array_of: None,
             },
             LiveColumn {
                 name: "flag".into(),
@@ -274,6 +313,7 @@ mod tests {
                 deterministic: true,
                 checks: Vec::new(),
                 enum_labels: Vec::new(),
+                array_of: None,
             },
         ]
     }
@@ -296,6 +336,64 @@ mod tests {
         assert!(text[0].contains("column `missing` does not exist in table public.t"));
         assert!(text[1].contains("column `where` has type point"));
         assert!(text[2].contains("column `flag` (bool)"));
+    }
+
+    #[test]
+    fn array_columns_plan_by_their_element_type() {
+        let table = TableRef {
+            schema: "public".into(),
+            name: "t".into(),
+        };
+        let array = |name: &str, type_name: &str, elem: &str, typmod: i32, labels: &[&str]| LiveColumn {
+            name: name.into(),
+            type_name: type_name.into(),
+            not_null: false,
+            typmod,
+            table_has_before_triggers: false,
+            deterministic: true,
+            checks: vec![("positive".into(), format!("CHECK ((cardinality({name}) > 0))"))],
+            enum_labels: labels.iter().map(|l| l.to_string()).collect(),
+            array_of: Some(elem.into()),
+        };
+        let live = vec![
+            array("codes", "_varchar", "varchar", 3 + 4, &[]),
+            array("moods", "_mood", "mood", -1, &["ok", "sad"]),
+            array("spots", "_point", "point", -1, &[]),
+            array("offs", "_int8", "int8", -1, &[]),
+        ];
+        let mapping = vec![
+            ("codes".to_string(), ColumnSource::Pointer("/c".into())),
+            ("moods".to_string(), ColumnSource::Pointer("/m".into())),
+        ];
+        let plan = plan_columns("p", &table, &mapping, Some(&live)).unwrap();
+        assert_eq!((plan[0].ty, plan[0].array), (PgType::Text, true));
+        assert_eq!(plan[0].type_name(), "text[]");
+        assert_eq!(plan[0].constraints.limit, Some(Limit::Chars(3)), "the elements' typmod");
+        assert!(
+            plan[0].constraints.check_exprs.is_empty(),
+            "a CHECK on an array is Postgres'"
+        );
+        assert_eq!(
+            plan[1].constraints.labels,
+            Some(Labels::new("mood", &["ok".into(), "sad".into()]))
+        );
+        let errors = plan_columns(
+            "p",
+            &table,
+            &[
+                ("spots".to_string(), ColumnSource::Pointer("/s".into())),
+                ("offs".to_string(), ColumnSource::Offset),
+            ],
+            Some(&live),
+        )
+        .unwrap_err();
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 2, "{text:?}");
+        assert!(text[0].contains("column `spots` has type _point"), "{text:?}");
+        assert!(
+            text[1].contains("@offset cannot be written to an array column (bigint[])"),
+            "{text:?}"
+        );
     }
 
     #[test]

@@ -36,6 +36,69 @@ pub(super) fn enforce(col: &ColumnPlan, encoded: &[u8]) -> Result<(), Violation>
             false => Ok(()),
         };
     }
+    if col.array {
+        // NULL elements are allowed (Postgres has no per-element NOT NULL);
+        // the type's limit and an enum's labels hold for every element.
+        if col.constraints.labels.is_none() && col.constraints.limit.is_none() {
+            return Ok(());
+        }
+        let mut element = Vec::new();
+        let mut at = 0;
+        while let Some(next) = next_element(encoded, at, &mut element) {
+            at = next;
+            if element.as_slice() != NULL {
+                enforce_value(col, &element)?;
+            }
+        }
+        return Ok(());
+    }
+    enforce_value(col, encoded)
+}
+
+/// The next element of an array literal as `write_value` writes it
+/// (elements double-quoted, or `NULL`; braces for dimensions), from byte
+/// `at`: its COPY text into `element` (`\N` for NULL); the position after
+/// it, or `None` at the end.
+fn next_element(literal: &[u8], mut at: usize, element: &mut Vec<u8>) -> Option<usize> {
+    element.clear();
+    while at < literal.len() && matches!(literal[at], b'{' | b'}' | b',') {
+        at += 1;
+    }
+    if at >= literal.len() {
+        return None;
+    }
+    if literal[at..].starts_with(b"NULL") {
+        element.extend_from_slice(NULL);
+        return Some(at + 4);
+    }
+    // A quoted element: undo the literal's escapes, keep COPY's.
+    at += 1;
+    while at < literal.len() {
+        match literal[at] {
+            b'"' => return Some(at + 1),
+            b'\\' if literal[at + 1..].starts_with(b"\\\\\\") => {
+                element.extend_from_slice(b"\\\\");
+                at += 4;
+            }
+            b'\\' if literal[at + 1..].starts_with(b"\\\"") => {
+                element.push(b'"');
+                at += 3;
+            }
+            b'\\' => {
+                element.extend_from_slice(&literal[at..(at + 2).min(literal.len())]);
+                at += 2;
+            }
+            b => {
+                element.push(b);
+                at += 1;
+            }
+        }
+    }
+    Some(at)
+}
+
+/// A non-NULL value (or array element) against the labels, checks and limit.
+fn enforce_value(col: &ColumnPlan, encoded: &[u8]) -> Result<(), Violation> {
     if let Some(labels) = col
         .constraints
         .labels

@@ -18,6 +18,130 @@ pub(super) fn write_json_value(out: &mut Vec<u8>, v: &Value, ty: PgType) -> Conv
     write_json(out, JsonRef::of(v), ty)
 }
 
+/// A JSON value into a column of `ty`, or into an array of `ty` when
+/// `array`; `bare_timestamps` says whether a bare number into a timestamp
+/// element means epoch milliseconds (schemaless JSON) or is refused.
+pub(super) fn write_value(out: &mut Vec<u8>, v: JsonRef<'_>, ty: PgType, array: bool, bare_timestamps: bool) -> Conv {
+    match (array, v) {
+        (false, _) | (true, JsonRef::Null) => write_json(out, v, ty),
+        (true, JsonRef::Nested(Value::Array(items))) => {
+            // json/jsonb elements are JSON values, arrays among them: one
+            // dimension. Other element types nest as dimensions.
+            let nested = !matches!(ty, PgType::Json | PgType::Jsonb);
+            let mut shape = Vec::new();
+            if nested {
+                shape_of(items, 0, &mut shape)?;
+            }
+            let mut scratch = Vec::new();
+            write_array_level(out, items, ty, nested, bare_timestamps, &mut scratch)
+        }
+        (true, _) => Err(expected("a JSON array", v)),
+    }
+}
+
+/// Checks that nested arrays are rectangular, as Postgres' multidimensional
+/// arrays must be, recording each dimension's length in `shape`.
+fn shape_of(items: &[Value], depth: usize, shape: &mut Vec<usize>) -> Result<(), String> {
+    match shape.get(depth) {
+        None => shape.push(items.len()),
+        Some(&n) if n == items.len() => {}
+        Some(&n) => {
+            return Err(format!(
+                "nested arrays of different lengths ({n} and {}): a Postgres array must be rectangular",
+                items.len()
+            ))
+        }
+    }
+    let arrays = items.iter().filter(|i| i.is_array()).count();
+    if arrays != 0 && arrays != items.len() {
+        return Err("arrays mixed with other values at one level: a Postgres array must be rectangular".into());
+    }
+    if arrays == 0 && shape.len() > depth + 1 {
+        return Err("nested arrays of different depths: a Postgres array must be rectangular".into());
+    }
+    if depth > 0 && items.is_empty() {
+        return Err("an empty nested array: Postgres has no empty dimension inside an array".into());
+    }
+    for item in items {
+        if let Value::Array(inner) = item {
+            shape_of(inner, depth + 1, shape)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_array_level(
+    out: &mut Vec<u8>,
+    items: &[Value],
+    ty: PgType,
+    nested: bool,
+    bare_timestamps: bool,
+    scratch: &mut Vec<u8>,
+) -> Conv {
+    out.push(b'{');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match item {
+            Value::Array(inner) if nested => write_array_level(out, inner, ty, nested, bare_timestamps, scratch)?,
+            Value::Null => out.extend_from_slice(b"NULL"),
+            Value::Number(n) if !bare_timestamps && ty.is_timestamp() => {
+                return Err(format!("element {i}: {}", ambiguous_timestamp(n.as_str(), ty)))
+            }
+            other => {
+                scratch.clear();
+                write_json(scratch, JsonRef::of(other), ty).map_err(|e| format!("element {i}: {e}"))?;
+                push_array_element(out, scratch);
+            }
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// One element of an array literal, from its COPY text form `field`: a
+/// double-quoted element (`"` and `\` escaped with a backslash), then
+/// COPY-escaped again. A COPY escape in `field` (`\t`) stays as it is: the
+/// character it stands for needs no quoting inside double quotes.
+fn push_array_element(out: &mut Vec<u8>, field: &[u8]) {
+    out.push(b'"');
+    let mut i = 0;
+    while i < field.len() {
+        match field[i] {
+            // `\\` in COPY text is one backslash, quoted as two: four.
+            b'\\' if field.get(i + 1) == Some(&b'\\') => {
+                out.extend_from_slice(b"\\\\\\\\");
+                i += 2;
+            }
+            b'\\' => {
+                out.extend_from_slice(&field[i..(i + 2).min(field.len())]);
+                i += 2;
+            }
+            // A quote, escaped for the literal (one backslash, COPY-escaped).
+            b'"' => {
+                out.extend_from_slice(b"\\\\\"");
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// Why a bare number into a timestamp is refused when the record's schema
+/// does not say what it counts.
+pub(super) fn ambiguous_timestamp(n: &str, ty: PgType) -> String {
+    format!(
+        "a bare number ({n}) is ambiguous for a {} column (seconds? milliseconds? microseconds?): \
+         the record's schema does not say what it means",
+        ty.sql_name()
+    )
+}
+
 pub(super) fn write_json(out: &mut Vec<u8>, v: JsonRef<'_>, ty: PgType) -> Conv {
     use PgType::*;
     match (ty, v) {
@@ -400,6 +524,86 @@ mod tests {
         assert_eq!(ok(Macaddr, r#""08:00:2b:01:02:03""#), "08:00:2b:01:02:03");
         assert_eq!(ok(Macaddr, r#""08-00-2B-01-02-03""#), "08-00-2B-01-02-03");
         assert!(err(Macaddr, r#""08:00:2b:01:02""#).contains("expected a MAC address"));
+    }
+
+    #[test]
+    fn arrays() {
+        let a = |ty, json: &str| conv_array(ty, json).unwrap_or_else(|e| panic!("{json}: {e}"));
+        let bad = |ty, json: &str| conv_array(ty, json).unwrap_err().to_string();
+        assert_eq!(a(Int4, "[1, 2, null]"), "{\"1\",\"2\",NULL}");
+        assert_eq!(a(Int4, "[]"), "{}");
+        assert_eq!(a(Int4, "null"), "\\N");
+        assert_eq!(a(Int8, "[[1,2],[3,4]]"), "{{\"1\",\"2\"},{\"3\",\"4\"}}");
+        // Quotes and backslashes escaped for the literal, then for COPY;
+        // a tab stays a COPY escape inside the quotes.
+        assert_eq!(
+            a(Text, r#"["a\"b", "c\\d", "e\tf", "", "NULL", "{x,y}"]"#),
+            r#"{"a\\"b","c\\\\d","e\tf","","NULL","{x,y}"}"#
+        );
+        assert_eq!(a(Numeric, r#"[1.50, "2"]"#), "{\"1.50\",\"2\"}");
+        assert_eq!(a(Date, r#"["2024-01-02"]"#), "{\"2024-01-02\"}");
+        assert_eq!(
+            a(Uuid, r#"["67E55044-10B1-426F-9247-BB680E5FE0C8"]"#),
+            "{\"67e55044-10b1-426f-9247-bb680e5fe0c8\"}"
+        );
+        // json elements are JSON values, arrays among them: one dimension.
+        assert_eq!(
+            a(Jsonb, r#"[{"k":"v\"w"}, [1,2], null, "s"]"#),
+            r#"{"{\\"k\\":\\"v\\\\\\"w\\"}","[1,2]",NULL,"\\"s\\""}"#
+        );
+        let e = bad(Int4, r#"[1, "x"]"#);
+        assert!(
+            e.starts_with("column `c` (integer[]): element 1: expected an integer"),
+            "{e}"
+        );
+        assert!(bad(Int4, "5").contains("(integer[]): expected a JSON array, found 5"));
+        assert!(bad(Int4, r#"{"a":1}"#).contains("expected a JSON array"));
+        assert!(bad(Int4, "[[1,2],[3]]").contains("must be rectangular"));
+        assert!(bad(Int4, "[[1,2],3]").contains("must be rectangular"));
+        assert!(bad(Int4, "[[[1]],[2]]").contains("must be rectangular"));
+        assert!(bad(Int4, "[[],[]]").contains("empty nested array"));
+        assert!(bad(Text, r#"["a\u0000"]"#).contains("NUL"));
+        // Schemaless JSON reads a bare number into a timestamp as epoch ms.
+        assert_eq!(a(Timestamptz, "[0]"), "{\"1970-01-01T00:00:00Z\"}");
+    }
+
+    #[test]
+    fn array_elements_keep_the_columns_limit_and_labels() {
+        use crate::row::{Labels, Limit};
+        let enc = |constraints: crate::row::Constraints| {
+            let mut c = crate::row::ColumnPlan::array_of("c", crate::mapping::ColumnSource::parse("/x").unwrap(), Text);
+            c.constraints = constraints;
+            RowEncoder::new(vec![c])
+        };
+        let run = |enc: &RowEncoder, json: &str| {
+            let doc = format!("{{\"x\":{json}}}");
+            line(enc, &rec(Some(doc.as_bytes()), None))
+        };
+        let limited = enc(crate::row::Constraints {
+            limit: Some(Limit::Chars(3)),
+            ..Default::default()
+        });
+        assert_eq!(
+            run(&limited, r#"["abc", null, "a\"\\"]"#).unwrap(),
+            r#"{"abc",NULL,"a\\"\\\\"}"#
+        );
+        let e = run(&limited, r#"["abc", "abcd"]"#).unwrap_err();
+        assert_eq!(e.sqlstate, Some("22001"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("\"abcd\" is longer than the column's 3 characters"),
+            "{e}"
+        );
+        let labelled = enc(crate::row::Constraints {
+            labels: Some(Labels::new("mood", &["ok".to_owned(), "sad \"x\"".to_owned()])),
+            not_null: true,
+            ..Default::default()
+        });
+        assert!(run(&labelled, r#"["ok", "sad \"x\"", null]"#).is_ok());
+        let e = run(&labelled, r#"["ok", "happy"]"#).unwrap_err();
+        assert_eq!(e.sqlstate, Some("22P02"), "{e}");
+        assert!(e.to_string().contains("\"happy\" is not a label of enum mood"), "{e}");
+        assert_eq!(run(&labelled, "null").unwrap_err().sqlstate, Some("23502"));
     }
 
     proptest! {

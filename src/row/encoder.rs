@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::mapping::{ColumnSource, PgType};
 use crate::row::constraints;
-use crate::row::convert::{write_json, write_json_value};
+use crate::row::convert::{ambiguous_timestamp, write_json_value, write_value};
 use crate::row::copy_text::{push_text, NulByte, NULL};
 use crate::row::plan::{ColumnPlan, UniqueKey};
 use crate::row::project::{raw_fits_jsonb, JsonRef, Lookup, Need};
@@ -45,19 +45,19 @@ impl DecodeError {
 
     /// A problem converting one column; displays as
     /// ``column `{name}` ({sql type}): {reason}``.
-    pub fn for_column(name: &str, ty: PgType, reason: impl fmt::Display) -> Self {
+    pub fn for_column(name: &str, type_name: &str, reason: impl fmt::Display) -> Self {
         Self {
             column: Some(name.to_owned()),
-            reason: format!("({}): {reason}", ty.sql_name()),
+            reason: format!("({type_name}): {reason}"),
             sqlstate: None,
         }
     }
 
     /// A constraint of the live table the column's value breaks.
-    fn constraint(name: &str, ty: PgType, sqlstate: &'static str, reason: impl fmt::Display) -> Self {
+    fn constraint(name: &str, type_name: &str, sqlstate: &'static str, reason: impl fmt::Display) -> Self {
         Self {
             sqlstate: Some(sqlstate),
-            ..Self::for_column(name, ty, reason)
+            ..Self::for_column(name, type_name, reason)
         }
     }
 }
@@ -139,7 +139,10 @@ impl RowEncoder {
             .iter()
             .zip(&paths)
             .map(|(c, p)| {
-                matches!(c.source, ColumnSource::Pointer(_)) && matches!(p, Path::Whole) && c.ty == PgType::Jsonb
+                matches!(c.source, ColumnSource::Pointer(_))
+                    && matches!(p, Path::Whole)
+                    && c.ty == PgType::Jsonb
+                    && !c.array
             })
             .collect();
         // Key pointers read the key, and a raw whole-value column the text.
@@ -266,6 +269,12 @@ impl RowEncoder {
     /// or upsert mode with `delete_on_tombstone` (a delete's key columns
     /// come from the key). A caller that has to decode keys may skip it
     /// otherwise.
+    /// What a JSON value read for `col` is written as: its type, whether an
+    /// array of it, and whether a bare number into a timestamp is epoch ms.
+    fn target(&self, col: &ColumnPlan) -> (PgType, bool, bool) {
+        (col.ty, col.array, self.epoch_millis)
+    }
+
     pub fn reads_key(&self) -> bool {
         self.upsert.as_ref().is_some_and(|u| u.delete_on_tombstone)
             || self
@@ -327,21 +336,19 @@ impl RowEncoder {
                         Ok(())
                     }
                     // (A date never takes a bare number: see `convert`.)
-                    Some(JsonRef::Number(n)) if !self.epoch_millis && col.ty.is_timestamp() => Err(format!(
-                        "a bare number ({n}) is ambiguous for a {} column (seconds? milliseconds? \
-                         microseconds?): the record's schema does not say what it means",
-                        col.ty.sql_name()
-                    )),
-                    Some(v) => write_json(out, v, col.ty),
+                    Some(JsonRef::Number(n)) if !self.epoch_millis && col.ty.is_timestamp() && !col.array => {
+                        Err(ambiguous_timestamp(n, col.ty))
+                    }
+                    Some(v) => write_value(out, v, col.ty, col.array, self.epoch_millis),
                 },
-                ColumnSource::KeyPointer(_) => write_key_pointer(out, path, rec.key, col.ty, "@key"),
-                ColumnSource::Source(_) => write_key_pointer(out, path, rec.source, col.ty, "@source"),
+                ColumnSource::KeyPointer(_) => write_key_pointer(out, path, rec.key, self.target(col), "@key"),
+                ColumnSource::Source(_) => write_key_pointer(out, path, rec.source, self.target(col), "@source"),
                 other => write_meta(out, other, rec, col.ty),
             };
-            written.map_err(|reason| DecodeError::for_column(&col.name, col.ty, reason))?;
+            written.map_err(|reason| DecodeError::for_column(&col.name, &col.type_name(), reason))?;
             if !col.constraints.is_empty() {
                 constraints::enforce(col, &out[at..])
-                    .map_err(|v| DecodeError::constraint(&col.name, col.ty, v.sqlstate, v.reason))?;
+                    .map_err(|v| DecodeError::constraint(&col.name, &col.type_name(), v.sqlstate, v.reason))?;
             }
             if let Some(u) = &self.upsert {
                 // NULL never equals NULL: such a row could never be updated
@@ -349,14 +356,14 @@ impl RowEncoder {
                 if &out[at..] == NULL && u.key.contains(&i) {
                     return Err(DecodeError::for_column(
                         &col.name,
-                        col.ty,
+                        &col.type_name(),
                         "a key column must not be null",
                     ));
                 }
                 if &out[at..] == NULL && u.version == Some(i) {
                     return Err(DecodeError::for_column(
                         &col.name,
-                        col.ty,
+                        &col.type_name(),
                         "the version column must not be null",
                     ));
                 }
@@ -386,27 +393,31 @@ impl RowEncoder {
             let at = out.len();
             let written = match &col.source {
                 ColumnSource::Pointer(pointer) => match (&key, path.resolve(key.doc())) {
-                    (TombstoneKey::Structured(_), Some(v)) => write_json_value(out, v, col.ty),
+                    (TombstoneKey::Structured(_), Some(v)) => {
+                        write_value(out, JsonRef::of(v), col.ty, col.array, self.epoch_millis)
+                    }
                     (TombstoneKey::Structured(_), None) => Err(format!(
                         "the tombstone's JSON key has nothing at {:?}",
                         show_pointer(pointer)
                     )),
-                    (TombstoneKey::Scalar(v), _) if upsert.key.len() == 1 => write_json_value(out, v, col.ty),
+                    (TombstoneKey::Scalar(v), _) if upsert.key.len() == 1 => {
+                        write_value(out, JsonRef::of(v), col.ty, col.array, self.epoch_millis)
+                    }
                     (TombstoneKey::Scalar(_), _) => Err(format!(
                         "the tombstone's key is not a JSON object, so it cannot give the {} key columns",
                         upsert.key.len()
                     )),
                     (TombstoneKey::NotUtf8(e), _) => Err(format!("the tombstone's key is not valid UTF-8: {e}")),
                 },
-                ColumnSource::KeyPointer(_) => write_key_pointer(out, path, rec.key, col.ty, "@key"),
-                ColumnSource::Source(_) => write_key_pointer(out, path, rec.source, col.ty, "@source"),
+                ColumnSource::KeyPointer(_) => write_key_pointer(out, path, rec.key, self.target(col), "@key"),
+                ColumnSource::Source(_) => write_key_pointer(out, path, rec.source, self.target(col), "@source"),
                 other => write_meta(out, other, rec, col.ty),
             };
-            written.map_err(|reason| DecodeError::for_column(&col.name, col.ty, reason))?;
+            written.map_err(|reason| DecodeError::for_column(&col.name, &col.type_name(), reason))?;
             if &out[at..] == NULL {
                 return Err(DecodeError::for_column(
                     &col.name,
-                    col.ty,
+                    &col.type_name(),
                     "a key column must not be null (from the tombstone's key)",
                 ));
             }
@@ -596,7 +607,7 @@ mod tests {
 
     #[test]
     fn display_forms() {
-        let e = DecodeError::for_column("amount", Numeric, "expected a number, found \"abc\"");
+        let e = DecodeError::for_column("amount", "numeric", "expected a number, found \"abc\"");
         assert_eq!(
             e.to_string(),
             "column `amount` (numeric): expected a number, found \"abc\""

@@ -13,7 +13,13 @@ use crate::row::check_expr::CheckExpr;
 pub struct ColumnPlan {
     pub name: String,
     pub source: ColumnSource,
+    /// The column's type; for an array column, its elements' type.
     pub ty: PgType,
+    /// An array of `ty` (`integer[]`, of any number of dimensions): the
+    /// value must be a JSON array (of arrays, rectangular), each element
+    /// converted as into a `ty` column. For an array, `constraints.limit`
+    /// and `constraints.labels` apply to each element.
+    pub array: bool,
     pub constraints: Constraints,
 }
 
@@ -24,7 +30,24 @@ impl ColumnPlan {
             name: name.into(),
             source,
             ty,
+            array: false,
             constraints: Constraints::default(),
+        }
+    }
+
+    /// An array column of `elem`, with no constraints checked ahead of Postgres.
+    pub fn array_of(name: impl Into<String>, source: ColumnSource, elem: PgType) -> Self {
+        Self {
+            array: true,
+            ..Self::new(name, source, elem)
+        }
+    }
+
+    /// The column's SQL type name, for messages and casts: `integer`, `integer[]`.
+    pub fn type_name(&self) -> std::borrow::Cow<'static, str> {
+        match self.array {
+            false => self.ty.sql_name().into(),
+            true => format!("{}[]", self.ty.sql_name()).into(),
         }
     }
 }

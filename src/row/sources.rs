@@ -6,9 +6,10 @@
 use serde_json::Value;
 
 use crate::mapping::{ColumnSource, PgType};
-use crate::row::convert::write_json_value;
+use crate::row::convert::write_value;
 use crate::row::copy_text::{has_nul, push_hex_bytea, push_i64, push_json, push_text, push_uuid, Conv, NulByte, NULL};
 use crate::row::numeric::{parse_int_in, push_numeric, NumError};
+use crate::row::project::JsonRef;
 use crate::row::show::{json_error, show_bytes, show_str, unsupported};
 use crate::row::time::{push_timestamp, OutOfRange};
 
@@ -139,7 +140,13 @@ pub(super) fn write_meta(out: &mut Vec<u8>, source: &ColumnSource, rec: &RecordR
 /// A JSON pointer into the Kafka key parsed as JSON (or into another JSON
 /// document beside the value: `what` names it, `@key` or `@source`); NULL
 /// when there is no such document or nothing at the pointer.
-pub(super) fn write_key_pointer(out: &mut Vec<u8>, path: &Path, key: Option<&[u8]>, ty: PgType, what: &str) -> Conv {
+pub(super) fn write_key_pointer(
+    out: &mut Vec<u8>,
+    path: &Path,
+    key: Option<&[u8]>,
+    (ty, array, bare_timestamps): (PgType, bool, bool),
+    what: &str,
+) -> Conv {
     let Some(key) = key else {
         out.extend_from_slice(NULL);
         return Ok(());
@@ -151,7 +158,7 @@ pub(super) fn write_key_pointer(out: &mut Vec<u8>, path: &Path, key: Option<&[u8
             out.extend_from_slice(NULL);
             Ok(())
         }
-        Some(v) => write_json_value(out, v, ty),
+        Some(v) => write_value(out, JsonRef::of(v), ty, array, bare_timestamps),
     }
 }
 

@@ -63,6 +63,13 @@ pub(super) fn conv(ty: PgType, json: &str) -> Result<String, DecodeError> {
     line(&enc, &rec(Some(doc.as_bytes()), None))
 }
 
+/// Encodes `{"x": <json>}` into one array-of-`ty` column reading `/x`.
+pub(super) fn conv_array(ty: PgType, json: &str) -> Result<String, DecodeError> {
+    let enc = RowEncoder::new(vec![ColumnPlan::array_of("c", ColumnSource::parse("/x").unwrap(), ty)]);
+    let doc = format!("{{\"x\":{json}}}");
+    line(&enc, &rec(Some(doc.as_bytes()), None))
+}
+
 pub(super) fn ok(ty: PgType, json: &str) -> String {
     conv(ty, json).unwrap_or_else(|e| panic!("{ty:?} {json}: {e}"))
 }

@@ -843,9 +843,10 @@ async fn debezium_json_without_its_schema_applies_and_refuses_bare_temporal_numb
 
 /// `columns` omitted on an Avro pipeline: every top-level field of the
 /// topic's latest value schema becomes a column of the same name,
-/// `auto_create` types them from the schema, and after a second schema
-/// version adds an optional field, `auto_evolve` adds it as a nullable
-/// column at the next start.
+/// `auto_create` types them from the schema, and when records of a second
+/// schema version with a new optional field arrive while sluice runs, it
+/// drains, `auto_evolve` adds the field as a nullable column, and every
+/// record of the new version lands with its field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn columns_come_from_the_avro_schema_and_a_new_field_adds_a_column() {
     let services = Services::from_env();
@@ -909,22 +910,471 @@ async fn columns_come_from_the_avro_schema_and_a_new_field_adds_a_column() {
             s("\\x00ff"),
         ]]
     );
-    first.sigterm();
-    let mut first = first;
-    first.wait_timeout(Duration::from_secs(30)).expect("stops on SIGTERM");
-
+    // Version 2 (a new optional field) while sluice runs: no record of it
+    // is written without its field. Sluice drains, plans again (the column
+    // is added) and goes on, in the same process.
     produce_spec(&orders_spec(&services, &registry, &topic, &order_v2(), 50..100));
-    let second = first.restart("second.log");
-    await_rows(&pool, &table, 100, Duration::from_secs(60), || second.log_text()).await;
+    await_rows(&pool, &table, 100, Duration::from_secs(60), || first.log_text()).await;
     let mut v2 = v1;
     v2.push(column("note", "text"));
-    assert_eq!(types(pool.clone()).await, v2, "{}", second.log_text());
+    assert_eq!(types(pool.clone()).await, v2, "{}", first.log_text());
     let notes: i64 = sqlx::query_scalar(&format!("SELECT count(note) FROM {table}"))
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(notes, (50..100).filter(|i| i % 3 != 0).count() as i64);
+    assert_eq!(
+        notes,
+        (50..100).filter(|i| i % 3 != 0).count() as i64,
+        "{}",
+        first.log_text()
+    );
     assert_eq!(count(&pool, &table).await, 100);
     assert_eq!(dead_letters(&pool, &topic).await, Vec::<String>::new());
-    second.sigterm();
+    let log = first.log_text();
+    assert_eq!(
+        log.matches("new schema fields: draining to plan again").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(log.matches("sluice running").count(), 2, "{log}");
+    let settled = eventually(Duration::from_secs(20), || async {
+        stored_offsets(&pool, &group, &topic)
+            .await
+            .iter()
+            .map(|(_, o)| *o)
+            .sum::<i64>()
+            == 100
+    })
+    .await;
+    assert!(settled, "{:?}", stored_offsets(&pool, &group, &topic).await);
+    first.sigterm();
+}
+
+const BASKET: &str = r#"{"type": "record", "name": "Basket", "namespace": "shop", "fields": [
+  {"name": "id", "type": "long"},
+  {"name": "tags", "type": {"type": "array", "items": "string"}},
+  {"name": "qty", "type": {"type": "array", "items": ["null", "int"]}},
+  {"name": "prices", "type": {"type": "array", "items": {"type": "bytes", "logicalType": "decimal", "precision": 8, "scale": 2}}},
+  {"name": "days", "type": {"type": "array", "items": {"type": "int", "logicalType": "date"}}},
+  {"name": "ats", "type": {"type": "array", "items": {"type": "long", "logicalType": "timestamp-micros"}}},
+  {"name": "grid", "type": {"type": "array", "items": {"type": "array", "items": "long"}}},
+  {"name": "moods", "type": {"type": "array", "items": "string"}},
+  {"name": "codes", "type": {"type": "array", "items": "string"}},
+  {"name": "lines", "type": {"type": "array", "items": {"type": "record", "name": "Line",
+     "fields": [{"name": "sku", "type": "string"}, {"name": "n", "type": "int"}]}}},
+  {"name": "ids", "type": {"type": "array", "items": {"type": "string", "logicalType": "uuid"}}}
+]}"#;
+
+/// Avro arrays into Postgres array columns of many element types (text
+/// with quotes and commas, nullable ints, decimals, dates, timestamps, a
+/// two-dimensional bigint array, an enum, varchar(3), jsonb of records,
+/// uuid), value by value; an element over varchar(3), an element that is
+/// not a label of the enum and a ragged two-dimensional array are dead
+/// letters with Postgres' SQLSTATE or the reason, nothing else is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_arrays_land_in_postgres_array_columns() {
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let registry = Registry::start();
+    let topic = unique("arr");
+    let table = unique("arr_t");
+    create_topic(&services.brokers, &topic, 2).await;
+    sqlx::query(&format!("CREATE TYPE {table}_mood AS ENUM ('ok', 'sad')"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, tags text[], tags_doc jsonb, qty integer[], \
+         prices numeric(8,2)[], days date[], ats timestamptz[], grid bigint[][], moods {table}_mood[], \
+         codes varchar(3)[] NOT NULL, lines jsonb[], ids uuid[])"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let records: Vec<Value> = (0..30u64)
+        .map(|i| {
+            let grid = if i == 7 {
+                json!([[1, 2], [3]])
+            } else {
+                json!([[i, 1], [2, 3]])
+            };
+            let moods = if i == 6 {
+                json!(["ok", "angry"])
+            } else {
+                json!(["ok", "sad"])
+            };
+            let codes = if i == 5 {
+                json!(["abc", "abcd"])
+            } else {
+                json!(["ab", "a\"b"])
+            };
+            let (tags, qty) = if i == 8 {
+                (json!([]), json!([1, null, 3]))
+            } else {
+                (json!(["a", "b,c", "q\"x\\y", "NULL"]), json!([i, 2]))
+            };
+            json!({"key": format!("k{i}"), "partition": (i % 2) as i32, "value": {
+                "id": i,
+                "tags": tags,
+                "qty": qty,
+                "prices": [{"$decimal": "12.50"}, {"$decimal": "-0.01"}],
+                "days": [{"$date": "1969-07-20"}, {"$date": "2024-02-29"}],
+                "ats": [{"$timestamp": "2024-01-02T03:04:05.123456+00:00"}],
+                "grid": grid,
+                "moods": moods,
+                "codes": codes,
+                "lines": [{"sku": "s\"1", "n": 1}, {"sku": "s2", "n": 2}],
+                "ids": [{"$uuid": "67e55044-10b1-426f-9247-bb680e5fe0c8"}],
+            }})
+        })
+        .collect();
+    produce_spec(&json!({
+        "brokers": services.brokers,
+        "topic": topic,
+        "registry": {"url": registry.url},
+        "key": {"format": "string"},
+        "value": {"format": "avro", "schema": BASKET},
+        "records": records,
+    }));
+    let columns = r#"id = "/id"
+tags = "/tags"
+tags_doc = "/tags"
+qty = "/qty"
+prices = "/prices"
+days = "/days"
+ats = "/ats"
+grid = "/grid"
+moods = "/moods"
+codes = "/codes"
+lines = "/lines"
+ids = "/ids""#;
+    let rows = land(
+        &services,
+        &pool,
+        &registry,
+        (
+            &topic,
+            &table,
+            columns,
+            "value_format = \"avro\"\nkey_format = \"string\"",
+        ),
+        30,
+        &format!(
+            "SELECT id::text, tags::text, tags_doc::text, qty::text, prices::text, days::text, \
+             (SELECT array_agg(a AT TIME ZONE 'UTC')::text FROM unnest(ats) a), grid::text, \
+             array_dims(grid), moods::text, codes::text, lines::text, ids::text \
+             FROM {table} WHERE id IN (3, 8) ORDER BY {table}.id"
+        ),
+    )
+    .await;
+    let s = |v: &str| Some(v.to_owned());
+    let row = |id: &str, tags: &str, tags_doc: &str, qty: &str, grid: &str| {
+        vec![
+            s(id),
+            s(tags),
+            s(tags_doc),
+            s(qty),
+            s("{12.50,-0.01}"),
+            s("{1969-07-20,2024-02-29}"),
+            s("{\"2024-01-02 03:04:05.123456\"}"),
+            s(grid),
+            s("[1:2][1:2]"),
+            s("{ok,sad}"),
+            s(r#"{ab,"a\"b"}"#),
+            s(r#"{"{\"n\": 1, \"sku\": \"s\\\"1\"}","{\"n\": 2, \"sku\": \"s2\"}"}"#),
+            s("{67e55044-10b1-426f-9247-bb680e5fe0c8}"),
+        ]
+    };
+    assert_eq!(
+        rows,
+        vec![
+            row(
+                "3",
+                r#"{a,"b,c","q\"x\\y","NULL"}"#,
+                r#"["a", "b,c", "q\"x\\y", "NULL"]"#,
+                "{3,2}",
+                "{{3,1},{2,3}}"
+            ),
+            row("8", "{}", "[]", "{1,NULL,3}", "{{8,1},{2,3}}"),
+        ]
+    );
+    assert_eq!(count(&pool, &table).await, 27);
+    let dead: Vec<(Option<String>, String)> =
+        sqlx::query_as("SELECT sqlstate, error FROM sluice.dead_letters WHERE topic = $1 ORDER BY error")
+            .bind(&topic)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    let find = |column: &str| {
+        dead.iter()
+            .find(|(_, e)| e.contains(column))
+            .unwrap_or_else(|| panic!("no dead letter for {column}: {dead:?}"))
+    };
+    let (state, error) = find("column `codes` (text[])");
+    assert_eq!(state.as_deref(), Some("22001"), "{error}");
+    assert!(
+        error.contains("\"abcd\" is longer than the column's 3 characters"),
+        "{error}"
+    );
+    let (state, error) = find("column `moods` (text[])");
+    assert_eq!(state.as_deref(), Some("22P02"), "{error}");
+    assert!(error.contains("\"angry\" is not a label of enum"), "{error}");
+    let (state, error) = find("column `grid` (bigint[])");
+    assert_eq!(state.as_deref(), None, "{error}");
+    assert!(
+        error.contains("nested arrays of different lengths (2 and 1)"),
+        "{error}"
+    );
+}
+
+const ITEM_PROTO: &str = r#"
+syntax = "proto3";
+package shop;
+import "google/protobuf/timestamp.proto";
+message Item {
+  int64 id = 1;
+  string name = 2;
+  repeated string tags = 3;
+  google.protobuf.Timestamp at = 4;
+  uint64 big = 5;
+  double price = 6;
+}
+message Unused { string x = 1; }
+"#;
+
+/// A pipeline may omit `columns` with a Protobuf, JSON Schema or Debezium
+/// (Avro) value schema too: one sluice with three such pipelines creates
+/// each table from its schema — the column types checked exactly — and
+/// lands the rows value by value (the Debezium one against
+/// `tests/fixtures/debezium/expected.json`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_come_from_protobuf_json_schema_and_debezium_schemas() {
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let registry = Registry::start();
+    let fixtures = root().join("tests/fixtures/debezium");
+    let group = unique("cols_g");
+    let (proto_topic, proto_table) = (unique("cols_proto"), unique("cols_proto_t"));
+    let (jsch_topic, jsch_table) = (unique("cols_jsch"), unique("cols_jsch_t"));
+    let (dbz_topic, dbz_table) = (unique("cols_dbz"), unique("cols_dbz_t"));
+    for topic in [&proto_topic, &jsch_topic, &dbz_topic] {
+        create_topic(&services.brokers, topic, 1).await;
+    }
+    produce_spec(&json!({
+        "brokers": services.brokers,
+        "topic": proto_topic,
+        "registry": {"url": registry.url},
+        "key": {"format": "string"},
+        "value": {"format": "protobuf", "schema": ITEM_PROTO, "message": "shop.Item"},
+        "records": (0..10u64).map(|i| json!({"key": format!("k{i}"), "value": {
+            "id": i.to_string(), "name": format!("item {i}"), "tags": ["a"], "at": "2024-01-02T03:04:05.5Z",
+            "big": "18446744073709551615", "price": 1.25}})).collect::<Vec<_>>(),
+    }));
+    let person = r#"{"$schema":"http://json-schema.org/draft-07/schema#","title":"Person","type":"object",
+        "properties":{"id":{"type":"integer"},"name":{"type":["null","string"]},"born":{"type":"string","format":"date"},
+        "at":{"type":"string","format":"date-time"},"amount":{"type":"number"},"meta":{"type":"object"}},"required":["id"]}"#;
+    produce_spec(&json!({
+        "brokers": services.brokers,
+        "topic": jsch_topic,
+        "registry": {"url": registry.url},
+        "key": {"format": "string"},
+        "value": {"format": "json_schema", "schema": person},
+        "records": (0..10u64).map(|i| json!({"key": format!("k{i}"), "value": {
+            "id": i, "name": format!("p{i}"), "born": "1969-07-20", "at": "2024-01-02T03:04:05+02:00",
+            "amount": 1.1,
+            "meta": {"k": [i]}}})).collect::<Vec<_>>(),
+    }));
+    let schemas: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("typed.avsc.json")).unwrap()).unwrap();
+    let events: Vec<Value> = std::fs::read_to_string(fixtures.join("typed.avro-records.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|r| json!({"key": r["key"], "value": r["value"], "partition": 0}))
+        .collect();
+    produce_spec(&json!({
+        "brokers": services.brokers,
+        "topic": dbz_topic,
+        "registry": {"url": registry.url},
+        "key": {"format": "avro", "schema": schemas["key_schema"].to_string()},
+        "value": {"format": "avro", "schema": schemas["value_schema"].to_string()},
+        "records": events,
+    }));
+    let cfg = format!(
+        r#"
+shutdown_timeout = "10s"
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+session_timeout = "6s"
+[postgres]
+url = "{url}"
+[schema_registry]
+url = "{registry}"
+[[pipelines]]
+name = "proto"
+topics = ["{proto_topic}"]
+table = "{proto_table}"
+flush_interval = "100ms"
+value_format = "protobuf"
+key_format = "string"
+auto_create = true
+[[pipelines]]
+name = "jsch"
+topics = ["{jsch_topic}"]
+table = "{jsch_table}"
+flush_interval = "100ms"
+value_format = "json_schema"
+key_format = "string"
+auto_create = true
+[[pipelines]]
+name = "dbz"
+topics = ["{dbz_topic}"]
+table = "{dbz_table}"
+flush_interval = "100ms"
+value_format = "avro"
+key_format = "avro"
+envelope = "debezium"
+mode = "upsert"
+key = ["id"]
+auto_create = true
+"#,
+        brokers = services.brokers,
+        url = services.database_url,
+        registry = registry.url,
+    );
+    let sluice = Sluice::start(&cfg);
+    let settled = eventually(Duration::from_secs(60), || async {
+        let mut total = 0;
+        for topic in [&proto_topic, &jsch_topic, &dbz_topic] {
+            total += stored_offsets(&pool, &group, topic)
+                .await
+                .iter()
+                .map(|(_, o)| *o)
+                .sum::<i64>();
+        }
+        total == 20 + events.len() as i64
+    })
+    .await;
+    assert!(settled, "{}", sluice.log_text());
+    sluice.sigterm();
+    let types = |table: String| {
+        let pool = pool.clone();
+        async move {
+            text_rows(
+                &pool,
+                &format!(
+                    "SELECT attname::text || ' ' || format_type(atttypid, atttypmod) FROM pg_attribute \
+                     WHERE attrelid = '{table}'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attname"
+                ),
+            )
+            .await
+            .into_iter()
+            .map(|r| r[0].clone().unwrap())
+            .collect::<Vec<String>>()
+        }
+    };
+    assert_eq!(
+        types(proto_table.clone()).await,
+        [
+            "at timestamp with time zone",
+            "big numeric",
+            "id bigint",
+            "name text",
+            "price double precision",
+            "tags jsonb"
+        ]
+    );
+    assert_eq!(
+        types(jsch_table.clone()).await,
+        [
+            "amount numeric",
+            "at timestamp with time zone",
+            "born date",
+            "id bigint",
+            "meta jsonb",
+            "name text"
+        ]
+    );
+    assert_eq!(
+        types(dbz_table.clone()).await,
+        [
+            "amount numeric",
+            "big bigint",
+            "born date",
+            "doc jsonb",
+            "flag boolean",
+            "id integer",
+            "name text",
+            "price numeric(10,2)",
+            "t_ms time without time zone",
+            "t_us time without time zone",
+            "ts_ms timestamp without time zone",
+            "ts_tz timestamp with time zone",
+            "ts_us timestamp without time zone",
+            "uid uuid"
+        ]
+    );
+    let s = |v: &str| Some(v.to_owned());
+    assert_eq!(
+        text_rows(
+            &pool,
+            &format!(
+                "SELECT id::text, name, tags::text, (at AT TIME ZONE 'UTC')::text, big::text, price::text \
+                 FROM {proto_table} WHERE id = 3"
+            )
+        )
+        .await,
+        vec![vec![
+            s("3"),
+            s("item 3"),
+            s(r#"["a"]"#),
+            s("2024-01-02 03:04:05.5"),
+            s("18446744073709551615"),
+            s("1.25")
+        ]]
+    );
+    assert_eq!(
+        text_rows(
+            &pool,
+            &format!(
+                "SELECT id::text, name, born::text, (at AT TIME ZONE 'UTC')::text, amount::text, meta::text \
+                 FROM {jsch_table} WHERE id = 3"
+            )
+        )
+        .await,
+        vec![vec![
+            s("3"),
+            s("p3"),
+            s("1969-07-20"),
+            s("2024-01-02 01:04:05"),
+            s("1.1"),
+            s(r#"{"k": [3]}"#)
+        ]]
+    );
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("expected.json")).unwrap()).unwrap();
+    let names = [
+        "id", "name", "price", "amount", "born", "t_ms", "t_us", "ts_ms", "ts_us", "ts_tz", "doc", "uid", "flag", "big",
+    ];
+    let want: Vec<Vec<Option<String>>> = expected["typed"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| names.iter().map(|c| r[*c].as_str().map(str::to_owned)).collect())
+        .collect();
+    let got = text_rows(
+        &pool,
+        &format!(
+            "SELECT id::text, name, price::text, amount::text, born::text, t_ms::text, t_us::text, \
+             ts_ms::text, ts_us::text, (ts_tz AT TIME ZONE 'UTC')::text || '+00', doc::text, uid::text, \
+             CASE WHEN flag THEN 't' WHEN NOT flag THEN 'f' END, big::text FROM {dbz_table} ORDER BY {dbz_table}.id"
+        ),
+    )
+    .await;
+    assert_eq!(got, want, "{}", sluice.log_text());
+    for topic in [&proto_topic, &jsch_topic, &dbz_topic] {
+        assert_eq!(dead_letters(&pool, topic).await, Vec::<String>::new(), "{topic}");
+    }
 }

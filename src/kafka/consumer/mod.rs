@@ -84,6 +84,11 @@ pub struct Shared {
     reapply_pauses: AtomicBool,
     /// Why sluice must stop (a new topic's table can't be written).
     fatal: std::sync::Mutex<Option<String>>,
+    /// Value schemas (pipeline index, schema id) with fields a pipeline
+    /// taking its columns from the schema has no column for: sluice drains
+    /// and plans again with them ([`Shared::replan_wanted`]).
+    replan: std::sync::Mutex<Vec<(usize, u32)>>,
+    replan_wanted: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -119,6 +124,32 @@ impl Shared {
             }),
             reapply_pauses: AtomicBool::new(false),
             fatal: std::sync::Mutex::new(None),
+            replan: std::sync::Mutex::new(Vec::new()),
+            replan_wanted: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Asks for a re-plan for value schema `id` of pipeline `index`; true
+    /// the first time it is asked.
+    fn request_replan(&self, index: usize, id: u32) -> bool {
+        let mut wanted = self.replan.lock().unwrap_or_else(|e| e.into_inner());
+        if wanted.contains(&(index, id)) {
+            return false;
+        }
+        wanted.push((index, id));
+        self.replan_wanted.notify_one();
+        true
+    }
+
+    /// Resolves with the (pipeline index, value schema id) pairs once a
+    /// re-plan is wanted.
+    pub async fn replan_wanted(&self) -> Vec<(usize, u32)> {
+        loop {
+            let wanted = self.replan.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if !wanted.is_empty() {
+                return wanted;
+            }
+            self.replan_wanted.notified().await;
         }
     }
 
@@ -448,6 +479,10 @@ pub fn create(
 /// How often paused pipelines are checked for resumption.
 const RESUME_LOOK: Duration = Duration::from_millis(20);
 
+/// How long a record whose schema has new fields is held before it is
+/// read again (sluice is draining to re-plan meanwhile).
+const REPLAN_HOLD: Duration = Duration::from_secs(1);
+
 /// Runs the loop on the calling thread until `shared.stop` is set, then
 /// commits what it can and closes the consumer (leaving the group).
 pub fn run(consumer: BaseConsumer<Context>, shared: Arc<Shared>, commands: std_mpsc::Receiver<ConsumerCommand>) {
@@ -460,6 +495,7 @@ pub fn run(consumer: BaseConsumer<Context>, shared: Arc<Shared>, commands: std_m
         key_hashes: Vec::new(),
         drained: false,
         range: RangeWatch::default(),
+        schema_fields: HashMap::new(),
     };
     let mut last_resume_look = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
@@ -508,6 +544,10 @@ struct Encoded {
     /// The record cannot be decoded yet (its schema is unavailable): hold
     /// the pipeline until then, and re-read the record.
     hold: Option<(Instant, String)>,
+    /// The record's value schema (id) has fields the pipeline, which takes
+    /// its columns from the schema, has no column for: re-plan, and hold
+    /// the record meanwhile.
+    replan: Option<(u32, String)>,
 }
 
 struct LoopState {
@@ -521,6 +561,10 @@ struct LoopState {
     key_hashes: Vec<u64>,
     drained: bool,
     range: RangeWatch,
+    /// For pipelines taking their columns from the schema: per (pipeline,
+    /// value schema id), the fields of that schema without a column, when
+    /// there are any (`None`: every field has one).
+    schema_fields: HashMap<(usize, u32), Option<String>>,
 }
 
 impl LoopState {
@@ -612,7 +656,7 @@ impl LoopState {
         &mut self,
         index: usize,
         target: &Arc<Target>,
-        decoder: &Decoder,
+        (decoder, from_schema): (&Decoder, bool),
         msg: &BorrowedMessage<'_>,
         topic: &str,
         timestamp_ms: Option<i64>,
@@ -646,6 +690,14 @@ impl LoopState {
                 }
             },
         };
+        if let Some(id) = decoded.value_schema.filter(|_| from_schema) {
+            if let Some(why) = self.fields_without_columns(index, id, decoder, target) {
+                return Encoded {
+                    replan: Some((id, why)),
+                    ..Encoded::default()
+                };
+            }
+        }
         if decoded.skip {
             // Nothing to write (the tombstone after a Debezium delete): a
             // marker that only covers its offset.
@@ -683,7 +735,34 @@ impl LoopState {
             dead_letter,
             raw,
             hold: None,
+            replan: None,
         }
+    }
+
+    /// For a pipeline whose columns come from the schema: the fields of the
+    /// value schema `id` that have no column (named, for the log), or `None`
+    /// when every one has. Worked out once per schema id.
+    fn fields_without_columns(&mut self, index: usize, id: u32, decoder: &Decoder, target: &Target) -> Option<String> {
+        self.schema_fields
+            .entry((index, id))
+            .or_insert_with(|| {
+                // Every schema a record was just decoded with is cached; a
+                // schema that gives no columns (not a record) adds none.
+                let fields = decoder.value_columns(id)?.ok()?;
+                let columns = target.encoder.columns();
+                let missing: Vec<&str> = fields
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .filter(|name| !columns.iter().any(|c| c.name == *name))
+                    .collect();
+                (!missing.is_empty()).then(|| {
+                    format!(
+                        "value schema id {id} has field(s) without a column: {}",
+                        missing.join(", ")
+                    )
+                })
+            })
+            .clone()
     }
 
     /// Decodes a record and hands it to its pipeline's buffer.
@@ -708,7 +787,7 @@ impl LoopState {
             self.encode(
                 index,
                 target,
-                &pipeline.decoder,
+                (&pipeline.decoder, pipeline.columns_from_schema),
                 msg,
                 topic_name,
                 meta.timestamp_ms,
@@ -721,6 +800,7 @@ impl LoopState {
             dead_letter,
             raw,
             hold,
+            replan,
         }) = encoded
         else {
             // Its table could not be planned (sluice is stopping): the
@@ -728,7 +808,26 @@ impl LoopState {
             return;
         };
         if let Some((until, why)) = hold {
-            self.hold(consumer, shared, index, tp, offset, until, &why);
+            self.hold(consumer, shared, index, tp, offset, (until, &why), "schema unavailable");
+            return;
+        }
+        if let Some((id, why)) = replan {
+            // Not written without its new fields: held (and re-read) while
+            // sluice drains, re-plans the table from the schema and starts again.
+            if shared.request_replan(index, id) {
+                warn!(pipeline = %pipeline.name, topic = %topic_name, partition = tp.partition, offset, error = %why,
+                    "the schema has new fields: draining to re-plan the table from it");
+            }
+            let until = now + REPLAN_HOLD;
+            self.hold(
+                consumer,
+                shared,
+                index,
+                tp,
+                offset,
+                (until, &why),
+                "waiting for the re-plan",
+            );
             return;
         }
         if let Some(d) = &dead_letter {
@@ -801,8 +900,8 @@ impl LoopState {
         index: usize,
         tp: Tp,
         offset: i64,
-        until: Instant,
-        why: &str,
+        (until, why): (Instant, &str),
+        what: &str,
     ) {
         let pipeline = &shared.pipelines[index];
         let pause = {
@@ -811,7 +910,7 @@ impl LoopState {
                 self.pending_seeks.push((index, tp, epoch, Some(seek_to)));
                 warn!(pipeline = %pipeline.name, topic = %shared.topics.name(tp.topic), partition = tp.partition, offset,
                     retry_in_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64, error = %why,
-                    "schema unavailable: the pipeline's partitions pause, the record will be read again");
+                    "{what}: the pipeline's partitions pause, the record will be read again");
             }
             state
                 .should_pause(&pipeline.settings)
