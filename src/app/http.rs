@@ -96,6 +96,19 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
+/// `/metrics`: Prometheus text exposition.
+pub const METRICS: &str = "/metrics";
+/// `/healthz`: liveness, 200 while the process serves requests.
+pub const HEALTHZ: &str = "/healthz";
+/// `/readyz`: readiness, 200 or 503 with the reasons.
+pub const READYZ: &str = "/readyz";
+/// `/status`: JSON per pipeline.
+pub const STATUS: &str = "/status";
+/// Every route the telemetry server answers, while starting and running
+/// alike (both routers are built from these constants, so the deployment
+/// artefacts' probe paths are checked against this list).
+pub const ROUTES: [&str; 4] = [METRICS, HEALTHZ, READYZ, STATUS];
+
 #[derive(Clone)]
 struct AppState {
     observed: Arc<Observed>,
@@ -104,10 +117,10 @@ struct AppState {
 
 pub fn router(observed: Arc<Observed>, prometheus: Option<PrometheusEndpoint>) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/status", get(status))
+        .route(METRICS, get(metrics))
+        .route(HEALTHZ, get(healthz))
+        .route(READYZ, get(readyz))
+        .route(STATUS, get(status))
         .with_state(AppState { observed, prometheus })
 }
 

@@ -49,10 +49,10 @@ impl Waiting {
 /// (from [`http::bind`]) until [`http::Server::stop`].
 pub fn serve_starting(listener: std::net::TcpListener, waiting: Waiting) -> std::io::Result<http::Server> {
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(unready))
-        .route("/status", get(unready))
-        .route("/metrics", get(|| async { StatusCode::SERVICE_UNAVAILABLE }))
+        .route(http::HEALTHZ, get(|| async { "ok\n" }))
+        .route(http::READYZ, get(unready))
+        .route(http::STATUS, get(unready))
+        .route(http::METRICS, get(|| async { StatusCode::SERVICE_UNAVAILABLE }))
         .with_state(waiting);
     http::Server::serve(listener, app, "/healthz /readyz while starting")
 }
