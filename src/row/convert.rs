@@ -542,6 +542,10 @@ mod tests {
         );
         assert_eq!(a(Numeric, r#"[1.50, "2"]"#), "{\"1.50\",\"2\"}");
         assert_eq!(a(Date, r#"["2024-01-02"]"#), "{\"2024-01-02\"}");
+        // bytea's `\x…` text: its backslash quoted for the literal, then COPY-escaped.
+        assert_eq!(a(Bytea, r#"["AP8=", null]"#), r#"{"\\\\x00ff",NULL}"#);
+        assert_eq!(a(Bool, "[true, false]"), "{\"t\",\"f\"}");
+        assert_eq!(a(Inet, r#"["10.0.0.1/8"]"#), "{\"10.0.0.1/8\"}");
         assert_eq!(
             a(Uuid, r#"["67E55044-10B1-426F-9247-BB680E5FE0C8"]"#),
             "{\"67e55044-10b1-426f-9247-bb680e5fe0c8\"}"

@@ -962,7 +962,8 @@ const BASKET: &str = r#"{"type": "record", "name": "Basket", "namespace": "shop"
   {"name": "codes", "type": {"type": "array", "items": "string"}},
   {"name": "lines", "type": {"type": "array", "items": {"type": "record", "name": "Line",
      "fields": [{"name": "sku", "type": "string"}, {"name": "n", "type": "int"}]}}},
-  {"name": "ids", "type": {"type": "array", "items": {"type": "string", "logicalType": "uuid"}}}
+  {"name": "ids", "type": {"type": "array", "items": {"type": "string", "logicalType": "uuid"}}},
+  {"name": "raws", "type": {"type": "array", "items": "bytes"}}
 ]}"#;
 
 /// Avro arrays into Postgres array columns of many element types (text
@@ -986,7 +987,7 @@ async fn avro_arrays_land_in_postgres_array_columns() {
     sqlx::query(&format!(
         "CREATE TABLE {table} (id bigint PRIMARY KEY, tags text[], tags_doc jsonb, qty integer[], \
          prices numeric(8,2)[], days date[], ats timestamptz[], grid bigint[][], moods {table}_mood[], \
-         codes varchar(3)[] NOT NULL, lines jsonb[], ids uuid[])"
+         codes varchar(3)[] NOT NULL, lines jsonb[], ids uuid[], raws bytea[])"
     ))
     .execute(&pool)
     .await
@@ -1025,6 +1026,7 @@ async fn avro_arrays_land_in_postgres_array_columns() {
                 "codes": codes,
                 "lines": [{"sku": "s\"1", "n": 1}, {"sku": "s2", "n": 2}],
                 "ids": [{"$uuid": "67e55044-10b1-426f-9247-bb680e5fe0c8"}],
+                "raws": [{"$bytes": "AP8="}, {"$bytes": ""}],
             }})
         })
         .collect();
@@ -1047,7 +1049,8 @@ grid = "/grid"
 moods = "/moods"
 codes = "/codes"
 lines = "/lines"
-ids = "/ids""#;
+ids = "/ids"
+raws = "/raws""#;
     let rows = land(
         &services,
         &pool,
@@ -1062,7 +1065,7 @@ ids = "/ids""#;
         &format!(
             "SELECT id::text, tags::text, tags_doc::text, qty::text, prices::text, days::text, \
              (SELECT array_agg(a AT TIME ZONE 'UTC')::text FROM unnest(ats) a), grid::text, \
-             array_dims(grid), moods::text, codes::text, lines::text, ids::text \
+             array_dims(grid), moods::text, codes::text, lines::text, ids::text, raws::text \
              FROM {table} WHERE id IN (3, 8) ORDER BY {table}.id"
         ),
     )
@@ -1083,6 +1086,7 @@ ids = "/ids""#;
             s(r#"{ab,"a\"b"}"#),
             s(r#"{"{\"n\": 1, \"sku\": \"s\\\"1\"}","{\"n\": 2, \"sku\": \"s2\"}"}"#),
             s("{67e55044-10b1-426f-9247-bb680e5fe0c8}"),
+            s(r#"{"\\x00ff","\\x"}"#),
         ]
     };
     assert_eq!(
