@@ -58,6 +58,10 @@ pub fn connect_options(config: &PostgresConfig) -> Result<sqlx::postgres::PgConn
     if let Some(cert) = &config.ssl_root_cert {
         options = options.ssl_root_cert(cert);
     }
+    // Validation has checked that both or neither are set.
+    if let (Some(cert), Some(key)) = (&config.ssl_cert, &config.ssl_key) {
+        options = options.ssl_client_cert(cert).ssl_client_key(key);
+    }
     // Server-side bound on every statement: a stuck COPY is cancelled (57014,
     // transient) instead of holding the pipeline forever.
     let statement_timeout = config.statement_timeout.as_millis().to_string();

@@ -112,7 +112,12 @@ pub(crate) fn from_figment(err: figment::Error, figment: &Figment) -> ConfigErro
     let root = figment.find_value("").ok();
     let path = classify(&names, root.as_ref());
 
-    let mut message = describe_kind(&err.kind);
+    // The value of a secret key is never echoed, whatever is wrong with it.
+    let mut message = if is_secret_path(&path) {
+        describe_kind_hiding_value(&err.kind)
+    } else {
+        describe_kind(&err.kind)
+    };
     let origin = match &err.metadata {
         Some(md) => Some(describe_origin(md, &path)),
         None => origin_of(figment, root.as_ref(), &path),
@@ -199,11 +204,71 @@ fn describe_origin(md: &Metadata, path: &[Seg]) -> String {
     }
 }
 
+/// Whether the value at `path` is, or holds, a secret: the Postgres URL,
+/// the registry password, the OTLP headers, a secret-looking librdkafka
+/// property (or the properties table as a whole).
+fn is_secret_path(path: &[Seg]) -> bool {
+    let keys: Vec<&str> = path
+        .iter()
+        .map(|seg| match seg {
+            Seg::Key(k) => k.as_str(),
+            Seg::Index(_) => "",
+        })
+        .collect();
+    match keys.as_slice() {
+        ["postgres", "url", ..] | ["schema_registry", "password", ..] | ["telemetry", "otlp_headers", ..] => true,
+        ["kafka", "properties"] => true,
+        ["kafka", "properties", name, ..] => super::kafka::is_secret_property(name),
+        _ => false,
+    }
+}
+
+/// [`describe_kind`] without the offending value: only its kind.
+fn describe_kind_hiding_value(kind: &Kind) -> String {
+    let kind_of = |actual: &Actual| match actual {
+        Actual::Bool(_) => "a boolean".to_owned(),
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer".to_owned(),
+        Actual::Float(_) => "a float".to_owned(),
+        Actual::Char(_) | Actual::Str(_) => "a string".to_owned(),
+        other => describe_actual(other),
+    };
+    match kind {
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => format!(
+            "expected {}, found {} (not shown: a secret)",
+            friendly_expected(expected),
+            kind_of(actual)
+        ),
+        Kind::UnknownVariant(_, expected) => {
+            format!(
+                "expected one of: {} (the value is not shown: a secret)",
+                expected.join(", ")
+            )
+        }
+        Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => "integer out of range (not shown: a secret)".to_owned(),
+        other => describe_kind(other),
+    }
+}
+
+/// A TOML parse error without the quoted source line: the line may be the
+/// one with a password on it. What is left names the line and column, and
+/// what is wrong there.
+fn without_source_snippet(msg: &str) -> String {
+    let snippet = |line: &str| {
+        let t = line.trim_start();
+        let t = t.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start();
+        t.starts_with('|')
+    };
+    msg.lines()
+        .filter(|l| !snippet(l) && !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
 /// "expected X, found Y", in words an operator reads.
 fn describe_kind(kind: &Kind) -> String {
     match kind {
-        // TOML parse errors end in a newline.
-        Kind::Message(msg) => msg.trim_end().to_owned(),
+        // TOML parse errors end in a newline, after the offending line.
+        Kind::Message(msg) => without_source_snippet(msg),
         Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
             format!(
                 "expected {}, found {}",

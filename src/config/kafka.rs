@@ -456,7 +456,7 @@ fn refused_property(name: &str, value: &str) -> Option<String> {
     Some(format!("refused: {why}"))
 }
 
-fn is_secret_property(name: &str) -> bool {
+pub(super) fn is_secret_property(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     [
         "password",

@@ -269,6 +269,11 @@ fn lenient_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, 
     deserializer.deserialize_any(LenientString)
 }
 
+/// [`lenient_string`] for an optional key.
+fn lenient_opt_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    lenient_string(deserializer).map(Some)
+}
+
 /// `kafka.properties`: librdkafka takes every value as text, so
 /// `"statistics.interval.ms" = 5000` and `"enable.ssl.certificate.verification" = false`
 /// are accepted as `"5000"` and `"false"`.

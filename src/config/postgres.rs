@@ -42,6 +42,13 @@ pub struct PostgresConfig {
     /// PEM file with the root certificate(s) to verify the server with
     /// (`verify-ca` / `verify-full`). Default: unset (system roots).
     pub ssl_root_cert: Option<std::path::PathBuf>,
+    /// PEM file with the client certificate to log in with (Postgres `cert`
+    /// authentication, or `clientcert=verify-full` in `pg_hba.conf`). Set
+    /// together with [`ssl_key`](Self::ssl_key). Default: unset.
+    pub ssl_cert: Option<std::path::PathBuf>,
+    /// PEM file with the private key of [`ssl_cert`](Self::ssl_cert)
+    /// (PKCS#8, PKCS#1 or SEC1). Default: unset.
+    pub ssl_key: Option<std::path::PathBuf>,
 }
 
 /// libpq's `sslmode` values.
@@ -92,6 +99,8 @@ impl Default for PostgresConfig {
             write_timeout: Duration::from_secs(60),
             sslmode: None,
             ssl_root_cert: None,
+            ssl_cert: None,
+            ssl_key: None,
         }
     }
 }
@@ -116,6 +125,8 @@ impl fmt::Debug for PostgresConfig {
             .field("write_timeout", &self.write_timeout)
             .field("sslmode", &self.sslmode)
             .field("ssl_root_cert", &self.ssl_root_cert)
+            .field("ssl_cert", &self.ssl_cert)
+            .field("ssl_key", &self.ssl_key)
             .finish()
     }
 }
@@ -144,13 +155,33 @@ impl PostgresConfig {
         if pg.write_timeout.is_zero() {
             return Err((at("write_timeout"), "must be greater than zero".to_owned()));
         }
-        if let Some(cert) = &pg.ssl_root_cert {
-            if !cert.is_file() {
-                return Err((
-                    at("ssl_root_cert"),
-                    format!("{} is not a readable file", cert.display()),
-                ));
+        for (field, path) in [
+            ("ssl_root_cert", &pg.ssl_root_cert),
+            ("ssl_cert", &pg.ssl_cert),
+            ("ssl_key", &pg.ssl_key),
+        ] {
+            if let Some(path) = path {
+                if !path.is_file() {
+                    return Err((at(field), format!("{} is not a readable file", path.display())));
+                }
             }
+        }
+        // A certificate without its key (or the reverse) would make the
+        // connection fall back to password login without a word.
+        match (&pg.ssl_cert, &pg.ssl_key) {
+            (Some(_), None) => {
+                return Err((
+                    at("ssl_key"),
+                    "is required with postgres.ssl_cert (the client certificate's private key)".to_owned(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err((
+                    at("ssl_cert"),
+                    "is required with postgres.ssl_key (the client certificate it is the key of)".to_owned(),
+                ))
+            }
+            _ => {}
         }
         Ok(())
     }

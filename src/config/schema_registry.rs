@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::error::{key, Issue};
+use super::lenient_opt_string;
 
 /// Where writer's schemas come from.
 #[derive(Clone, PartialEq, Deserialize)]
@@ -19,10 +20,13 @@ pub struct SchemaRegistryConfig {
     /// or `key_format` is `avro`, `protobuf` or `json_schema`. Default unset.
     pub url: Option<String>,
     /// HTTP basic-auth user. Default unset.
+    #[serde(deserialize_with = "lenient_opt_string")]
     pub username: Option<String>,
     /// HTTP basic-auth password (a secret: never logged, shown as `***`;
     /// `SLUICE_SCHEMA_REGISTRY__PASSWORD_FILE` reads it from a file).
-    /// Default unset.
+    /// Default unset. A number is taken as its text (from the environment,
+    /// a digits-only password reaches serde as an integer).
+    #[serde(deserialize_with = "lenient_opt_string")]
     pub password: Option<String>,
     /// PEM file of the CA certificates that sign the registry's TLS
     /// certificate, instead of the built-in web PKI roots. Default unset.

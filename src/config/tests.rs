@@ -1348,3 +1348,73 @@ fn formats_need_a_registry_and_columns_may_come_only_from_a_registered_schema() 
     c.schema_registry.password = Some("s3cret".into());
     assert!(!format!("{c:?}").contains("s3cret"));
 }
+
+/// A config error never shows a secret's value: not a number where the
+/// registry password goes (taken as text), not a TOML syntax error on the
+/// line of a URL with a password, not a type error under a secret key.
+#[test]
+fn config_errors_never_show_a_secret() {
+    const REGISTRY: &str = "\n[schema_registry]\nurl = \"http://registry:8081\"\nusername = \"u\"\n";
+    jail(|jail| {
+        // From the environment a digits-only password is an integer; it is
+        // a password all the same.
+        jail.set_env("SLUICE_SCHEMA_REGISTRY__PASSWORD", "982734651");
+        let config = load(jail, &format!("{MINIMAL}{REGISTRY}")).unwrap();
+        assert_eq!(config.schema_registry.password.as_deref(), Some("982734651"));
+        Ok(())
+    });
+    jail(|jail| {
+        // An unterminated string: the parser's message must not quote the line.
+        let err = load_err(
+            jail,
+            &format!("[postgres]\nurl = \"postgres://app:pw-in-a-bad-line@db/app\n{MINIMAL}"),
+        );
+        assert!(err.to_string().contains("line 2"), "{err}");
+        assert!(!err.to_string().contains("pw-in-a-bad-line"), "{err}");
+        Ok(())
+    });
+    jail(|jail| {
+        let err = load_err(jail, &format!("{MINIMAL}{REGISTRY}password = [\"arr-secret\"]\n"));
+        assert_eq!(err.key, "schema_registry.password");
+        assert!(!err.to_string().contains("arr-secret"), "{err}");
+        Ok(())
+    });
+}
+
+/// A client certificate needs its key and the reverse, each a file; the
+/// error names the key that is missing or wrong.
+#[test]
+fn client_certificate_and_key_come_together() {
+    jail(|jail| {
+        jail.create_file("client.pem", "cert")?;
+        jail.create_file("client.key", "key")?;
+        let config = load(
+            jail,
+            &format!("[postgres]\nssl_cert = \"client.pem\"\nssl_key = \"client.key\"\n{MINIMAL}"),
+        )
+        .unwrap();
+        assert_eq!(config.postgres.ssl_cert.as_deref(), Some(Path::new("client.pem")));
+        assert_eq!(config.postgres.ssl_key.as_deref(), Some(Path::new("client.key")));
+
+        let err = load_err(jail, &format!("[postgres]\nssl_cert = \"client.pem\"\n{MINIMAL}"));
+        assert_eq!(err.key, "postgres.ssl_key");
+        assert!(err.message.starts_with("is required with postgres.ssl_cert"), "{err}");
+        let err = load_err(jail, &format!("[postgres]\nssl_key = \"client.key\"\n{MINIMAL}"));
+        assert_eq!(err.key, "postgres.ssl_cert");
+        assert!(err.message.starts_with("is required with postgres.ssl_key"), "{err}");
+        let err = load_err(
+            jail,
+            &format!("[postgres]\nssl_cert = \"client.pem\"\nssl_key = \"nowhere.key\"\n{MINIMAL}"),
+        );
+        assert_eq!(err.key, "postgres.ssl_key");
+        assert!(err.message.starts_with("nowhere.key is not a readable file"), "{err}");
+        jail.set_env("SLUICE_POSTGRES__SSL_CERT", "missing.pem");
+        let err = load_err(jail, &format!("[postgres]\nssl_key = \"client.key\"\n{MINIMAL}"));
+        assert_eq!(err.key, "postgres.ssl_cert");
+        assert_eq!(
+            err.message,
+            "missing.pem is not a readable file (from environment variable SLUICE_POSTGRES__SSL_CERT)"
+        );
+        Ok(())
+    });
+}

@@ -19,27 +19,37 @@ fn root() -> PathBuf {
 }
 
 /// Where `scripts/services.sh` installed confluent-kafka and friends.
-fn python_path() -> String {
+pub(crate) fn python_path() -> String {
     std::env::var("SLUICE_TEST_PYTHONPATH").expect(
         "SLUICE_TEST_PYTHONPATH is not set: run the tests with scripts/test.sh, which installs the Python serializers",
     )
 }
 
 /// The registry-compatible server, killed on drop.
-struct Registry {
+pub(crate) struct Registry {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     _dir: tempfile::TempDir,
 }
 
 impl Registry {
     fn start() -> Registry {
+        Self::start_with(&[])
+    }
+
+    /// A registry that answers only requests with HTTP basic auth as `user` and `password`.
+    pub(crate) fn start_with_auth(user: &str, password: &str) -> Registry {
+        Self::start_with(&["--user", user, "--password", password])
+    }
+
+    fn start_with(args: &[&str]) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let port_file = dir.path().join("port");
         let child = Command::new("python3")
             .arg(root().join("tests/support/registry.py"))
             .args(["--port", "0", "--port-file"])
             .arg(&port_file)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -90,7 +100,7 @@ impl Drop for Registry {
 }
 
 /// Produces with `tests/support/produce.py` (the official serializers).
-fn produce_spec(spec: &Value) {
+pub(crate) fn produce_spec(spec: &Value) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("spec.json");
     std::fs::write(&path, spec.to_string()).unwrap();
@@ -132,7 +142,7 @@ fn registry_config(registry: &Registry) -> String {
     format!("\n[schema_registry]\nurl = \"{}\"\n", registry.url)
 }
 
-const ORDER_V1: &str = r#"{"type":"record","name":"Order","namespace":"shop","fields":[
+pub(crate) const ORDER_V1: &str = r#"{"type":"record","name":"Order","namespace":"shop","fields":[
   {"name":"id","type":"long"},
   {"name":"name","type":"string"},
   {"name":"price","type":{"type":"bytes","logicalType":"decimal","precision":10,"scale":2}},
@@ -151,7 +161,7 @@ fn order_v2() -> String {
     )
 }
 
-fn order(i: u64, v2: bool) -> Value {
+pub(crate) fn order(i: u64, v2: bool) -> Value {
     let sign = if i % 2 == 1 { "-" } else { "" };
     let mut v = json!({
         "id": i,

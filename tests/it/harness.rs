@@ -1,16 +1,19 @@
-//! Test harness: real services from the environment set by `scripts/test.sh`.
+//! Test harness: real services, from the environment set by
+//! `scripts/test.sh`, or else from Docker.
 //!
 //! `SLUICE_KAFKA_BROKERS` and `SLUICE_TEST_DATABASE_URL` name the broker and
-//! the database. Every test makes its own topic, group and table, so tests
+//! the database (CI's path). When both are unset, Kafka (KRaft,
+//! `apache/kafka`) and Postgres are started in Docker with testcontainers
+//! (`containers`). Every test makes its own topic, group and table, so tests
 //! run in parallel against one broker and one database.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -23,21 +26,68 @@ use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+#[derive(Clone, Debug)]
 pub struct Services {
     pub brokers: String,
     pub database_url: String,
 }
 
+/// The database when only `SLUICE_KAFKA_BROKERS` is set.
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Where the test services come from.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ServiceSource {
+    /// `SLUICE_KAFKA_BROKERS` (and `SLUICE_TEST_DATABASE_URL`, else the
+    /// local default): what `scripts/test.sh` and CI set. No Docker call.
+    FromEnv { brokers: String, database_url: String },
+    /// Neither is set: Kafka and Postgres in Docker (`containers`).
+    Containers,
+}
+
+impl ServiceSource {
+    /// Decides from the two variables' values (unset or empty: `None`).
+    pub fn decide(brokers: Option<String>, database_url: Option<String>) -> Result<ServiceSource, String> {
+        let set = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+        match (set(brokers), set(database_url)) {
+            (Some(brokers), database_url) => Ok(ServiceSource::FromEnv {
+                brokers,
+                database_url: database_url.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+            }),
+            (None, None) => Ok(ServiceSource::Containers),
+            (None, Some(_)) => Err(
+                "SLUICE_TEST_DATABASE_URL is set but SLUICE_KAFKA_BROKERS is not: set both \
+                 (scripts/test.sh does) or neither (Kafka and Postgres then run in Docker)"
+                    .to_owned(),
+            ),
+        }
+    }
+
+    fn from_env() -> Result<ServiceSource, String> {
+        let var = |name| std::env::var(name).ok();
+        Self::decide(var("SLUICE_KAFKA_BROKERS"), var("SLUICE_TEST_DATABASE_URL"))
+    }
+}
+
 impl Services {
-    /// The services `scripts/test.sh` started. Without them the test can't
-    /// run meaningfully, so it fails with instructions instead of passing.
+    /// The services of this test process, resolved once (see
+    /// [`ServiceSource`]). Without any, the test fails with instructions
+    /// instead of passing.
     pub fn from_env() -> Services {
-        let brokers = std::env::var("SLUICE_KAFKA_BROKERS").expect(
-            "SLUICE_KAFKA_BROKERS is not set: run the tests with scripts/test.sh, which starts the broker and Postgres",
-        );
-        let database_url = std::env::var("SLUICE_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        Services { brokers, database_url }
+        static RESOLVED: OnceLock<Result<Services, String>> = OnceLock::new();
+        let resolved = RESOLVED.get_or_init(|| match ServiceSource::from_env()? {
+            ServiceSource::FromEnv { brokers, database_url } => Ok(Services { brokers, database_url }),
+            ServiceSource::Containers => crate::containers::start().map_err(|why| {
+                format!(
+                    "SLUICE_KAFKA_BROKERS and SLUICE_TEST_DATABASE_URL are unset and the services cannot run \
+                     in Docker ({why}): run the tests with scripts/test.sh, which starts the broker and Postgres"
+                )
+            }),
+        });
+        match resolved {
+            Ok(services) => services.clone(),
+            Err(why) => panic!("{why}"),
+        }
     }
 
     pub async fn pool(&self) -> PgPool {
@@ -598,6 +648,13 @@ pub struct PrivatePostgres {
 impl PrivatePostgres {
     /// initdb + start; blocking (run it with `spawn_blocking`).
     pub fn start() -> PrivatePostgres {
+        Self::start_with(|_| {})
+    }
+
+    /// initdb, then `configure` with the data directory (certificates,
+    /// `postgresql.conf`, `pg_hba.conf`) before the first start; blocking.
+    /// What `configure` writes there is handed to the `postgres` user.
+    pub fn start_with(configure: impl FnOnce(&Path)) -> PrivatePostgres {
         let port = free_port();
         let dir = std::env::temp_dir().join(unique("sluice_pg"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -625,6 +682,11 @@ impl PrivatePostgres {
             "-U",
             "postgres",
         ]);
+        configure(&data);
+        Command::new("chown")
+            .args(["-R", "postgres:postgres", data.to_str().unwrap()])
+            .status()
+            .unwrap();
         let pg = PrivatePostgres { dir, port };
         pg.ctl("start");
         pg
@@ -632,6 +694,15 @@ impl PrivatePostgres {
 
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The directory of the server's Unix socket (`local` lines of `pg_hba.conf`).
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
     }
 
     /// `host:port` of the server, for a proxy in front of it.

@@ -4,6 +4,7 @@
 mod backpressure;
 mod chaos;
 mod cli;
+mod containers;
 mod dead_letters;
 mod delivery;
 mod deploy;
@@ -16,7 +17,9 @@ mod memory;
 mod offsets;
 mod outage;
 mod rebalance;
+mod secrets;
 mod startup;
 mod telemetry;
 mod timeouts;
+mod tls;
 mod upsert;

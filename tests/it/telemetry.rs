@@ -32,13 +32,13 @@ use crate::harness::*;
 
 /// What the in-test OTLP/HTTP receiver got, in arrival order.
 #[derive(Default)]
-struct Received {
-    metrics: Vec<ExportMetricsServiceRequest>,
-    traces: Vec<ExportTraceServiceRequest>,
-    authorization: Vec<String>,
+pub(crate) struct Received {
+    pub(crate) metrics: Vec<ExportMetricsServiceRequest>,
+    pub(crate) traces: Vec<ExportTraceServiceRequest>,
+    pub(crate) authorization: Vec<String>,
 }
 
-type Shared = Arc<Mutex<Received>>;
+pub(crate) type Shared = Arc<Mutex<Received>>;
 
 fn authorization(headers: &HeaderMap) -> Option<String> {
     headers
@@ -131,7 +131,7 @@ async fn grpc_traces(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -
 /// An OTLP receiver on a free port: OTLP/HTTP (`/v1/metrics`,
 /// `/v1/traces`) and OTLP/gRPC (the collector services' `Export`, over
 /// HTTP/2 without TLS).
-async fn start_receiver() -> (SocketAddr, Shared) {
+pub(crate) async fn start_receiver() -> (SocketAddr, Shared) {
     let shared = Shared::default();
     let app = Router::new()
         .route("/v1/metrics", post(receive_metrics))
@@ -162,7 +162,7 @@ fn text_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
         })
 }
 
-fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
+pub(crate) fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
     attrs
         .iter()
         .find(|kv| kv.key == key)
@@ -212,7 +212,7 @@ fn histogram(r: &Received, name: &str, want: &[(&str, &str)]) -> Option<Histogra
 }
 
 /// Every `flush` span received, once each (by span id).
-fn flush_spans(r: &Received) -> Vec<Span> {
+pub(crate) fn flush_spans(r: &Received) -> Vec<Span> {
     let mut seen = BTreeSet::new();
     r.traces
         .iter()
