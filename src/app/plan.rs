@@ -311,9 +311,9 @@ pub fn with_schema_columns(mut config: Config, seen: &[(String, u32)]) -> Result
         let before = p.columns.len();
         for schema in &schemas {
             for f in crate::format::columns_of(schema, p.envelope).map_err(&bad)? {
-                p.columns
-                    .entry(f.name.clone())
-                    .or_insert_with(|| format!("/{}", f.name));
+                // RFC 6901: `~` and `/` in a name are escaped in its pointer.
+                let pointer = format!("/{}", f.name.replace('~', "~0").replace('/', "~1"));
+                p.columns.entry(f.name.clone()).or_insert(pointer);
                 p.column_types.entry(f.name).or_insert(f.sql_type);
             }
         }

@@ -108,11 +108,24 @@ impl ProtoSchema {
     }
 }
 
-/// The columns of a Protobuf schema: one per field of the file's first
-/// message (message index `[0]`, what a producer of one message per file
-/// writes), by its `.proto` name, typed as sluice writes the field.
+/// The columns of a Protobuf schema: one per field of the file's one
+/// top-level message (nested messages aside), by its `.proto` name, typed
+/// as sluice writes the field. A file with several top-level messages is
+/// refused: its records may be any of them.
 pub(crate) fn columns(text: &str, references: &[(String, String)]) -> Result<Vec<FieldColumn>, String> {
     let schema = ProtoSchema::compile(text, references)?;
+    // With several messages, records may be any of them (their message
+    // indexes say which): no one message's fields are the columns.
+    let file = schema.pool.get_file_by_name(&schema.file).expect("the compiled file");
+    let names: Vec<String> = file.messages().map(|m| m.full_name().to_owned()).collect();
+    if names.len() > 1 {
+        return Err(format!(
+            "the Protobuf schema has {} top-level messages ({}): columns are taken only from a file with one \
+             (name the columns in `columns` instead)",
+            names.len(),
+            names.join(", ")
+        ));
+    }
     let message = schema.message(&[0])?;
     Ok(message
         .fields()
@@ -244,7 +257,14 @@ mod tests {
             }
             message Line { int32 qty = 1; }
         "#;
-        let got: Vec<(String, String)> = columns(proto, &[])
+        assert!(columns(proto, &[])
+            .unwrap_err()
+            .contains("2 top-level messages (shop.Order, shop.Line)"));
+        let proto = proto.replace("message Line { int32 qty = 1; }", "").replace(
+            "Line line = 6;",
+            "message Line { int32 qty = 1; }\n              Line line = 6;",
+        );
+        let got: Vec<(String, String)> = columns(&proto, &[])
             .unwrap()
             .into_iter()
             .map(|c| (c.name, c.sql_type))

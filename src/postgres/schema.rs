@@ -83,6 +83,7 @@ pub async fn live_columns(pool: &PgPool, table: &TableRef) -> Result<Option<Vec<
          JOIN pg_type t ON t.oid = a.atttypid \
          JOIN pg_type rt ON rt.oid = COALESCE(NULLIF(t.typbasetype, 0), t.oid) \
          LEFT JOIN pg_type et ON et.oid = rt.typelem AND rt.typcategory = 'A' AND rt.typlen = -1 \
+                              AND et.typarray = rt.oid \
          LEFT JOIN pg_type ebt ON ebt.oid = et.typbasetype \
          LEFT JOIN pg_collation co ON co.oid = a.attcollation \
          WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
@@ -201,17 +202,12 @@ pub fn plan_columns(
         };
         let array = col.array_of.is_some();
         let accepted = match source {
-            ColumnSource::Pointer(_)
-            | ColumnSource::KeyPointer(_)
-            | ColumnSource::Source(_)
-            | ColumnSource::Const(_)
-                if array =>
-            {
-                Ok(())
-            }
+            ColumnSource::Pointer(_) | ColumnSource::KeyPointer(_) | ColumnSource::Source(_) if array => Ok(()),
+            // (Not a constant: its elements could not be checked as the
+            // elements of a JSON array are.)
             _ if array => Err(format!(
                 "{source} cannot be written to an array column ({}[]): an array takes a JSON array from \
-                 a pointer, or a constant",
+                 a JSON pointer",
                 ty.sql_name()
             )),
             _ => ty.accepts(source),
@@ -383,13 +379,18 @@ mod tests {
             &[
                 ("spots".to_string(), ColumnSource::Pointer("/s".into())),
                 ("offs".to_string(), ColumnSource::Offset),
+                ("codes".to_string(), ColumnSource::Const("{ab,cd}".into())),
             ],
             Some(&live),
         )
         .unwrap_err();
         let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        assert_eq!(text.len(), 2, "{text:?}");
+        assert_eq!(text.len(), 3, "{text:?}");
         assert!(text[0].contains("column `spots` has type _point"), "{text:?}");
+        assert!(
+            text[2].contains("={ab,cd} cannot be written to an array column (text[])"),
+            "{text:?}"
+        );
         assert!(
             text[1].contains("@offset cannot be written to an array column (bigint[])"),
             "{text:?}"

@@ -28,9 +28,8 @@ pub(super) fn write_value(out: &mut Vec<u8>, v: JsonRef<'_>, ty: PgType, array: 
             // json/jsonb elements are JSON values, arrays among them: one
             // dimension. Other element types nest as dimensions.
             let nested = !matches!(ty, PgType::Json | PgType::Jsonb);
-            let mut shape = Vec::new();
             if nested {
-                shape_of(items, 0, &mut shape)?;
+                check_shape(items)?;
             }
             let mut scratch = Vec::new();
             write_array_level(out, items, ty, nested, bare_timestamps, &mut scratch)
@@ -39,35 +38,55 @@ pub(super) fn write_value(out: &mut Vec<u8>, v: JsonRef<'_>, ty: PgType, array: 
     }
 }
 
+/// Postgres' limit on an array's dimensions (`MAXDIM`).
+const MAX_DIMENSIONS: usize = 6;
+
 /// Checks that nested arrays are rectangular, as Postgres' multidimensional
-/// arrays must be, recording each dimension's length in `shape`.
-fn shape_of(items: &[Value], depth: usize, shape: &mut Vec<usize>) -> Result<(), String> {
-    match shape.get(depth) {
-        None => shape.push(items.len()),
-        Some(&n) if n == items.len() => {}
-        Some(&n) => {
-            return Err(format!(
-                "nested arrays of different lengths ({n} and {}): a Postgres array must be rectangular",
-                items.len()
-            ))
-        }
+/// arrays must be: the first elements, followed down, give every
+/// dimension's length, and every value must be an array above the last
+/// dimension, a non-array in it, and every array as long as its dimension.
+/// At most [`MAX_DIMENSIONS`].
+fn check_shape(items: &[Value]) -> Result<(), String> {
+    let mut shape = vec![items.len()];
+    let mut first = items.first();
+    while let Some(Value::Array(inner)) = first {
+        shape.push(inner.len());
+        first = inner.first();
     }
-    let arrays = items.iter().filter(|i| i.is_array()).count();
-    if arrays != 0 && arrays != items.len() {
-        return Err("arrays mixed with other values at one level: a Postgres array must be rectangular".into());
+    if shape.len() > MAX_DIMENSIONS {
+        return Err(format!(
+            "arrays nested {} deep: a Postgres array has at most {MAX_DIMENSIONS} dimensions",
+            shape.len()
+        ));
     }
-    if arrays == 0 && shape.len() > depth + 1 {
-        return Err("nested arrays of different depths: a Postgres array must be rectangular".into());
-    }
-    if depth > 0 && items.is_empty() {
+    if shape.len() > 1 && shape.contains(&0) {
         return Err("an empty nested array: Postgres has no empty dimension inside an array".into());
     }
-    for item in items {
-        if let Value::Array(inner) = item {
-            shape_of(inner, depth + 1, shape)?;
+    fn level(items: &[Value], depth: usize, shape: &[usize]) -> Result<(), String> {
+        if items.len() != shape[depth] {
+            return Err(format!(
+                "nested arrays of different lengths ({} and {}): a Postgres array must be rectangular",
+                shape[depth],
+                items.len()
+            ));
         }
+        let last = depth + 1 == shape.len();
+        for item in items {
+            match (item, last) {
+                (Value::Array(inner), false) => level(inner, depth + 1, shape)?,
+                (Value::Array(_), true) | (_, false) => {
+                    return Err(
+                        "nested arrays of different depths, or arrays mixed with other values: a Postgres array \
+                         must be rectangular"
+                            .into(),
+                    )
+                }
+                (_, true) => {}
+            }
+        }
+        Ok(())
     }
-    Ok(())
+    level(items, 0, &shape)
 }
 
 fn write_array_level(
@@ -565,7 +584,13 @@ mod tests {
         assert!(bad(Int4, "[[1,2],[3]]").contains("must be rectangular"));
         assert!(bad(Int4, "[[1,2],3]").contains("must be rectangular"));
         assert!(bad(Int4, "[[[1]],[2]]").contains("must be rectangular"));
+        assert!(bad(Int4, "[[1,2],[[3],[4]]]").contains("must be rectangular"));
+        assert!(bad(Int4, "[[1,2],[[3,4],[5,6]]]").contains("must be rectangular"));
+        assert!(bad(Int4, "[1,[2]]").contains("must be rectangular"));
         assert!(bad(Int4, "[[],[]]").contains("empty nested array"));
+        assert!(bad(Int4, "[[1],[]]").contains("different lengths"));
+        assert_eq!(a(Int4, "[[[[[[1]]]]]]"), "{{{{{{\"1\"}}}}}}");
+        assert!(bad(Int4, "[[[[[[[1]]]]]]]").contains("at most 6 dimensions"));
         assert!(bad(Text, r#"["a\u0000"]"#).contains("NUL"));
         // Schemaless JSON reads a bare number into a timestamp as epoch ms.
         assert_eq!(a(Timestamptz, "[0]"), "{\"1970-01-01T00:00:00Z\"}");

@@ -1154,7 +1154,6 @@ message Item {
   uint64 big = 5;
   double price = 6;
 }
-message Unused { string x = 1; }
 "#;
 
 /// A pipeline may omit `columns` with a Protobuf, JSON Schema or Debezium

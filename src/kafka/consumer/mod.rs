@@ -746,9 +746,13 @@ impl LoopState {
         self.schema_fields
             .entry((index, id))
             .or_insert_with(|| {
-                // Every schema a record was just decoded with is cached; a
-                // schema that gives no columns (not a record) adds none.
-                let fields = decoder.value_columns(id)?.ok()?;
+                // Every schema a record was just decoded with is cached. A
+                // schema that gives no columns asks for a re-plan too, which
+                // then stops sluice with the reason: never written past.
+                let fields = match decoder.value_columns(id)? {
+                    Ok(fields) => fields,
+                    Err(why) => return Some(format!("value schema id {id} gives no columns: {why}")),
+                };
                 let columns = target.encoder.columns();
                 let missing: Vec<&str> = fields
                     .iter()
