@@ -96,6 +96,14 @@ pub struct FieldColumn {
     pub sql_type: String,
 }
 
+/// Asserts `got` is exactly the columns `want` (name, SQL type), in order.
+#[cfg(test)]
+#[track_caller]
+pub(crate) fn assert_columns(got: Vec<FieldColumn>, want: &[(&str, &str)]) {
+    let got: Vec<(&str, &str)> = got.iter().map(|c| (c.name.as_str(), c.sql_type.as_str())).collect();
+    assert_eq!(got, want);
+}
+
 /// The columns of an Avro record schema: one per top-level field, typed as
 /// sluice writes the field (see [`sql_type`]).
 pub(crate) fn columns(text: &str) -> Result<Vec<FieldColumn>, String> {
@@ -608,11 +616,6 @@ mod tests {
             {"name":"d","type":"double"},
             {"name":"dbz","type":{"type":"int","connect.name":"io.debezium.time.Date"}}
         ]}"#;
-        let got: Vec<(String, String)> = columns(schema)
-            .unwrap()
-            .into_iter()
-            .map(|c| (c.name, c.sql_type))
-            .collect();
         let want = [
             ("id", "bigint"),
             ("n", "integer"),
@@ -632,7 +635,7 @@ mod tests {
             ("d", "double precision"),
             ("dbz", "date"),
         ];
-        assert_eq!(got, want.map(|(n, t)| (n.to_owned(), t.to_owned())));
+        assert_columns(columns(schema).unwrap(), &want);
         assert!(columns(r#""string""#).unwrap_err().contains("not a record"));
     }
 

@@ -264,11 +264,6 @@ mod tests {
             "Line line = 6;",
             "message Line { int32 qty = 1; }\n              Line line = 6;",
         );
-        let got: Vec<(String, String)> = columns(&proto, &[])
-            .unwrap()
-            .into_iter()
-            .map(|c| (c.name, c.sql_type))
-            .collect();
         let want = [
             ("id", "bigint"),
             ("name", "text"),
@@ -290,12 +285,7 @@ mod tests {
             ("a", "text"),
             ("b", "integer"),
         ];
-        assert_eq!(
-            got,
-            want.iter()
-                .map(|(n, t)| (n.to_string(), t.to_string()))
-                .collect::<Vec<_>>()
-        );
+        crate::format::avro::assert_columns(columns(&proto, &[]).unwrap(), &want);
         assert!(columns("syntax = \"proto3\";", &[]).unwrap_err().contains("no message"));
     }
 

@@ -455,18 +455,18 @@ async fn assert_probes_answer(what: &str, env: &[(String, String)], liveness: &s
         .stderr(std::process::Stdio::null());
     let mut child = cmd.spawn().expect("spawn sluice");
     // Both paths answered (whatever the status), or 20 s.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let answers = loop {
+    let answers = std::sync::Mutex::new((None, None));
+    crate::harness::eventually(Duration::from_secs(20), || async {
         let live = crate::harness::http_get(&addr, liveness).await;
         let ready = crate::harness::http_get(&addr, readiness).await;
-        if (live.is_some() && ready.is_some()) || std::time::Instant::now() > deadline {
-            break Some((live, ready));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        let both = live.is_some() && ready.is_some();
+        *answers.lock().unwrap() = (live, ready);
+        both
+    })
+    .await;
     let _ = child.kill();
     let _ = child.wait();
-    let (live, ready) = answers.expect("probed");
+    let (live, ready) = answers.into_inner().unwrap();
     assert_eq!(live.map(|(c, _)| c), Some(200), "{what}: GET {liveness}");
     let (code, body) = ready.unwrap_or_else(|| panic!("{what}: GET {readiness} did not answer"));
     assert_eq!(code, 503, "{what}: GET {readiness} while starting: {body}");
