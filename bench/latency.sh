@@ -54,7 +54,7 @@ if [ -n "$kafka_semantics" ]; then
         </dev/null 2>"$work/proxy.log" &
     shim=$!
     # Stopped before the common trap removes $work: tansu on SIGINT only (see scripts/services.sh).
-    trap 'kill $pid $floor_pid 2>/dev/null; kill -INT $shim $shim_tansu 2>/dev/null; wait $shim;
+    trap 'set +e; kill $pid $floor_pid 2>/dev/null; kill -INT $shim $shim_tansu; wait $shim;
           cat "$work/proxy.log" >&2; kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
     pid="" floor_pid=""
     deadline=$((SECONDS + 30))
