@@ -11,6 +11,6 @@ pub mod record;
 
 pub use dead_letter::{DeadLetter, DeadLetterClass};
 pub use error_class::ErrorClass;
-pub use ids::{TopicId, Topics, Tp, MAX_TOPICS};
+pub use ids::{TopicId, Topics, Tp, TpMap, MAX_TOPICS};
 pub use offsets::NextOffset;
 pub use record::{Coordinates, Raw, RecordMeta, TraceParent};

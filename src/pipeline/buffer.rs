@@ -13,10 +13,10 @@
 //! batch can prove it is gap-free: per partition, its pieces chain without a
 //! hole from the stored position (see `PipelineState::spans`).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
-use crate::model::{DeadLetter, Raw, RecordMeta, Tp, TraceParent};
+use crate::model::{DeadLetter, Raw, RecordMeta, Tp, TpMap, TraceParent};
 use crate::telemetry::RowFacts;
 
 /// Bookkeeping bytes charged per entry on top of the row itself, so that a
@@ -153,7 +153,7 @@ pub struct Buffer {
     /// Per partition, the offsets evicted from the head (or dropped with
     /// nothing of the partition queued): covered, and before every queued
     /// entry of that partition.
-    covered_ahead: HashMap<Tp, Ahead>,
+    covered_ahead: TpMap<Ahead>,
 }
 
 /// One writer lane's queue.
@@ -237,7 +237,7 @@ impl Buffer {
             queued_rows: 0,
             inflight_rows: 0,
             inflight_bytes: 0,
-            covered_ahead: HashMap::new(),
+            covered_ahead: TpMap::default(),
         }
     }
 

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use crate::config::Strategy;
 use crate::model::offsets::{is_new, Covered, NextOffset};
-use crate::model::Tp;
+use crate::model::{Tp, TpMap};
 use crate::pipeline::buffer::{Batch, Entry};
 use crate::pipeline::{pause_decision, Admission, PauseDecision, PipelineState, Settings};
 
@@ -307,9 +307,7 @@ impl PipelineState {
     /// whose pieces do not chain from that position is left out and
     /// reported as a gap.
     pub fn spans(&mut self, batch: &mut Batch) -> Spans {
-        let held = |parts: &std::collections::HashMap<Tp, PartState>, tp: &Tp, epoch: u64| {
-            parts.get(tp).is_some_and(|p| p.epoch == epoch)
-        };
+        let held = |parts: &TpMap<PartState>, tp: &Tp, epoch: u64| parts.get(tp).is_some_and(|p| p.epoch == epoch);
         if batch.entries.iter().any(|e| !held(&self.partitions, &e.tp, e.epoch)) {
             let (keep, stale): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut batch.entries)
                 .into_iter()

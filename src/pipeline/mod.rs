@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use crate::config::Strategy;
 use crate::format::Decoder;
 use crate::mapping::TableRef;
-use crate::model::{TopicId, Tp};
+use crate::model::{TopicId, TpMap};
 use crate::row::statements::WriteSql;
 use crate::row::RowEncoder;
 use backpressure::BpState;
@@ -73,7 +73,7 @@ pub enum Admission {
 #[derive(Debug)]
 pub struct PipelineState {
     pub buffer: Buffer,
-    pub partitions: HashMap<Tp, PartState>,
+    pub partitions: TpMap<PartState>,
     /// Whether this pipeline's partitions are paused for backpressure.
     pub paused: bool,
     /// The backpressure state; changed only through [`PipelineState::refresh`].
@@ -100,7 +100,7 @@ impl PipelineState {
     pub fn with_lanes(limits: Limits, lanes: usize) -> PipelineState {
         PipelineState {
             buffer: Buffer::with_lanes(limits, lanes),
-            partitions: HashMap::new(),
+            partitions: TpMap::default(),
             paused: false,
             bp: BpState::Normal,
             draining: false,
@@ -455,7 +455,7 @@ mod model_tests {
     use proptest::strategy::Strategy as Gen;
 
     use super::*;
-    use crate::model::TopicId;
+    use crate::model::{TopicId, Tp};
 
     #[derive(Debug, Clone)]
     enum Op {

@@ -7,9 +7,12 @@
 //! with a NULL never equals another.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasher as _, BuildHasherDefault, Hash, Hasher};
 
 use crate::row::plan::UniqueKey;
+
+/// The seed of the unique-key hashes (any constant: they never leave the process).
+const KEY_SEED: u64 = 0x5_1ce;
 
 /// Splits a COPY text row into its fields' byte ranges (into `out`, which
 /// is cleared first); returns the line without its newline, which the
@@ -64,7 +67,10 @@ pub fn key_hashes(table: usize, keys: &[UniqueKey], row: &[u8], fields: &mut Vec
     let line = field_ranges_upto(row, last, fields);
     for (k, key) in keys.iter().enumerate() {
         if let Some(parts) = key_fields(line, fields, key) {
-            let mut hasher = std::hash::DefaultHasher::new();
+            // foldhash, not SipHash: this runs for every row of such a
+            // table, and DefaultHasher's fixed keys resist no attacker
+            // either. A collision only keeps a raw record not needed.
+            let mut hasher = foldhash::quality::FixedState::with_seed(KEY_SEED).build_hasher();
             (table, k).hash(&mut hasher);
             parts.for_each(|part| part.hash(&mut hasher));
             out.push(hasher.finish());

@@ -42,7 +42,7 @@ use crate::kafka::offsets::start_position;
 use crate::model::dead_letter::DeadLetter;
 use crate::model::offsets::NextOffset;
 use crate::model::record::Raw;
-use crate::model::{Topics, Tp};
+use crate::model::{TopicId, Topics, Tp};
 use crate::pipeline::buffer::Entry;
 use crate::pipeline::ports::{AssignError, AssignRequest, ConsumerCommand, WriterCommand};
 use crate::pipeline::{Admission, Counters, Offer, Pipeline, Settings, Target};
@@ -476,6 +476,9 @@ pub fn create(
     Ok(consumer)
 }
 
+/// How long a poll waits for a record when none is queued.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+
 /// How often paused pipelines are checked for resumption.
 const RESUME_LOOK: Duration = Duration::from_millis(20);
 
@@ -496,8 +499,10 @@ pub fn run(consumer: BaseConsumer<Context>, shared: Arc<Shared>, commands: std_m
         drained: false,
         range: RangeWatch::default(),
         schema_fields: HashMap::new(),
+        last_route: None,
     };
     let mut last_resume_look = Instant::now();
+    let mut busy = false;
     while !shared.stop.load(Ordering::Relaxed) {
         state.serve_commands(&consumer, &shared, &commands);
         if shared.draining.load(Ordering::Relaxed) && !state.drained {
@@ -507,8 +512,14 @@ pub fn run(consumer: BaseConsumer<Context>, shared: Arc<Shared>, commands: std_m
         if shared.reapply_pauses.swap(false, Ordering::Relaxed) {
             reapply_pauses(&consumer, &shared, state.drained);
         }
-        let message = consumer.poll(Duration::from_millis(100));
-        let idle = message.is_none();
+        // Right after a record, a poll without a timeout: while records are
+        // queued (a catch-up) it is answered at once, and librdkafka reads
+        // the clock once less per record. Only after an empty answer does
+        // the loop wait (each poll is still followed by the checks above).
+        let wait = if busy { Duration::ZERO } else { POLL_WAIT };
+        let message = consumer.poll(wait);
+        busy = matches!(message, Some(Ok(_)));
+        let idle = message.is_none() && !wait.is_zero();
         // One clock read per record: it dates the record's arrival and
         // paces the resume check.
         let now = Instant::now();
@@ -565,6 +576,8 @@ struct LoopState {
     /// value schema id), the fields of that schema without a column, when
     /// there are any (`None`: every field has one).
     schema_fields: HashMap<(usize, u32), Option<String>>,
+    /// The last topic routed (see [`LoopState::route`]).
+    last_route: Option<(Box<str>, (TopicId, usize))>,
 }
 
 impl LoopState {
@@ -769,6 +782,20 @@ impl LoopState {
             .clone()
     }
 
+    /// The topic id and pipeline of a record's topic; records of one topic
+    /// come in runs, so the last answer is kept and the shared map (a lock
+    /// and a hash of the name) is only asked when the topic changes.
+    fn route(&mut self, shared: &Shared, name: &str) -> Option<(TopicId, usize)> {
+        if let Some((last, found)) = &self.last_route {
+            if **last == *name {
+                return Some(*found);
+            }
+        }
+        let found = shared.topics.route(name)?;
+        self.last_route = Some((Box::from(name), found));
+        Some(found)
+    }
+
     /// Decodes a record and hands it to its pipeline's buffer.
     fn intake(&mut self, consumer: &BaseConsumer<Context>, shared: &Shared, msg: &BorrowedMessage<'_>, now: Instant) {
         if self.drained {
@@ -776,7 +803,7 @@ impl LoopState {
             return;
         }
         let topic_name = msg.topic();
-        let Some((topic, index)) = shared.topics.route(topic_name) else {
+        let Some((topic, index)) = self.route(shared, topic_name) else {
             return;
         };
         let pipeline = &shared.pipelines[index];
