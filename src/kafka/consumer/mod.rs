@@ -499,7 +499,7 @@ pub fn run(consumer: BaseConsumer<Context>, shared: Arc<Shared>, commands: std_m
         drained: false,
         range: RangeWatch::default(),
         schema_fields: HashMap::new(),
-        last_route: None,
+        last_route: (String::new(), None),
     };
     let mut last_resume_look = Instant::now();
     let mut busy = false;
@@ -577,7 +577,7 @@ struct LoopState {
     /// there are any (`None`: every field has one).
     schema_fields: HashMap<(usize, u32), Option<String>>,
     /// The last topic routed (see [`LoopState::route`]).
-    last_route: Option<(Box<str>, (TopicId, usize))>,
+    last_route: (String, Option<(TopicId, usize)>),
 }
 
 impl LoopState {
@@ -786,13 +786,15 @@ impl LoopState {
     /// come in runs, so the last answer is kept and the shared map (a lock
     /// and a hash of the name) is only asked when the topic changes.
     fn route(&mut self, shared: &Shared, name: &str) -> Option<(TopicId, usize)> {
-        if let Some((last, found)) = &self.last_route {
-            if **last == *name {
-                return Some(*found);
-            }
+        let (last, cached) = &mut self.last_route;
+        if let Some(found) = cached.filter(|_| last.as_str() == name) {
+            return Some(found);
         }
         let found = shared.topics.route(name)?;
-        self.last_route = Some((Box::from(name), found));
+        // The name's buffer is reused: records of several topics may alternate.
+        last.clear();
+        last.push_str(name);
+        *cached = Some(found);
         Some(found)
     }
 
