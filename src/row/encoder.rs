@@ -471,8 +471,14 @@ fn show_pointer(p: &str) -> &str {
 fn value_text(value: Option<&[u8]>) -> Result<&str, DecodeError> {
     let bytes = value.ok_or_else(|| DecodeError::for_record("null value (tombstone)"))?;
     // Checked up front so the message names the real problem; serde_json
-    // would report stray bytes as a JSON syntax error.
-    std::str::from_utf8(bytes).map_err(|e| DecodeError::for_record(format!("value is not valid UTF-8: {e}")))
+    // would report stray bytes as a JSON syntax error. The SIMD check says
+    // only whether; std's names where, for the message.
+    match simdutf8::basic::from_utf8(bytes) {
+        Ok(text) => Ok(text),
+        Err(_) => {
+            std::str::from_utf8(bytes).map_err(|e| DecodeError::for_record(format!("value is not valid UTF-8: {e}")))
+        }
+    }
 }
 
 /// The whole record value (valid JSON) into a `jsonb` column: as its own

@@ -11,6 +11,11 @@
 //! reads the rest of its way in that slot's parsed value ([`Lookup`]).
 //! Where the value at a path is not an object or array, nothing below it
 //! resolves, exactly as with a fully parsed value.
+//!
+//! Two paths do this: a hand-written scanner ([`fast`]) that takes plain
+//! records, and serde_json's deserializer, which decides whatever the
+//! scanner gives up on (escaped keys, deep nesting, any error) so that
+//! results and error messages are serde_json's.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -22,6 +27,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::row::sources::{resolve_tokens, Path, Token};
+
+mod fast;
 
 /// A JSON value of a record, borrowing the record's text where it can.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,8 +48,7 @@ impl<'a> Json<'a> {
     /// checks) is `raw`, found inside `depth` objects and arrays; fails
     /// where a full parse would: an escape that is no character, nesting
     /// past the recursion limit (counting the `depth` levels above).
-    fn read(raw: &'a RawValue, depth: usize) -> serde_json::Result<Json<'a>> {
-        let text = raw.get();
+    fn read(text: &'a str, depth: usize) -> serde_json::Result<Json<'a>> {
         Ok(match text.as_bytes().first() {
             Some(b'n') => Json::Null,
             Some(b't') => Json::Bool(true),
@@ -256,6 +262,16 @@ impl Need {
     /// number token is read as the object it is.
     pub(super) fn parse<'a>(&self, text: &'a str) -> serde_json::Result<Vec<Option<Json<'a>>>> {
         let mut slots = vec![None; self.slots];
+        if fast::project(&self.root, &mut slots, text).is_some() {
+            return Ok(slots);
+        }
+        self.parse_with_serde(text)
+    }
+
+    /// [`Need::parse`] by serde_json alone: what decides every text the
+    /// fast path gives up on.
+    fn parse_with_serde<'a>(&self, text: &'a str) -> serde_json::Result<Vec<Option<Json<'a>>>> {
+        let mut slots = vec![None; self.slots];
         let mut de = serde_json::Deserializer::from_str(text);
         Project {
             node: &self.root,
@@ -304,7 +320,7 @@ impl<'a> DeserializeSeed<'a> for Project<'_, '_, 'a> {
         }
         if let Some(slot) = self.node.slot {
             let raw = <&'a RawValue>::deserialize(de)?;
-            self.slots[slot] = Some(Json::read(raw, self.depth).map_err(D::Error::custom)?);
+            self.slots[slot] = Some(Json::read(raw.get(), self.depth).map_err(D::Error::custom)?);
             return Ok(());
         }
         if self.node.members.is_empty() {
@@ -486,7 +502,7 @@ mod tests {
     use super::*;
     use crate::mapping::ColumnSource;
 
-    fn path(p: &str) -> Path {
+    pub(super) fn path(p: &str) -> Path {
         Path::compile(&ColumnSource::Pointer(p.to_owned()))
     }
 
@@ -680,7 +696,7 @@ b"}"#,
         assert!(!raw_fits_jsonb(&deep(128)));
     }
 
-    fn json_value() -> impl Strategy<Value = Value> {
+    pub(super) fn json_value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
