@@ -37,7 +37,7 @@
 //! ```text
 //! statements                  the SQL text of a target's writes (COPY, upsert through a stage)
 //! encoder                     RowEncoder, DecodeError; upsert and tombstone lines
-//! project                     parse only what the pointers reach; the whole value as jsonb text
+//! project                     parse only what the pointers reach (project::fast, serde_json); the whole value as jsonb text
 //! sources   constraints       pointer and metadata columns, RecordRef; NOT NULL, length, precision, CHECK
 //! convert   plan    keys      JSON value -> column; ColumnPlan and friends; unique-key hashes
 //! check_expr                  `column op constant` CHECK expressions
