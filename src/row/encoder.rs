@@ -12,7 +12,7 @@ use crate::row::constraints;
 use crate::row::convert::{ambiguous_timestamp, write_json_value, write_value};
 use crate::row::copy_text::{push_text, NulByte, NULL};
 use crate::row::plan::{ColumnPlan, UniqueKey};
-use crate::row::project::{raw_fits_jsonb, JsonRef, Lookup, Need, Slots};
+use crate::row::project::{raw_fits_jsonb, JsonRef, Lookup, Need};
 use crate::row::show::json_error;
 use crate::row::sources::{write_key_pointer, write_meta, Path, RecordRef};
 
@@ -321,7 +321,7 @@ impl RowEncoder {
                 .map_err(|e| DecodeError::for_record(json_error("invalid JSON", &e)))?;
             (slots, text)
         } else {
-            (Slots::new(), "")
+            (Vec::new(), "")
         };
         for (i, (col, path)) in self.columns.iter().zip(&self.paths).enumerate() {
             if i > 0 {

@@ -25,15 +25,10 @@ use serde::de::{DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
-use smallvec::{smallvec, SmallVec};
 
 use crate::row::sources::{resolve_tokens, Path, Token};
 
 mod fast;
-
-/// What [`Need::parse`] keeps: a value per slot. Inline up to eight slots
-/// (no allocation per record for the usual mapping).
-pub(super) type Slots<'a> = SmallVec<[Option<Json<'a>>; 8]>;
 
 /// A JSON value of a record, borrowing the record's text where it can.
 #[derive(Debug, Clone, PartialEq)]
@@ -265,8 +260,8 @@ impl Need {
     /// recursion limit (the whole-value column takes the full parse when
     /// either could matter: [`raw_fits_jsonb`]). An object whose key is serde_json's private
     /// number token is read as the object it is.
-    pub(super) fn parse<'a>(&self, text: &'a str) -> serde_json::Result<Slots<'a>> {
-        let mut slots = smallvec![None; self.slots];
+    pub(super) fn parse<'a>(&self, text: &'a str) -> serde_json::Result<Vec<Option<Json<'a>>>> {
+        let mut slots = vec![None; self.slots];
         if fast::project(&self.root, &mut slots, text).is_some() {
             return Ok(slots);
         }
@@ -275,8 +270,8 @@ impl Need {
 
     /// [`Need::parse`] by serde_json alone: what decides every text the
     /// fast path gives up on.
-    fn parse_with_serde<'a>(&self, text: &'a str) -> serde_json::Result<Slots<'a>> {
-        let mut slots = smallvec![None; self.slots];
+    fn parse_with_serde<'a>(&self, text: &'a str) -> serde_json::Result<Vec<Option<Json<'a>>>> {
+        let mut slots = vec![None; self.slots];
         let mut de = serde_json::Deserializer::from_str(text);
         Project {
             node: &self.root,
@@ -534,7 +529,7 @@ mod tests {
             .parse(r#"{"id": 7, "customer": {"name": "x", "age": 3}, "items": [{"sku": "a"}, {"sku": "b", "q": 1}, {}], "other": [1, {"a": null}]}"#)
             .unwrap();
         assert_eq!(
-            slots.to_vec(),
+            slots,
             vec![
                 Some(Json::Number(Cow::Borrowed("7"))),
                 Some(Json::Str(Cow::Borrowed("x"))),
@@ -546,7 +541,7 @@ mod tests {
 
     #[test]
     fn text_is_borrowed_unless_escaped() {
-        fn slots(text: &str) -> Slots<'_> {
+        fn slots(text: &str) -> Vec<Option<Json<'_>>> {
             let paths = [path("/s"), path("/n")];
             Need::of(&paths).0.parse(text).unwrap()
         }

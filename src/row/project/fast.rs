@@ -314,14 +314,16 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::tests::path;
-    use super::super::{Need, Slots};
+    use super::super::Need;
     use super::*;
+
+    type Slots<'t> = Vec<Option<Json<'t>>>;
 
     /// The fast path's answer and the serde_json path's, for `paths` in `text`.
     fn both<'t>(paths: &[String], text: &'t str) -> (Option<Slots<'t>>, serde_json::Result<Slots<'t>>) {
         let paths: Vec<_> = paths.iter().map(|p| path(p)).collect();
         let (need, _) = Need::of(&paths);
-        let mut slots: Slots<'_> = smallvec::smallvec![None; need.slots];
+        let mut slots = vec![None; need.slots];
         let fast = project(&need.root, &mut slots, text).map(|()| slots);
         (fast, need.parse_with_serde(text))
     }
