@@ -19,7 +19,7 @@ use super::{Json, Node, NUMBER_TOKEN};
 /// is then never reached on the fast path).
 const MAX_NESTING: usize = 100;
 
-/// Fills `slots` as [`Need::parse`] would, or `None` when the serde_json
+/// Fills `slots` as [`super::Need::parse`] would, or `None` when the serde_json
 /// path must decide (`slots` is then in an unspecified state).
 pub(super) fn project<'a>(root: &Node, slots: &mut [Option<Json<'a>>], text: &'a str) -> Option<()> {
     let mut s = Scanner {
@@ -265,7 +265,8 @@ impl<'a> Scanner<'a> {
         (self.at > start).then_some(())
     }
 
-    /// A string at its opening quote; its content when it has no escape.
+    /// A string at its opening quote; its content when it has no escape
+    /// (empty when it has).
     /// With `escapes`, escapes are checked as serde_json checks a string it
     /// skips (a `\u` needs four hex digits; its value is not looked at);
     /// without, an escape gives up.
