@@ -140,12 +140,9 @@ fn put_digits(slot: &mut [u8], mut v: u32) {
 }
 
 /// Zero-padded to `width` digits; `v` must fit.
-fn push_padded(out: &mut Vec<u8>, mut v: u32, width: usize) {
+fn push_padded(out: &mut Vec<u8>, v: u32, width: usize) {
     let mut buf = [b'0'; 10];
-    for slot in buf[..width].iter_mut().rev() {
-        *slot = b'0' + (v % 10) as u8;
-        v /= 10;
-    }
+    put_digits(&mut buf[..width], v);
     out.extend_from_slice(&buf[..width]);
 }
 

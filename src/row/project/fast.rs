@@ -22,36 +22,17 @@ const MAX_NESTING: usize = 100;
 /// Fills `slots` as [`super::Need::parse`] would, or `None` when the serde_json
 /// path must decide (`slots` is then in an unspecified state).
 pub(super) fn project<'a>(root: &Node, slots: &mut [Option<Json<'a>>], text: &'a str) -> Option<()> {
-    let mut s = Scanner {
-        b: text.as_bytes(),
-        text,
-        at: 0,
-    };
+    let mut s = Scanner { text, at: 0 };
     s.skip_ws();
     s.node(root, slots, 0)?;
     s.skip_ws();
-    (s.at == s.b.len()).then_some(())
+    (s.at == text.len()).then_some(())
 }
 
 struct Scanner<'a> {
-    b: &'a [u8],
     text: &'a str,
     at: usize,
 }
-
-/// Bytes that end the plain run of a string: the quote, a backslash, a
-/// control character (which JSON forbids unescaped).
-static STRING_STOP: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = true;
-        i += 1;
-    }
-    t[b'"' as usize] = true;
-    t[b'\\' as usize] = true;
-    t
-};
 
 /// How many bytes from the start of `b` a string's plain run takes: up to
 /// the first quote, backslash or control character (or the end). Eight
@@ -75,21 +56,19 @@ fn plain_run(b: &[u8]) -> usize {
         }
         rest = tail;
     }
-    let mut at = b.len() - rest.len();
-    for &c in rest {
-        if STRING_STOP[usize::from(c)] {
-            break;
-        }
-        at += 1;
-    }
-    at
+    let tail = rest.iter().position(|c| matches!(c, b'"' | b'\\' | 0..=0x1F));
+    b.len() - rest.len() + tail.unwrap_or(rest.len())
 }
 
 impl<'a> Scanner<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
     /// The byte at the cursor, 0 at the end: NUL is nowhere valid in JSON
     /// outside a string's escapes, so the end fails wherever a NUL would.
     fn peek(&self) -> u8 {
-        self.b.get(self.at).copied().unwrap_or(0)
+        self.bytes().get(self.at).copied().unwrap_or(0)
     }
 
     fn skip_ws(&mut self) {
@@ -156,9 +135,7 @@ impl<'a> Scanner<'a> {
     /// An object's members after its `{`: each key (plain, no escapes) and
     /// its value, read by `value`.
     fn members(&mut self, mut value: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
-        self.skip_ws();
-        if self.peek() == b'}' {
-            self.at += 1;
+        if self.closes(b'}') {
             return Some(());
         }
         loop {
@@ -169,39 +146,44 @@ impl<'a> Scanner<'a> {
             let key = self.string(false)?;
             self.eat(b':')?;
             value(self, key)?;
-            self.skip_ws();
-            match self.peek() {
-                b',' => self.at += 1,
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if !self.more(b'}')? {
+                return Some(());
             }
         }
     }
 
     /// An array's elements after its `[`, each read by `value` with its index.
     fn elements(&mut self, mut value: impl FnMut(&mut Self, usize) -> Option<()>) -> Option<()> {
-        self.skip_ws();
-        if self.peek() == b']' {
-            self.at += 1;
+        if self.closes(b']') {
             return Some(());
         }
-        let mut i = 0;
-        loop {
+        for i in 0.. {
             value(self, i)?;
-            self.skip_ws();
-            match self.peek() {
-                b',' => self.at += 1,
-                b']' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if !self.more(b']')? {
+                break;
             }
-            i += 1;
         }
+        Some(())
+    }
+
+    /// Right after the opening bracket: whether `close` ends the container
+    /// at once (it is eaten).
+    fn closes(&mut self, close: u8) -> bool {
+        self.skip_ws();
+        (self.peek() == close).then(|| self.at += 1).is_some()
+    }
+
+    /// After a member or element: `true` past a comma (another follows),
+    /// `false` past `close`, `None` on anything else.
+    fn more(&mut self, close: u8) -> Option<bool> {
+        self.skip_ws();
+        let more = match self.peek() {
+            b',' => true,
+            c if c == close => false,
+            _ => return None,
+        };
+        self.at += 1;
+        Some(more)
     }
 
     /// Checks and skips one value, `depth` containers down.
@@ -226,7 +208,7 @@ impl<'a> Scanner<'a> {
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         let end = self.at + word.len();
-        (self.b.get(self.at..end)? == word).then(|| self.at = end)
+        (self.bytes().get(self.at..end)? == word).then(|| self.at = end)
     }
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
@@ -271,7 +253,7 @@ impl<'a> Scanner<'a> {
     /// skips (a `\u` needs four hex digits; its value is not looked at);
     /// without, an escape gives up.
     fn string(&mut self, escapes: bool) -> Option<&'a [u8]> {
-        let b = self.b;
+        let b = self.bytes();
         let start = self.at + 1;
         let mut at = start;
         let mut plain = true;
@@ -295,10 +277,10 @@ impl<'a> Scanner<'a> {
 
     /// An escape at its backslash.
     fn escape(&mut self) -> Option<()> {
-        match *self.b.get(self.at + 1)? {
+        match *self.bytes().get(self.at + 1)? {
             b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.at += 2,
             b'u' => {
-                let hex = self.b.get(self.at + 2..self.at + 6)?;
+                let hex = self.bytes().get(self.at + 2..self.at + 6)?;
                 if !hex.iter().all(u8::is_ascii_hexdigit) {
                     return None;
                 }
