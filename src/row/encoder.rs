@@ -313,15 +313,15 @@ impl RowEncoder {
 
     fn encode_line(&self, rec: &RecordRef<'_>, out: &mut Vec<u8>) -> Result<(), DecodeError> {
         // No slots cost nothing when no column reads the value.
-        let (slots, text) = if self.reads_value {
+        let (slots, text, verbatim) = if self.reads_value {
             let text = value_text(rec.value)?;
-            let slots = self
+            let parsed = self
                 .need
                 .parse(text)
                 .map_err(|e| DecodeError::for_record(json_error("invalid JSON", &e)))?;
-            (slots, text)
+            (parsed.slots, text, parsed.verbatim)
         } else {
-            (Vec::new(), "")
+            (Vec::new(), "", false)
         };
         for (i, (col, path)) in self.columns.iter().zip(&self.paths).enumerate() {
             if i > 0 {
@@ -329,7 +329,7 @@ impl RowEncoder {
             }
             let at = out.len();
             let written = match &col.source {
-                ColumnSource::Pointer(_) if self.raw_whole[i] => write_whole_jsonb(out, text)?,
+                ColumnSource::Pointer(_) if self.raw_whole[i] => write_whole_jsonb(out, text, verbatim)?,
                 ColumnSource::Pointer(_) => match self.lookups[i].as_ref().and_then(|l| l.find(&slots)) {
                     None | Some(JsonRef::Null) => {
                         out.extend_from_slice(NULL);
@@ -487,11 +487,16 @@ fn value_text(value: Option<&[u8]>) -> Result<&str, DecodeError> {
 /// `null` is NULL either way.
 ///
 /// The outer error is the record's (not JSON after all, as the full parse
-/// decides), the inner one the column's.
-fn write_whole_jsonb(out: &mut Vec<u8>, text: &str) -> Result<Result<(), String>, DecodeError> {
+/// decides), the inner one the column's. A `verbatim` text (the
+/// projection's word: [`Parsed::verbatim`](crate::row::project::Parsed::verbatim)) is copied as it is.
+fn write_whole_jsonb(out: &mut Vec<u8>, text: &str, verbatim: bool) -> Result<Result<(), String>, DecodeError> {
     let trimmed = text.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
     if trimmed == "null" {
         out.extend_from_slice(NULL);
+        return Ok(Ok(()));
+    }
+    if verbatim {
+        out.extend_from_slice(trimmed.as_bytes());
         return Ok(Ok(()));
     }
     if raw_fits_jsonb(trimmed) {
@@ -533,6 +538,14 @@ mod tests {
         assert!(nul.to_string().contains("NUL"), "{nul}");
         let lone = encode(r#"{"id": 4, "n": "\ud800"}"#).unwrap_err();
         assert_eq!(lone.column, None, "{lone}");
+        // Whitespace COPY must escape, and an escape's backslash, are
+        // escaped (the text is not verbatim).
+        assert_eq!(encode("{\"id\":\t6}").unwrap(), "{\"id\":\\t6}\t6");
+        assert_eq!(encode("{\"id\":\n6}").unwrap(), "{\"id\":\\n6}\t6");
+        assert_eq!(
+            encode(r#"{"id": 7, "s": "a\"b"}"#).unwrap(),
+            r#"{"id": 7, "s": "a\\"b"}"#.to_owned() + "\t7"
+        );
         let deep = format!(r#"{{"id": 5, "n": {}{}}}"#, "[".repeat(127), "]".repeat(127));
         assert!(encode(&deep).unwrap_err().to_string().contains("invalid JSON"));
     }

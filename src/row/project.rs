@@ -174,6 +174,17 @@ struct Member {
     node: Node,
 }
 
+/// A value parsed by [`Need::parse`].
+pub(super) struct Parsed<'a> {
+    pub(super) slots: Vec<Option<Json<'a>>>,
+    /// The text holds no backslash and no whitespace but spaces, and its
+    /// nesting is within serde_json's limit: it stands for itself both as
+    /// COPY text (nothing to escape) and as `jsonb` input (no `\u` escape
+    /// for Postgres to read otherwise than serde_json; see
+    /// [`raw_fits_jsonb`]). Only the fast path says so; `false` is "not known".
+    pub(super) verbatim: bool,
+}
+
 /// Where a column's pointer finds its value: the slot at or above its end,
 /// and the tokens left below that slot's value.
 #[derive(Debug, Clone)]
@@ -260,12 +271,15 @@ impl Need {
     /// recursion limit (the whole-value column takes the full parse when
     /// either could matter: [`raw_fits_jsonb`]). An object whose key is serde_json's private
     /// number token is read as the object it is.
-    pub(super) fn parse<'a>(&self, text: &'a str) -> serde_json::Result<Vec<Option<Json<'a>>>> {
+    pub(super) fn parse<'a>(&self, text: &'a str) -> serde_json::Result<Parsed<'a>> {
         let mut slots = vec![None; self.slots];
-        if fast::project(&self.root, &mut slots, text).is_some() {
-            return Ok(slots);
+        if let Some(verbatim) = fast::project(&self.root, &mut slots, text) {
+            return Ok(Parsed { slots, verbatim });
         }
-        self.parse_with_serde(text)
+        Ok(Parsed {
+            slots: self.parse_with_serde(text)?,
+            verbatim: false,
+        })
     }
 
     /// [`Need::parse`] by serde_json alone: what decides every text the
@@ -510,7 +524,7 @@ mod tests {
     fn project(paths: &[&str], text: &str) -> serde_json::Result<Vec<Option<Value>>> {
         let paths: Vec<Path> = paths.iter().map(|p| path(p)).collect();
         let (need, lookups) = Need::of(&paths);
-        let slots = need.parse(text)?;
+        let slots = need.parse(text)?.slots;
         Ok(lookups
             .iter()
             .map(|l| l.as_ref().and_then(|l| l.find(&slots)).map(JsonRef::to_value))
@@ -527,7 +541,8 @@ mod tests {
         assert_eq!(need.slots, 4);
         let slots = need
             .parse(r#"{"id": 7, "customer": {"name": "x", "age": 3}, "items": [{"sku": "a"}, {"sku": "b", "q": 1}, {}], "other": [1, {"a": null}]}"#)
-            .unwrap();
+            .unwrap()
+            .slots;
         assert_eq!(
             slots,
             vec![
@@ -543,7 +558,7 @@ mod tests {
     fn text_is_borrowed_unless_escaped() {
         fn slots(text: &str) -> Vec<Option<Json<'_>>> {
             let paths = [path("/s"), path("/n")];
-            Need::of(&paths).0.parse(text).unwrap()
+            Need::of(&paths).0.parse(text).unwrap().slots
         }
         let plain = slots(r#"{"s": "plain é", "n": -12.50e-3}"#);
         assert!(
@@ -640,7 +655,7 @@ mod tests {
         assert_eq!(project(&["/a"], text).unwrap(), vec![Some(full["a"].clone())]);
         let paths = [path("/a")];
         let (need, lookups) = Need::of(&paths);
-        let slots = need.parse(text).unwrap();
+        let slots = need.parse(text).unwrap().slots;
         assert!(matches!(
             lookups[0].as_ref().unwrap().find(&slots),
             Some(JsonRef::Number("15"))

@@ -20,18 +20,25 @@ use super::{Json, Node, NUMBER_TOKEN};
 const MAX_NESTING: usize = 100;
 
 /// Fills `slots` as [`super::Need::parse`] would, or `None` when the serde_json
-/// path must decide (`slots` is then in an unspecified state).
-pub(super) fn project<'a>(root: &Node, slots: &mut [Option<Json<'a>>], text: &'a str) -> Option<()> {
-    let mut s = Scanner { text, at: 0 };
+/// path must decide (`slots` is then in an unspecified state). `Some(true)`
+/// when the text is also verbatim (see [`super::Parsed::verbatim`]).
+pub(super) fn project<'a>(root: &Node, slots: &mut [Option<Json<'a>>], text: &'a str) -> Option<bool> {
+    let mut s = Scanner {
+        text,
+        at: 0,
+        verbatim: true,
+    };
     s.skip_ws();
     s.node(root, slots, 0)?;
     s.skip_ws();
-    (s.at == text.len()).then_some(())
+    (s.at == text.len()).then_some(s.verbatim)
 }
 
 struct Scanner<'a> {
     text: &'a str,
     at: usize,
+    /// No backslash and no whitespace but spaces met so far.
+    verbatim: bool,
 }
 
 /// How many bytes from the start of `b` a string's plain run takes: up to
@@ -73,6 +80,7 @@ impl<'a> Scanner<'a> {
 
     fn skip_ws(&mut self) {
         while self.peek() <= b' ' && matches!(self.peek(), b' ' | b'\n' | b'\t' | b'\r') {
+            self.verbatim &= self.peek() == b' ';
             self.at += 1;
         }
     }
@@ -266,6 +274,7 @@ impl<'a> Scanner<'a> {
                 }
                 Some(b'\\') if escapes => {
                     plain = false;
+                    self.verbatim = false;
                     self.at = at;
                     self.escape()?;
                     at = self.at;
@@ -307,7 +316,17 @@ mod tests {
         let paths: Vec<_> = paths.iter().map(|p| path(p)).collect();
         let (need, _) = Need::of(&paths);
         let mut slots = vec![None; need.slots];
-        let fast = project(&need.root, &mut slots, text).map(|()| slots);
+        let fast = project(&need.root, &mut slots, text).map(|verbatim| {
+            // What `verbatim` promises (`Parsed::verbatim`): nothing for COPY
+            // to escape, no escape for jsonb to read.
+            if verbatim {
+                assert!(
+                    !text.bytes().any(|b| matches!(b, b'\\' | b'\n' | b'\r' | b'\t' | 0)),
+                    "{text:?}"
+                );
+            }
+            slots
+        });
         (fast, need.parse_with_serde(text))
     }
 
