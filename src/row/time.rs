@@ -67,6 +67,37 @@ pub(super) fn parse_naive_micros(s: &str) -> Option<i64> {
     Some(days * MICROS_PER_DAY + secs * MICROS_PER_SEC + frac)
 }
 
+/// The RFC 3339 timestamps nearly every producer writes,
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]` then `Z` or `±HH:MM`, with at most nine
+/// fraction digits and no leap second, read without chrono's general parser:
+/// microseconds since the epoch as [`rfc3339_micros`] gives them. `None`
+/// for anything else, which chrono then decides.
+pub(super) fn parse_rfc3339_common(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let (local, offset_minutes) = match b.last()? {
+        b'Z' => (&s[..s.len() - 1], 0),
+        _ => {
+            let zone = b.get(b.len().checked_sub(6)?..)?;
+            let sign = match zone[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let (h, m) = (two_digits(zone, 1)?, two_digits(zone, 4)?);
+            if zone[3] != b':' || h > 23 || m > 59 {
+                return None;
+            }
+            // The sign is ASCII: a character boundary.
+            (&s[..s.len() - 6], sign * i64::from(h * 60 + m))
+        }
+    };
+    let l = local.as_bytes();
+    if !(19..=29).contains(&l.len()) || l[10] != b'T' || &l[17..19] == b"60" {
+        return None;
+    }
+    Some(parse_naive_micros(local)? - offset_minutes * 60 * MICROS_PER_SEC)
+}
+
 pub(super) fn push_date(out: &mut Vec<u8>, d: NaiveDate) -> Result<(), OutOfRange> {
     // Year 0 and earlier need Postgres' "BC" syntax, and later than 9999 is
     // almost always a unit mistake (epoch micros sent as millis); refuse both.
@@ -281,6 +312,35 @@ mod tests {
             let mut out = Vec::new();
             let got = super::push_timestamp(&mut out, micros, with_zone).ok().map(|()| String::from_utf8(out).unwrap());
             prop_assert_eq!(got, chrono_timestamp(micros, with_zone));
+        }
+
+        /// Where the common form's reader answers, chrono's general parser
+        /// gives the same instant; and it answers for every timestamp of
+        /// the common form.
+        #[test]
+        fn common_timestamps_read_as_chrono_reads_them(
+            date in "[0-9]{4}-(0[0-9]|1[0-3])-([0-2][0-9]|3[0-2])",
+            sep in prop_oneof![8 => Just("T"), 1 => Just("t"), 1 => Just(" ")],
+            time in "([01][0-9]|2[0-5]):[0-6][0-9]:[0-6][0-9]",
+            frac in prop_oneof![Just(String::new()), "\\.[0-9]{0,11}"],
+            zone in prop_oneof![Just("Z".to_owned()), Just("z".to_owned()), "[+-]([01][0-9]|2[0-5]):[0-6][0-9]", "[+-][0-9]{4}", Just(String::new())],
+            damage in prop_oneof![8 => Just(None), 1 => (any::<prop::sample::Index>(), any::<char>()).prop_map(Some)],
+        ) {
+            let mut s = format!("{date}{sep}{time}{frac}{zone}");
+            if let Some((at, c)) = damage {
+                let at = at.index(s.len());
+                s.replace_range(at..at + 1, &c.to_string());
+            }
+            let chrono = DateTime::parse_from_rfc3339(&s).ok().and_then(|dt| super::rfc3339_micros(&dt));
+            let fast = super::parse_rfc3339_common(&s);
+            if fast.is_some() {
+                prop_assert_eq!(fast, chrono, "{}", s);
+            }
+            let common = sep == "T" && damage.is_none() && !time.ends_with("60") && (zone == "Z" || zone.len() == 6)
+                && frac.len() <= 10;
+            if common && chrono.is_some() {
+                prop_assert_eq!(fast, chrono, "{} not read", s);
+            }
         }
 
         #[test]
