@@ -3,6 +3,7 @@
 #
 #   bench/latency.sh                 # 1,000 events/s for 30 s, sluice's defaults
 #   SLUICE_BENCH_RATE=500 SLUICE_BENCH_SECONDS=60 bench/latency.sh
+#   SLUICE_BENCH_PARTITIONS=12 bench/latency.sh  # default 3
 #   SLUICE_BENCH_EXTRA='[kafka.properties]
 #   "fetch.wait.max.ms" = "50"' bench/latency.sh   # TOML appended to the config
 #   SLUICE_BENCH_PIPELINE='min_interval = "5ms"' bench/latency.sh
@@ -18,7 +19,7 @@
 # both are stopped at the end. The proxy's counts are printed on stderr.
 #
 # sluice (release build) joins the group first, then the events are produced
-# at the rate (3 partitions, linger 5 ms). A row's insertion time is
+# at the rate (3 partitions unless SLUICE_BENCH_PARTITIONS, linger 5 ms). A row's insertion time is
 # clock_timestamp() during its COPY, which precedes the COMMIT that makes it
 # visible by the commit's own duration. Prints p50, p90, p99, p99.9 and max,
 # beside the same percentiles of a bare consumer reading the same records
@@ -29,10 +30,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 rate=${SLUICE_BENCH_RATE:-1000}
 seconds=${SLUICE_BENCH_SECONDS:-30}
+partitions=${SLUICE_BENCH_PARTITIONS:-3}
 extra=${SLUICE_BENCH_EXTRA:-}
 pipeline=${SLUICE_BENCH_PIPELINE:-}
 kafka_semantics=${SLUICE_BENCH_KAFKA_SEMANTICS:-}
-unset SLUICE_BENCH_RATE SLUICE_BENCH_SECONDS SLUICE_BENCH_EXTRA SLUICE_BENCH_PIPELINE SLUICE_BENCH_KAFKA_SEMANTICS
+unset SLUICE_BENCH_RATE SLUICE_BENCH_SECONDS SLUICE_BENCH_PARTITIONS SLUICE_BENCH_EXTRA SLUICE_BENCH_PIPELINE SLUICE_BENCH_KAFKA_SEMANTICS
 # shellcheck source=bench/common.sh
 source bench/common.sh
 
@@ -74,7 +76,7 @@ fi
 topic="bench_latency_$run_id"
 table="latency_$run_id"
 sql "$(orders_ddl "$table")"
-"$produce" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$topic" --partitions 3 --count 0 >&2
+"$produce" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$topic" --partitions "$partitions" --count 0 >&2
 {
     sluice_config "bench-$run_id" "$topic" "$table" "127.0.0.1:9473" bench "$orders_columns" "$pipeline"
     printf '%s\n' "$extra"
@@ -100,7 +102,7 @@ until grep -q "partitions assigned" "$log" && grep -q assigned "$work/floor.err"
     fi
     sleep 0.1
 done
-"$produce" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$topic" --partitions 3 --count "$count" --rate "$rate" >&2
+"$produce" --brokers "$SLUICE_KAFKA_BROKERS" --topic "$topic" --partitions "$partitions" --count "$count" --rate "$rate" >&2
 until [ "$(sql "select count(*) from $table")" -ge "$count" ]; do sleep 0.1; done
 wait $floor_pid || true
 interval=$(curl -s 127.0.0.1:9473/metrics | awk '/^sluice_flush_interval_seconds/ {printf "%.0f ms", $2 * 1000}')
@@ -118,7 +120,7 @@ stats=$(sql "select round(percentile_cont(0.5) within group (order by ms)::numer
                     round(max(ms)::numeric, 1) || ' ms (' || count(*) || ' rows)'
              from (select extract(epoch from inserted_at - kafka_ts) * 1000 as ms from $table) t")
 cat <<OUT
-| light load ($rate events/s, $seconds s${shim:+, through the Kafka-semantics fetch shim}$(echo "${extra:+, $extra}${pipeline:+, $pipeline}" | tr '\n' ' ')): p50 / p90 / p99 / p99.9 / max | $stats |
+| light load ($rate events/s, $seconds s, $partitions partitions${shim:+, through the Kafka-semantics fetch shim}$(echo "${extra:+, $extra}${pipeline:+, $pipeline}" | tr '\n' ' ')): p50 / p90 / p99 / p99.9 / max | $stats |
 | the floor: a bare librdkafka consumer of the same records (Kafka timestamp → polled), p50 / p90 / p99 / p99.9 / max | $(cat "$work/floor.out") |
 | flush interval settled on; sluice CPU while idle | $interval; $(printf '%.1f' "$idle") % of a core |
 OUT
