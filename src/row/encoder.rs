@@ -11,6 +11,7 @@ use crate::mapping::{ColumnSource, PgType};
 use crate::row::constraints;
 use crate::row::convert::{ambiguous_timestamp, write_json_value, write_value};
 use crate::row::copy_text::{push_text, NulByte, NULL};
+use crate::row::keys::field_ranges;
 use crate::row::plan::{ColumnPlan, UniqueKey};
 use crate::row::project::{raw_fits_jsonb, JsonRef, Lookup, Need};
 use crate::row::show::json_error;
@@ -300,10 +301,38 @@ impl RowEncoder {
     /// key parsed as JSON; a key that is not a JSON object or array (not
     /// JSON at all, or a scalar) is the value of a single key column.
     pub fn encode(&self, rec: &RecordRef<'_>, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+        self.encode_into(rec, out, None)
+    }
+
+    /// [`RowEncoder::encode`], noting as it goes each field's byte range
+    /// (from the line's start, without tab or newline) into `fields`,
+    /// which is cleared first: what [`crate::row::field_ranges`] would
+    /// find in the line, without splitting it again. `fields` is
+    /// unspecified after an error.
+    pub fn encode_noting_fields(
+        &self,
+        rec: &RecordRef<'_>,
+        out: &mut Vec<u8>,
+        fields: &mut Vec<(usize, usize)>,
+    ) -> Result<(), DecodeError> {
+        fields.clear();
+        self.encode_into(rec, out, Some(fields))
+    }
+
+    fn encode_into(
+        &self,
+        rec: &RecordRef<'_>,
+        out: &mut Vec<u8>,
+        fields: Option<&mut Vec<(usize, usize)>>,
+    ) -> Result<(), DecodeError> {
         let start = out.len();
         let result = match &self.upsert {
-            Some(u) if u.delete_on_tombstone && rec.value.is_none() => self.encode_delete(u, rec, out),
-            _ => self.encode_line(rec, out),
+            Some(u) if u.delete_on_tombstone && rec.value.is_none() => self.encode_delete(u, rec, out).inspect(|()| {
+                if let Some(fields) = fields {
+                    field_ranges(&out[start..], fields);
+                }
+            }),
+            _ => self.encode_line(rec, out, fields),
         };
         if result.is_err() {
             out.truncate(start);
@@ -311,7 +340,13 @@ impl RowEncoder {
         result
     }
 
-    fn encode_line(&self, rec: &RecordRef<'_>, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+    fn encode_line(
+        &self,
+        rec: &RecordRef<'_>,
+        out: &mut Vec<u8>,
+        mut fields: Option<&mut Vec<(usize, usize)>>,
+    ) -> Result<(), DecodeError> {
+        let start = out.len();
         // No slots cost nothing when no column reads the value.
         let (slots, text, verbatim) = if self.reads_value {
             let text = value_text(rec.value)?;
@@ -346,6 +381,9 @@ impl RowEncoder {
                 other => write_meta(out, other, rec, col.ty),
             };
             written.map_err(|reason| DecodeError::for_column(&col.name, &col.type_name(), reason))?;
+            if let Some(fields) = fields.as_deref_mut() {
+                fields.push((at - start, out.len() - start));
+            }
             if !col.constraints.is_empty() {
                 constraints::enforce(col, &out[at..])
                     .map_err(|v| DecodeError::constraint(&col.name, &col.type_name(), v.sqlstate, v.reason))?;
@@ -371,6 +409,9 @@ impl RowEncoder {
         }
         if self.upsert.is_some() {
             out.extend_from_slice(b"\tf");
+            if let Some(fields) = fields {
+                fields.push((out.len() - 1 - start, out.len() - start));
+            }
         }
         out.push(b'\n');
         Ok(())
@@ -664,9 +705,13 @@ mod tests {
     fn assert_line_shape(enc: &RowEncoder, r: &RecordRef<'_>) -> Result<bool, TestCaseError> {
         let prefix = b"prefix\n";
         let mut out = prefix.to_vec();
-        match enc.encode(r, &mut out) {
+        let mut fields = vec![(7, 7)];
+        match enc.encode_noting_fields(r, &mut out, &mut fields) {
             Ok(()) => {
                 let line = &out[prefix.len()..];
+                let mut split = Vec::new();
+                field_ranges(line, &mut split);
+                prop_assert_eq!(&fields, &split);
                 prop_assert_eq!(line.last(), Some(&b'\n'));
                 let body = &line[..line.len() - 1];
                 prop_assert!(!body.contains(&b'\n') && !body.contains(&b'\r'));
@@ -775,6 +820,15 @@ mod tests {
         let insert = RowEncoder::new(enc.columns().to_vec());
         assert_eq!(insert.key_columns(), None);
         assert_eq!(line(&insert, &r).unwrap(), "7\teu\t3\t42");
+        // The fields noted while encoding are the line's, the flag and a
+        // tombstone's delete line included.
+        for r in [r, rec(None, Some(b"8"))] {
+            let (mut out, mut fields, mut split) = (b"x\n".to_vec(), Vec::new(), Vec::new());
+            enc.encode_noting_fields(&r, &mut out, &mut fields).unwrap();
+            field_ranges(&out[2..], &mut split);
+            assert_eq!(fields, split);
+            assert_eq!(fields.len(), 5);
+        }
     }
 
     #[test]

@@ -65,6 +65,24 @@ pub fn key_hashes(table: usize, keys: &[UniqueKey], row: &[u8], fields: &mut Vec
     // Key columns usually come first: the rest of the row is not split.
     let last = keys.iter().flat_map(|k| k.columns.iter().copied()).max().unwrap_or(0);
     let line = field_ranges_upto(row, last, fields);
+    hash_keys(table, keys, line, fields, out);
+}
+
+/// [`key_hashes`] of a row whose fields' byte ranges are already known
+/// (noted by [`crate::row::RowEncoder::encode_noting_fields`] as it wrote
+/// the row): nothing is split again.
+pub fn key_hashes_of_fields(
+    table: usize,
+    keys: &[UniqueKey],
+    row: &[u8],
+    fields: &[(usize, usize)],
+    out: &mut Vec<u64>,
+) {
+    out.clear();
+    hash_keys(table, keys, row, fields, out);
+}
+
+fn hash_keys(table: usize, keys: &[UniqueKey], line: &[u8], fields: &[(usize, usize)], out: &mut Vec<u64>) {
     for (k, key) in keys.iter().enumerate() {
         if let Some(parts) = key_fields(line, fields, key) {
             // foldhash, not SipHash: this runs for every row of such a

@@ -63,6 +63,6 @@ mod time;
 pub use check_expr::CheckExpr;
 pub use encoder::{DecodeError, RowEncoder, UpsertError};
 pub(crate) use keys::{field_ranges, key_fields};
-pub use keys::{key_hashes, RecentKeys};
+pub use keys::{key_hashes, key_hashes_of_fields, RecentKeys};
 pub use plan::{ColumnPlan, Constraints, Labels, Limit, UniqueKey};
 pub use sources::{header_value_json, HeaderRef, RecordRef};

@@ -7,7 +7,6 @@ use chrono::{DateTime, Datelike, NaiveDate};
 /// Outside the years Postgres' ISO input accepts without an era suffix.
 pub(super) struct OutOfRange;
 
-const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
 const MICROS_PER_SEC: i64 = 1_000_000;
 const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SEC;
 
@@ -44,7 +43,11 @@ pub(super) fn parse_naive_micros(s: &str) -> Option<i64> {
     if b.len() < 19 || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
         return None;
     }
-    let date = parse_date(&b[..10])?;
+    if b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let year = two_digits(b, 0)? * 100 + two_digits(b, 2)?;
+    let days = days_from_civil(i64::from(year), two_digits(b, 5)?, two_digits(b, 8)?)?;
     let (h, m, sec) = (two_digits(b, 11)?, two_digits(b, 14)?, two_digits(b, 17)?);
     // 60 is a leap second, accepted like the RFC 3339 path does.
     if h > 23 || m > 59 || sec > 60 {
@@ -62,7 +65,6 @@ pub(super) fn parse_naive_micros(s: &str) -> Option<i64> {
         }
         _ => return None,
     };
-    let days = i64::from(date.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE);
     let secs = i64::from((h * 60 + m) * 60 + sec);
     Some(days * MICROS_PER_DAY + secs * MICROS_PER_SEC + frac)
 }
@@ -160,6 +162,28 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// The day counted from 1970-01-01 of a proleptic Gregorian date, `None`
+/// when there is no such date (Howard Hinnant's `days_from_civil`; the
+/// inverse of [`civil_from_days`]).
+fn days_from_civil(year: i64, month: u32, day: u32) -> Option<i64> {
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 => 28 + u32::from(leap),
+        _ => return None,
+    };
+    if day == 0 || day > days_in_month {
+        return None;
+    }
+    let y = if month <= 2 { year - 1 } else { year };
+    let (era, yoe) = (y.div_euclid(400), y.rem_euclid(400));
+    let mp = i64::from(if month > 2 { month - 3 } else { month + 9 }); // from March
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
 }
 
 /// `v` as exactly `slot.len()` decimal digits, zero-padded; `v` must fit.
@@ -340,6 +364,20 @@ mod tests {
                 && frac.len() <= 10;
             if common && chrono.is_some() {
                 prop_assert_eq!(fast, chrono, "{} not read", s);
+            }
+        }
+
+        /// Every date of years 0 to 9999 and beyond, there and back; chrono
+        /// agrees on which dates exist.
+        #[test]
+        fn days_and_civil_dates_are_inverse(days in -800_000i64..3_000_000, month in 0u32..14, day in 0u32..33, year in -5i64..10_005) {
+            let (y, m, d) = super::civil_from_days(days);
+            prop_assert_eq!(super::days_from_civil(y, m, d), Some(days));
+            let exists = chrono::NaiveDate::from_ymd_opt(year as i32, month, day);
+            prop_assert_eq!(super::days_from_civil(year, month, day).is_some(), exists.is_some());
+            if let Some(date) = exists {
+                let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+                prop_assert_eq!(super::days_from_civil(year, month, day), Some((date - epoch).num_days()));
             }
         }
 

@@ -47,7 +47,7 @@ use crate::pipeline::buffer::Entry;
 use crate::pipeline::ports::{AssignError, AssignRequest, ConsumerCommand, WriterCommand};
 use crate::pipeline::{Admission, Counters, Offer, Pipeline, Settings, Target};
 use crate::row::statements::WriteSql;
-use crate::row::{key_hashes, DecodeError, HeaderRef, RecentKeys, RecordRef};
+use crate::row::{key_hashes_of_fields, DecodeError, HeaderRef, RecentKeys, RecordRef};
 use group::Membership;
 pub use group::{GroupView, RebalanceEvent};
 use out_of_range::{is_out_of_range, RangeWatch};
@@ -645,7 +645,8 @@ impl LoopState {
         }
     }
 
-    /// Whether the row just encoded into `scratch` repeats the unique key
+    /// Whether the row just encoded into `scratch` (its fields noted in
+    /// `key_fields`) repeats the unique key
     /// of a recent row of its table (insert mode only: an upsert merges
     /// repeats).
     fn repeats_recent_key(&mut self, pipeline: usize, target: &Arc<Target>, batch_size: usize) -> bool {
@@ -654,7 +655,7 @@ impl LoopState {
             return false;
         }
         let table = Arc::as_ptr(target) as usize;
-        key_hashes(table, keys, &self.scratch, &mut self.key_fields, &mut self.key_hashes);
+        key_hashes_of_fields(table, keys, &self.scratch, &self.key_fields, &mut self.key_hashes);
         self.recent_keys
             .entry(pipeline)
             .or_insert_with(|| RecentKeys::new(batch_size))
@@ -735,10 +736,14 @@ impl LoopState {
         self.scratch.clear();
         // A record that can't become a row keeps its raw bytes as a dead
         // letter, stored with its batch; its offset advances in order.
-        let (row, dead_letter) = match target.encoder.encode(&record, &mut self.scratch) {
-            Ok(()) => (Some(Box::<[u8]>::from(self.scratch.as_slice())), None),
-            Err(err) => (None, Some(dead_letter_of(msg, Some(&err), s.max_record_bytes))),
-        };
+        let (row, dead_letter) =
+            match target
+                .encoder
+                .encode_noting_fields(&record, &mut self.scratch, &mut self.key_fields)
+            {
+                Ok(()) => (Some(Box::<[u8]>::from(self.scratch.as_slice())), None),
+                Err(err) => (None, Some(dead_letter_of(msg, Some(&err), s.max_record_bytes))),
+            };
         // A row repeating a recent row's unique key keeps its raw record:
         // it will most likely be refused, and then needs it for its dead letter.
         let raw =
