@@ -143,6 +143,7 @@ fn enforce_value(col: &ColumnPlan, encoded: &[u8]) -> Result<(), Violation> {
                 ),
             )),
         },
+        Some(Limit::Numeric { precision, scale }) if surely_fits(encoded, precision.saturating_sub(scale)) => Ok(()),
         Some(Limit::Numeric { precision, scale }) => {
             // `push_numeric` wrote the literal as given (or NaN, which fits).
             let text = std::str::from_utf8(encoded).unwrap_or("");
@@ -160,6 +161,18 @@ fn enforce_value(col: &ColumnPlan, encoded: &[u8]) -> Result<(), Violation> {
             }
         }
     }
+}
+
+/// Whether a plain decimal literal (`-?digits[.digits]`, what most
+/// records hold) has fewer digits before the point than `room`, leading
+/// zeros aside: it then fits whatever its rounding, which can add at most
+/// one digit. `false` means "parse it and see" ([`Decimal::fits_precision`]).
+fn surely_fits(encoded: &[u8], room: u16) -> bool {
+    let digits = encoded.strip_prefix(b"-").unwrap_or(encoded);
+    let int = memchr::memchr(b'.', digits).map_or(digits, |at| &digits[..at]);
+    let frac = digits.get(int.len() + 1..).unwrap_or_default();
+    let significant = int.len() - int.iter().take_while(|&&d| d == b'0').count();
+    int.iter().chain(frac).all(u8::is_ascii_digit) && significant < usize::from(room)
 }
 
 /// Whether COPY-escaped text holds more than `n` characters, not counting
@@ -315,5 +328,24 @@ mod tests {
         // An unconstrained column leaves it all to Postgres.
         assert!(conv(Numeric, "12345678.5").is_ok());
         assert_eq!(conv(Text, "null").unwrap(), r"\N");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        /// The shortcut never lets through what the full check refuses, and
+        /// takes the plain literals that are far from the limit.
+        #[test]
+        fn a_numeric_that_surely_fits_fits(
+            text in "-?0{0,2}[0-9]{0,9}(\\.[0-9]{0,4})?([eE][+-]?[0-9])?|NaN|-?[0-9.]{0,6}",
+            precision in 1u16..12,
+            scale in 0u16..12,
+        ) {
+            let scale = scale.min(precision);
+            let fits = super::Decimal::parse(&text).is_none_or(|d| d.fits_precision(precision, scale));
+            if super::surely_fits(text.as_bytes(), precision - scale) {
+                proptest::prop_assert!(fits, "{} in numeric({},{})", text, precision, scale);
+            }
+        }
     }
 }
