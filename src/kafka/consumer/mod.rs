@@ -646,9 +646,8 @@ impl LoopState {
     }
 
     /// Whether the row just encoded into `scratch` (its fields noted in
-    /// `key_fields`) repeats the unique key
-    /// of a recent row of its table (insert mode only: an upsert merges
-    /// repeats).
+    /// `key_fields`) repeats the unique key of a recent row of its table
+    /// (insert mode only: an upsert merges repeats).
     fn repeats_recent_key(&mut self, pipeline: usize, target: &Arc<Target>, batch_size: usize) -> bool {
         let keys = target.encoder.unique_keys();
         if keys.is_empty() || !matches!(target.write_sql, WriteSql::Insert { .. }) {
