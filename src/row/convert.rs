@@ -12,9 +12,7 @@ use crate::row::copy_text::{
 use crate::row::numeric::{parse_int, parse_int_in, push_float, push_numeric, NumError};
 use crate::row::project::JsonRef;
 use crate::row::show::{expected, nul_in, out_of_range, show};
-use crate::row::time::{
-    parse_date, parse_naive_micros, parse_rfc3339_common, push_date, push_timestamp, rfc3339_micros, OutOfRange,
-};
+use crate::row::time::{parse_date, parse_naive_micros, parse_rfc3339_micros, push_date, push_timestamp, OutOfRange};
 
 pub(super) fn write_json_value(out: &mut Vec<u8>, v: &Value, ty: PgType) -> Conv {
     write_json(out, JsonRef::of(v), ty)
@@ -384,15 +382,8 @@ fn write_json_timestamp(out: &mut Vec<u8>, v: JsonRef<'_>, with_zone: bool) -> C
     };
     let micros = match v {
         JsonRef::Str(s) => {
-            let parsed = match parse_rfc3339_common(s) {
-                Some(micros) => Some(micros),
-                None => match DateTime::parse_from_rfc3339(s) {
-                    Ok(dt) => rfc3339_micros(&dt),
-                    // A naive time is only unambiguous for a column without a zone.
-                    Err(_) if !with_zone => parse_naive_micros(s),
-                    Err(_) => None,
-                },
-            };
+            // A naive time is only unambiguous for a column without a zone.
+            let parsed = parse_rfc3339_micros(s).or_else(|| (!with_zone).then(|| parse_naive_micros(s)).flatten());
             parsed.ok_or_else(|| expected(what, v))?
         }
         JsonRef::Number(n) => {

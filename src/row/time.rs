@@ -13,7 +13,7 @@ const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SEC;
 /// Microseconds since the epoch, rounding nanoseconds half up (Postgres keeps
 /// microseconds and rounds too). A leap second (`:60`) rolls into the next
 /// minute, as in Postgres.
-pub(super) fn rfc3339_micros<Tz: chrono::TimeZone>(dt: &DateTime<Tz>) -> Option<i64> {
+fn rfc3339_micros<Tz: chrono::TimeZone>(dt: &DateTime<Tz>) -> Option<i64> {
     let nanos = i64::from(dt.timestamp_subsec_nanos());
     dt.timestamp()
         .checked_mul(MICROS_PER_SEC)?
@@ -27,13 +27,19 @@ fn two_digits(b: &[u8], at: usize) -> Option<u32> {
     }
 }
 
-/// Strictly `YYYY-MM-DD`.
-pub(super) fn parse_date(b: &[u8]) -> Option<NaiveDate> {
+/// The digits of strictly `YYYY-MM-DD` (the date not checked).
+fn ymd(b: &[u8]) -> Option<(u32, u32, u32)> {
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
     }
     let year = two_digits(b, 0)? * 100 + two_digits(b, 2)?;
-    NaiveDate::from_ymd_opt(year as i32, two_digits(b, 5)?, two_digits(b, 8)?)
+    Some((year, two_digits(b, 5)?, two_digits(b, 8)?))
+}
+
+/// Strictly `YYYY-MM-DD`.
+pub(super) fn parse_date(b: &[u8]) -> Option<NaiveDate> {
+    let (year, month, day) = ymd(b)?;
+    NaiveDate::from_ymd_opt(year as i32, month, day)
 }
 
 /// `YYYY-MM-DD[T ]HH:MM:SS[.frac]` without an offset, as microseconds since
@@ -43,11 +49,8 @@ pub(super) fn parse_naive_micros(s: &str) -> Option<i64> {
     if b.len() < 19 || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
         return None;
     }
-    if b[4] != b'-' || b[7] != b'-' {
-        return None;
-    }
-    let year = two_digits(b, 0)? * 100 + two_digits(b, 2)?;
-    let days = days_from_civil(i64::from(year), two_digits(b, 5)?, two_digits(b, 8)?)?;
+    let (year, month, day) = ymd(&b[..10])?;
+    let days = days_from_civil(i64::from(year), month, day)?;
     let (h, m, sec) = (two_digits(b, 11)?, two_digits(b, 14)?, two_digits(b, 17)?);
     // 60 is a leap second, accepted like the RFC 3339 path does.
     if h > 23 || m > 59 || sec > 60 {
@@ -69,12 +72,19 @@ pub(super) fn parse_naive_micros(s: &str) -> Option<i64> {
     Some(days * MICROS_PER_DAY + secs * MICROS_PER_SEC + frac)
 }
 
+/// An RFC 3339 timestamp as microseconds since the epoch
+/// ([`rfc3339_micros`]): the common form read directly, anything else by
+/// chrono.
+pub(super) fn parse_rfc3339_micros(s: &str) -> Option<i64> {
+    parse_rfc3339_common(s).or_else(|| rfc3339_micros(&DateTime::parse_from_rfc3339(s).ok()?))
+}
+
 /// The RFC 3339 timestamps nearly every producer writes,
 /// `YYYY-MM-DDTHH:MM:SS[.fraction]` then `Z` or `±HH:MM`, with at most nine
 /// fraction digits and no leap second, read without chrono's general parser:
 /// microseconds since the epoch as [`rfc3339_micros`] gives them. `None`
 /// for anything else, which chrono then decides.
-pub(super) fn parse_rfc3339_common(s: &str) -> Option<i64> {
+fn parse_rfc3339_common(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     let (local, offset_minutes) = match b.last()? {
         b'Z' => (&s[..s.len() - 1], 0),

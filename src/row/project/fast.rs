@@ -473,6 +473,13 @@ mod tests {
                 Some(fast) => prop_assert_eq!(fast, slow, "{:?} in {}", paths, text),
                 None => prop_assert!(text.contains('\\'), "{:?} in {} not taken", paths, text),
             }
+            // Compact and without an escape, it is verbatim too.
+            let paths: Vec<_> = paths.iter().map(|p| path(p)).collect();
+            let need = Need::of(&paths).0;
+            let verbatim = project(&need.root, &mut vec![None; need.slots], &text);
+            if !text.contains('\\') {
+                prop_assert_eq!(verbatim, Some(true), "{}", text);
+            }
         }
     }
 
