@@ -27,9 +27,13 @@ struct Args {
     brokers: String,
     #[arg(long)]
     topic: String,
-    /// Records to wait for.
+    /// Records to wait for (after the skipped ones).
     #[arg(long)]
     count: usize,
+    /// Records read first and left out of the figures (a warm-up); "warmed
+    /// up" is printed on stderr once they are read.
+    #[arg(long, default_value_t = 0)]
+    skip: usize,
     /// librdkafka's `fetch.wait.max.ms` (500 by default, as in sluice).
     #[arg(long, default_value_t = 500)]
     fetch_wait_ms: u64,
@@ -71,8 +75,19 @@ fn main() -> ExitCode {
     eprintln!("assigned");
     let mut latencies: Vec<f64> = Vec::with_capacity(args.count);
     let mut last = Instant::now();
+    let mut skipped = 0;
+    if args.skip == 0 {
+        eprintln!("warmed up");
+    }
     while latencies.len() < args.count {
         match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) if skipped < args.skip => {
+                skipped += 1;
+                if skipped == args.skip {
+                    eprintln!("warmed up");
+                }
+                last = Instant::now();
+            }
             Some(Ok(msg)) => {
                 if let Some(ts) = msg.timestamp().to_millis() {
                     latencies.push((now_ms() - ts) as f64);

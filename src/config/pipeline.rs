@@ -69,8 +69,11 @@ pub struct PipelineConfig {
     /// Default `"8MiB"`.
     #[serde(default = "default_batch_bytes")]
     pub batch_bytes: ByteSize,
-    /// Flush a non-empty batch at least this often, so light traffic still
-    /// lands promptly. Greater than zero. Default `"200ms"`.
+    /// Where the adaptive flush interval starts (kept within `min_interval`
+    /// ..= `max_interval`): a partial batch is flushed this long after its
+    /// oldest record arrived at the latest. Greater than zero. Default
+    /// `"5ms"` (`min_interval`'s default): from the first record on, light
+    /// traffic lands promptly; slow flushes lengthen the interval.
     #[serde(default = "default_flush_interval", with = "humantime_serde")]
     pub flush_interval: Duration,
     /// Buffer limit in records; with `max_buffer_bytes` it bounds memory.
@@ -95,8 +98,9 @@ pub struct PipelineConfig {
     #[serde(default = "default_target_latency", with = "humantime_serde")]
     pub target_latency: Duration,
     /// Lower bound of the adaptive flush interval. Default `"5ms"`: at light
-    /// load a record waits at most this long in the buffer (up to 200
-    /// transactions a second per pipeline while records trickle in).
+    /// load a record waits at most this long in the buffer, none after a
+    /// quiet spell (up to 200 transactions a second per writer lane while
+    /// records trickle in).
     #[serde(default = "default_min_interval", with = "humantime_serde")]
     pub min_interval: Duration,
     /// Upper bound of the adaptive flush interval. Default `"5s"`.
@@ -408,7 +412,7 @@ fn default_batch_bytes() -> ByteSize {
     ByteSize::mib(8)
 }
 fn default_flush_interval() -> Duration {
-    Duration::from_millis(200)
+    Duration::from_millis(5)
 }
 fn default_max_buffer_records() -> usize {
     100_000

@@ -87,7 +87,7 @@ fn defaults_fill_everything_but_pipelines() {
         let p = &config.pipelines[0];
         assert_eq!(p.batch_size, 10_000);
         assert_eq!(p.batch_bytes, ByteSize(8 << 20));
-        assert_eq!(p.flush_interval, Duration::from_millis(200));
+        assert_eq!(p.flush_interval, Duration::from_millis(5));
         assert_eq!(p.max_buffer_records, 100_000);
         assert_eq!(p.max_buffer_bytes, ByteSize(64 << 20));
         assert_eq!(p.high_watermark, 0.8);

@@ -163,6 +163,10 @@ struct Lane {
     queued_bytes: usize,
     /// When the oldest queued entry arrived: drives the flush interval.
     oldest_since: Option<Instant>,
+    /// The consumer found nothing more to read after the newest queued
+    /// entry arrived: what is queued is all there is for now (see
+    /// [`Buffer::intake_drained`]).
+    handed_over: bool,
 }
 
 /// The lane of `tp` among `lanes` (see [`Buffer::lane_of`]).
@@ -291,6 +295,7 @@ impl Buffer {
         l.queued_bytes -= bytes;
         if l.queue.is_empty() {
             l.oldest_since = None;
+            l.handed_over = false;
         }
         self.queued_bytes -= bytes;
         self.queued_rows -= rows;
@@ -366,6 +371,7 @@ impl Buffer {
         if lane.queue.is_empty() {
             lane.oldest_since = Some(now);
         }
+        lane.handed_over = false;
         lane.queued_bytes += cost;
         lane.queue.push_back(entry);
         self.queued_bytes += cost;
@@ -405,6 +411,27 @@ impl Buffer {
     /// batch was taken, if later).
     pub fn oldest_since(&self, lane: usize) -> Option<Instant> {
         self.lanes[lane].oldest_since
+    }
+
+    /// The consumer's intake ran dry (it found nothing more to read): the
+    /// lanes holding entries now hold all there is for the moment. Returns
+    /// the lanes this newly applies to, whose writers may flush early (see
+    /// [`crate::pipeline::flush_policy::FlushPolicy::due`]).
+    pub fn intake_drained(&mut self) -> Vec<usize> {
+        let mut lanes = Vec::new();
+        for (index, lane) in self.lanes.iter_mut().enumerate() {
+            if !lane.queue.is_empty() && !lane.handed_over {
+                lane.handed_over = true;
+                lanes.push(index);
+            }
+        }
+        lanes
+    }
+
+    /// Whether the intake ran dry after `lane`'s newest entry arrived
+    /// ([`Buffer::intake_drained`]); `false` for an empty lane.
+    pub fn handed_over(&self, lane: usize) -> bool {
+        self.lanes[lane].handed_over
     }
 
     /// `max(bytes / max_bytes, records / max_records)`, as DESIGN.md defines it.
@@ -484,6 +511,7 @@ impl Buffer {
         let l = &mut self.lanes[lane];
         if l.queue.is_empty() {
             l.oldest_since = None;
+            l.handed_over = false;
         } else if only.is_none() {
             l.oldest_since = Some(now);
         }
@@ -630,6 +658,49 @@ mod tests {
         let taken: Vec<(i32, i64)> = batch.iter().map(|e| (e.tp.partition, e.offset)).collect();
         assert_eq!(taken, [(1, 0), (3, 0), (1, 1), (3, 1), (1, 2), (3, 2)]);
         assert_eq!((b.queued_in(0), b.queued_in(1), b.records()), (6, 0, 12));
+    }
+
+    /// A drained intake hands over the lanes holding entries, once each;
+    /// an entry arriving after it, or the lane's last entry leaving, takes
+    /// the hand-over back.
+    #[test]
+    fn a_drained_intake_hands_over_the_lanes_holding_entries() {
+        let mut b = Buffer::with_lanes(
+            Limits {
+                max_records: 100,
+                max_bytes: 1 << 20,
+            },
+            3,
+        );
+        let now = Instant::now();
+        assert_eq!(
+            b.intake_drained(),
+            Vec::<usize>::new(),
+            "nothing queued, nothing handed over"
+        );
+        b.push(entry(0, 0, 10), now);
+        b.push(entry(2, 0, 10), now);
+        assert!(!b.handed_over(0) && !b.handed_over(2));
+        assert_eq!(b.intake_drained(), [0, 2]);
+        assert!(b.handed_over(0) && !b.handed_over(1) && b.handed_over(2));
+        assert_eq!(b.intake_drained(), Vec::<usize>::new(), "already handed over");
+        b.push(entry(0, 1, 10), now);
+        assert!(
+            !b.handed_over(0),
+            "an entry after the hand-over: more may be on its way"
+        );
+        assert!(b.handed_over(2));
+        assert_eq!(b.intake_drained(), [0]);
+        b.take_batch(2, 100, usize::MAX, now);
+        assert!(!b.handed_over(2), "an empty lane holds nothing handed over");
+        b.push(entry(2, 1, 10), now);
+        assert!(!b.handed_over(2));
+        b.purge(Tp {
+            topic: TopicId(0),
+            partition: 0,
+        });
+        assert!(!b.handed_over(0), "purged empty");
+        assert_eq!(b.intake_drained(), [2]);
     }
 
     /// `drop_oldest` with lanes evicts the head of the lane holding the

@@ -17,8 +17,14 @@
 //! Light load therefore flushes every `min_interval` (low latency), heavy
 //! load flushes full batches back to back (throughput), a slow database is
 //! probed at up to `max_interval`.
+//!
+//! When a partial batch is due ([`FlushPolicy::due`]): an interval after its
+//! oldest record arrived, or sooner once the consumer has handed over all it
+//! had read — then an interval after the lane's last flush ended, so a burst
+//! after a quiet spell is written at once (no record waits for company that
+//! is not coming) while flushes stay at least an interval apart.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy)]
 pub struct FlushSettings {
@@ -60,6 +66,20 @@ impl FlushPolicy {
 
     pub fn batch_rows(&self) -> usize {
         self.batch_rows
+    }
+
+    /// When a lane whose oldest queued record arrived at `oldest_since`
+    /// flushes its partial batch: `interval` after that record arrived; but
+    /// once the consumer has found nothing more to read (`handed_over`),
+    /// `interval` after the lane's `last_flush` ended (at once if it has not
+    /// flushed yet), if that is sooner — never before the record arrived.
+    pub fn due(&self, oldest_since: Instant, handed_over: bool, last_flush: Option<Instant>) -> Instant {
+        let waited = oldest_since + self.interval;
+        if !handed_over {
+            return waited;
+        }
+        let spaced = last_flush.map_or(oldest_since, |end| (end + self.interval).max(oldest_since));
+        waited.min(spaced)
     }
 
     /// Feeds the latency of a committed flush.
@@ -143,6 +163,119 @@ mod tests {
             }
         }
         (latencies, batches)
+    }
+
+    /// Discrete-event simulation of a lane fed in bursts, as the consumer
+    /// hands over a fetch response: every `gap` s `size` records arrive at
+    /// once, after which the consumer finds nothing more to read (handed
+    /// over, when `hand_over`). A partial batch flushes at [`FlushPolicy::due`],
+    /// a full one at once; a flush of n rows takes `db.latency(n)`. Returns
+    /// the record latencies (arrival → flush end) and each flush's (start, end).
+    fn simulate_bursts(
+        (gap, size, seconds): (f64, usize, f64),
+        db: Db,
+        hand_over: bool,
+        policy: &mut FlushPolicy,
+    ) -> (Vec<f64>, Vec<(f64, f64)>) {
+        let base = Instant::now();
+        let at = |t: f64| base + Duration::from_secs_f64(t);
+        let mut t = 0.0;
+        let mut queue: std::collections::VecDeque<f64> = Default::default();
+        // As the buffer keeps it: the oldest queued arrival, or the last take if later.
+        let mut oldest: Option<f64> = None;
+        let mut last_end: Option<f64> = None;
+        let mut next_burst = 0.0;
+        let (mut latencies, mut flushes) = (Vec::new(), Vec::new());
+        while t < seconds {
+            while next_burst <= t {
+                queue.extend(std::iter::repeat_n(next_burst, size));
+                oldest.get_or_insert(next_burst);
+                next_burst += gap;
+            }
+            let due = oldest.map(|o| {
+                let due = policy.due(at(o), hand_over, last_end.map(at));
+                due.duration_since(base).as_secs_f64()
+            });
+            if queue.len() >= policy.batch_rows() || due.is_some_and(|d| d <= t + 1e-9) {
+                let n = queue.len().min(policy.batch_rows());
+                let (start, took) = (t, db.latency(n));
+                t += took;
+                latencies.extend(queue.drain(..n).map(|arrived| t - arrived));
+                oldest = (!queue.is_empty()).then_some(start);
+                flushes.push((start, t));
+                last_end = Some(t);
+                policy.observe(Duration::from_secs_f64(took));
+            } else {
+                let next = due.map_or(next_burst, |d| d.min(next_burst));
+                t = next.max(t + 1e-6);
+            }
+        }
+        (latencies, flushes)
+    }
+
+    #[test]
+    fn due_is_an_interval_after_the_oldest_record_or_after_the_last_flush_once_handed_over() {
+        let policy = FlushPolicy::new(settings(), Duration::from_millis(20));
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // Not handed over: the oldest record waits the interval for company.
+        assert_eq!(policy.due(ms(100), false, Some(ms(99))), ms(120));
+        assert_eq!(policy.due(ms(100), false, None), ms(120));
+        // Handed over: at once after a quiet spell, or before any flush...
+        assert_eq!(policy.due(ms(100), true, Some(ms(50))), ms(100));
+        assert_eq!(policy.due(ms(100), true, Some(ms(80))), ms(100));
+        assert_eq!(policy.due(ms(100), true, None), ms(100));
+        // ...else an interval after the last flush ended...
+        assert_eq!(policy.due(ms(100), true, Some(ms(90))), ms(110));
+        // ...and never later than without the hand-over.
+        assert_eq!(policy.due(ms(100), true, Some(ms(105))), ms(120));
+    }
+
+    #[test]
+    fn bursts_after_a_quiet_spell_are_written_at_once_once_handed_over() {
+        let db = Db {
+            base: 0.004,
+            per_row: 0.000_005,
+        };
+        let flush_of_a_burst = db.latency(10);
+        // A burst of 10 records every 100 ms, the interval at its 20 ms floor.
+        let run = |hand_over| {
+            let mut policy = FlushPolicy::new(settings(), Duration::from_millis(20));
+            simulate_bursts((0.1, 10, 20.0), db, hand_over, &mut policy)
+        };
+        let (waited, flushes) = run(false);
+        assert_eq!(flushes.len(), 200, "one flush a burst");
+        assert!(
+            waited.iter().all(|l| (l - (0.020 + flush_of_a_burst)).abs() < 1e-6),
+            "without the hand-over every record waits out the interval"
+        );
+        let (at_once, flushes) = run(true);
+        assert_eq!(flushes.len(), 200, "one flush a burst");
+        assert!(
+            at_once.iter().all(|l| (l - flush_of_a_burst).abs() < 1e-6),
+            "handed over, a burst is flushed as it arrives: {:?}",
+            at_once.iter().cloned().fold(0.0, f64::max)
+        );
+    }
+
+    #[test]
+    fn handed_over_flushes_stay_an_interval_apart() {
+        let db = Db {
+            base: 0.004,
+            per_row: 0.000_005,
+        };
+        // A burst of 5 records every 5 ms: handed over after each, yet the
+        // lane flushes at most once per 20 ms interval.
+        let mut policy = FlushPolicy::new(settings(), Duration::from_millis(20));
+        let (latencies, flushes) = simulate_bursts((0.005, 5, 10.0), db, true, &mut policy);
+        assert_eq!(policy.interval(), Duration::from_millis(20));
+        assert!(
+            flushes.windows(2).all(|w| w[1].0 - w[0].0 >= 0.020 - 1e-9),
+            "a flush started within an interval of the previous one"
+        );
+        assert!(flushes.len() <= 500, "{} flushes in 10 s", flushes.len());
+        let worst = latencies.iter().cloned().fold(0.0, f64::max);
+        assert!(worst < 0.020 + db.latency(30) + 1e-6, "worst latency {worst:.4} s");
     }
 
     fn percentile(values: &mut [f64], p: f64) -> f64 {

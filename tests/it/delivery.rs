@@ -305,3 +305,33 @@ async fn sigterm_drains_commits_and_exits_zero_within_the_deadline() {
     .await;
     assert_exactly_once(&pool, &table, 3, EVENTS).await;
 }
+
+/// Records the consumer has handed over (it found nothing more to read) do
+/// not wait out the flush interval for company: with the interval pinned at
+/// 60 s, ten records (in the topic before sluice starts, so one fetch holds
+/// them all) land long before it has passed, exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn handed_over_records_do_not_wait_out_the_flush_interval() {
+    const RECORDS: u64 = 10;
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let (topic, group, table) = (unique("handover"), unique("g"), unique("orders"));
+    create_topic(&services.brokers, &topic, 1).await;
+    create_orders_table(&pool, &table).await;
+    let brokers = services.brokers.clone();
+    let t = topic.clone();
+    let ends = tokio::task::spawn_blocking(move || produce(&brokers, &t, 1, 0..RECORDS, 0, order_payload))
+        .await
+        .unwrap();
+    assert_eq!(ends, per_partition(1, RECORDS));
+    let extra = "flush_interval = \"60s\"\nmin_interval = \"60s\"\nmax_interval = \"120s\"";
+    let cfg =
+        config(&services, &group, &topic, &table, ORDER_COLUMNS, extra).replace("flush_interval = \"100ms\"\n", "");
+    let started = Instant::now();
+    let sluice = Sluice::start(&cfg);
+    // Without the hand-over the batch would be flushed 60 s after its first
+    // record arrived; 30 s (start-up and group join included) is the bound.
+    await_rows(&pool, &table, RECORDS, Duration::from_secs(30), || sluice.log_text()).await;
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert_exactly_once(&pool, &table, 1, RECORDS).await;
+}

@@ -518,6 +518,11 @@ pub fn run(consumer: BaseConsumer<Context>, shared: Arc<Shared>, commands: std_m
         // the loop wait (each poll is still followed by the checks above).
         let wait = if busy { Duration::ZERO } else { POLL_WAIT };
         let message = consumer.poll(wait);
+        if message.is_none() && busy {
+            // Everything librdkafka had fetched is handed over: the writers
+            // need not wait for more to fill a batch.
+            intake_drained(&shared);
+        }
         busy = matches!(message, Some(Ok(_)));
         let idle = message.is_none() && !wait.is_zero();
         // One clock read per record: it dates the record's arrival and
@@ -967,6 +972,17 @@ fn partition_list<'a>(shared: &Shared, tps: impl Iterator<Item = &'a Tp>) -> Top
         tpl.add_partition(shared.topics.name(tp.topic), tp.partition);
     }
     tpl
+}
+
+/// The consumer found nothing more to read: the lanes holding records are
+/// handed over, and their writers woken (see `FlushPolicy::due`).
+fn intake_drained(shared: &Shared) {
+    for pipeline in &shared.pipelines {
+        let lanes = pipeline.lock().buffer.intake_drained();
+        for lane in lanes {
+            pipeline.wake_writer(lane);
+        }
+    }
 }
 
 fn resume_at_low_watermark(consumer: &BaseConsumer<Context>, shared: &Shared) {

@@ -120,8 +120,9 @@ pub struct Control {
     pub policy: FlushPolicy,
     pub write_timeout: Duration,
     /// When the lane's last flush ended: offsets covered with nothing
-    /// queued (records shed or evicted) are flushed at most once per
-    /// flush interval after it.
+    /// queued (records shed or evicted), and records handed over before
+    /// their interval has passed (`FlushPolicy::due`), are flushed at most
+    /// once per flush interval after it.
     pub last_flush: Option<Instant>,
 }
 
@@ -269,7 +270,11 @@ impl Writer {
         if flush_all || buffer.queued_in(lane) >= batch_rows || buffer.queued_bytes_in(lane) >= settings.batch_bytes {
             return (true, None);
         }
-        let due = buffer.oldest_since(lane).unwrap_or(now) + self.control.policy.interval();
+        let oldest = buffer.oldest_since(lane).unwrap_or(now);
+        let due = self
+            .control
+            .policy
+            .due(oldest, buffer.handed_over(lane), self.control.last_flush);
         if due <= now {
             (true, None)
         } else {
