@@ -5,6 +5,8 @@
 #   SLUICE_BENCH_RATE=500 SLUICE_BENCH_SECONDS=60 bench/latency.sh
 #   SLUICE_BENCH_PARTITIONS=12 bench/latency.sh  # default 3
 #   SLUICE_BENCH_WARMUP_SECONDS=0 bench/latency.sh # default 2: see below
+#   SLUICE_BENCH_BINARY=/path/to/older/sluice bench/latency.sh
+#                                    # that sluice binary instead of this tree's
 #   SLUICE_BENCH_EXTRA='[kafka.properties]
 #   "fetch.wait.max.ms" = "50"' bench/latency.sh   # TOML appended to the config
 #   SLUICE_BENCH_PIPELINE='min_interval = "5ms"' bench/latency.sh
@@ -46,6 +48,7 @@ extra=${SLUICE_BENCH_EXTRA:-}
 pipeline=${SLUICE_BENCH_PIPELINE:-}
 kafka_semantics=${SLUICE_BENCH_KAFKA_SEMANTICS:-}
 warmup_seconds=${SLUICE_BENCH_WARMUP_SECONDS:-2}
+binary=${SLUICE_BENCH_BINARY:-}
 tansu_storage=${SLUICE_BENCH_TANSU_STORAGE:-memory}
 case "$tansu_storage" in
 memory | sqlite) ;;
@@ -55,9 +58,11 @@ memory | sqlite) ;;
     ;;
 esac
 unset SLUICE_BENCH_RATE SLUICE_BENCH_SECONDS SLUICE_BENCH_PARTITIONS SLUICE_BENCH_EXTRA SLUICE_BENCH_PIPELINE \
-    SLUICE_BENCH_KAFKA_SEMANTICS SLUICE_BENCH_TANSU_STORAGE SLUICE_BENCH_WARMUP_SECONDS
+    SLUICE_BENCH_KAFKA_SEMANTICS SLUICE_BENCH_TANSU_STORAGE SLUICE_BENCH_WARMUP_SECONDS \
+    SLUICE_BENCH_BINARY
 # shellcheck source=bench/common.sh
 source bench/common.sh
+sluice=${binary:-$sluice}
 
 shim=""
 if [ -n "$kafka_semantics" ]; then
@@ -174,7 +179,7 @@ if [ "$warm" -gt 0 ]; then
                             from $table where order_id > $count) t")
 fi
 cat <<OUT
-| light load ($rate events/s, $seconds s, $partitions partitions${shim:+, through the Kafka-semantics fetch shim, tansu on $tansu_storage storage}$(echo "${extra:+, $extra}${pipeline:+, $pipeline}" | tr '\n' ' ')): p50 / p90 / p99 / p99.9 / max | $stats |
+| light load (${binary:+$binary, }$rate events/s, $seconds s, $partitions partitions${shim:+, through the Kafka-semantics fetch shim, tansu on $tansu_storage storage}$(echo "${extra:+, $extra}${pipeline:+, $pipeline}" | tr '\n' ' ')): p50 / p90 / p99 / p99.9 / max | $stats |
 | the floor: a bare librdkafka consumer of the same records (Kafka timestamp → polled), p50 / p90 / p99 / p99.9 / max | $(cat "$work/floor.out") |
 | the warm-up before them (the topic's first records), sluice p50 / p99 / max | $warm_stats |
 | flush interval settled on; sluice CPU while idle | $interval; $(printf '%.1f' "$idle") % of a core |
