@@ -70,10 +70,11 @@ pub struct PipelineConfig {
     #[serde(default = "default_batch_bytes")]
     pub batch_bytes: ByteSize,
     /// Where the adaptive flush interval starts (kept within `min_interval`
-    /// ..= `max_interval`): a partial batch is flushed this long after its
-    /// oldest record arrived at the latest. Greater than zero. Default
-    /// `"5ms"` (`min_interval`'s default): from the first record on, light
-    /// traffic lands promptly; slow flushes lengthen the interval.
+    /// ..= `max_interval`; a partial batch is flushed an interval after its
+    /// oldest record arrived at the latest, sooner once the consumer has
+    /// handed it over). Greater than zero. Default `"5ms"` (`min_interval`'s
+    /// default): from the first record on, light traffic lands promptly;
+    /// slow flushes lengthen the interval.
     #[serde(default = "default_flush_interval", with = "humantime_serde")]
     pub flush_interval: Duration,
     /// Buffer limit in records; with `max_buffer_bytes` it bounds memory.

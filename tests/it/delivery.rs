@@ -306,13 +306,15 @@ async fn sigterm_drains_commits_and_exits_zero_within_the_deadline() {
     assert_exactly_once(&pool, &table, 3, EVENTS).await;
 }
 
-/// Records the consumer has handed over (it found nothing more to read) do
-/// not wait out the flush interval for company: with the interval pinned at
-/// 60 s, ten records (in the topic before sluice starts, so one fetch holds
-/// them all) land long before it has passed, exactly once.
+/// A record the consumer has handed over (it found nothing more to read)
+/// does not wait out the flush interval for company: with the interval
+/// pinned at 60 s, a record in the topic before sluice starts lands long
+/// before it has passed, exactly once. (One record: a lane's next flush
+/// waits an interval after its last, so records split over two fetch
+/// responses could legitimately wait.)
 #[tokio::test(flavor = "multi_thread")]
 async fn handed_over_records_do_not_wait_out_the_flush_interval() {
-    const RECORDS: u64 = 10;
+    const RECORDS: u64 = 1;
     let services = Services::from_env();
     let pool = services.pool().await;
     let (topic, group, table) = (unique("handover"), unique("g"), unique("orders"));
@@ -334,4 +336,47 @@ async fn handed_over_records_do_not_wait_out_the_flush_interval() {
     await_rows(&pool, &table, RECORDS, Duration::from_secs(30), || sluice.log_text()).await;
     assert!(started.elapsed() < Duration::from_secs(60));
     assert_exactly_once(&pool, &table, 1, RECORDS).await;
+}
+
+/// Handed-over records of a lane are still written at most once per flush
+/// interval: with the interval pinned at 10 s, a record produced as soon as
+/// the first one's row is visible lands in a transaction at least 10 s after
+/// the first (their rows' `clock_timestamp()`s, taken during each COPY, tell),
+/// and both land exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn handed_over_flushes_of_a_lane_stay_an_interval_apart() {
+    let services = Services::from_env();
+    let pool = services.pool().await;
+    let (topic, group, table) = (unique("spacing"), unique("g"), unique("orders"));
+    create_topic(&services.brokers, &topic, 1).await;
+    create_orders_table(&pool, &table).await;
+    sqlx::query(&format!(
+        "ALTER TABLE {table} ADD COLUMN landed timestamptz NOT NULL DEFAULT clock_timestamp()"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let produce_one = |i: u64| {
+        let (brokers, t) = (services.brokers.clone(), topic.clone());
+        tokio::task::spawn_blocking(move || produce(&brokers, &t, 1, i..i + 1, 0, order_payload))
+    };
+    produce_one(0).await.unwrap();
+    let extra = "flush_interval = \"10s\"\nmin_interval = \"10s\"\nmax_interval = \"20s\"";
+    let cfg =
+        config(&services, &group, &topic, &table, ORDER_COLUMNS, extra).replace("flush_interval = \"100ms\"\n", "");
+    let sluice = Sluice::start(&cfg);
+    await_rows(&pool, &table, 1, Duration::from_secs(60), || sluice.log_text()).await;
+    produce_one(1).await.unwrap();
+    await_rows(&pool, &table, 2, Duration::from_secs(60), || sluice.log_text()).await;
+    assert_exactly_once(&pool, &table, 1, 2).await;
+    let apart: f64 = sqlx::query_scalar(&format!(
+        "SELECT extract(epoch FROM max(landed) - min(landed))::float8 FROM {table}"
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        apart >= 10.0,
+        "the second flush started {apart:.3} s after the first's COPY"
+    );
 }

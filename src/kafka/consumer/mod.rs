@@ -519,8 +519,10 @@ pub fn run(consumer: BaseConsumer<Context>, shared: Arc<Shared>, commands: std_m
         let wait = if busy { Duration::ZERO } else { POLL_WAIT };
         let message = consumer.poll(wait);
         if message.is_none() && busy {
-            // Everything librdkafka had fetched is handed over: the writers
-            // need not wait for more to fill a batch.
+            // Nothing more was queued (or the poll served one of librdkafka's
+            // own events, e.g. a commit's result; the next record takes the
+            // hand-over back): the writers need not wait for more to fill a
+            // batch.
             intake_drained(&shared);
         }
         busy = matches!(message, Some(Ok(_)));

@@ -192,7 +192,6 @@ impl Writer {
             let (ready, wait) = self.readiness(Instant::now(), !pending_acks.is_empty());
             if ready {
                 self.flush_once(&mut pending_acks).await;
-                self.control.last_flush = Some(Instant::now());
                 continue;
             }
             if !pending_acks.is_empty() {
@@ -286,8 +285,16 @@ impl Writer {
         self.flush_batch(pending_acks, None).await;
     }
 
-    /// Takes a batch (of `only` these partitions, when given) and writes it.
+    /// Takes a batch and writes it (see [`Writer::write_batch`]), noting when
+    /// the lane's flush ended: every path's, so the lane's next flush of
+    /// handed-over records starts an interval after it (`FlushPolicy::due`).
     async fn flush_batch(&mut self, pending_acks: &mut Vec<oneshot::Sender<()>>, only: Option<&HashSet<Tp>>) {
+        self.write_batch(pending_acks, only).await;
+        self.control.last_flush = Some(Instant::now());
+    }
+
+    /// Takes a batch (of `only` these partitions, when given) and writes it.
+    async fn write_batch(&mut self, pending_acks: &mut Vec<oneshot::Sender<()>>, only: Option<&HashSet<Tp>>) {
         let batch_rows = self.control.policy.batch_rows();
         let batch_bytes = self.pipeline.settings.batch_bytes;
         let mut batch =
