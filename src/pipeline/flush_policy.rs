@@ -37,6 +37,14 @@ pub struct FlushSettings {
     pub min_batch_rows: usize,
 }
 
+impl FlushSettings {
+    /// `interval` kept within `min_interval..=max_interval`: where a policy
+    /// given it starts.
+    pub fn starting_interval(&self, interval: Duration) -> Duration {
+        interval.clamp(self.min_interval, self.max_interval)
+    }
+}
+
 const SLOW: f64 = 1.5;
 const FAST: f64 = 0.5;
 const ALPHA: f64 = 0.3;
@@ -54,7 +62,7 @@ impl FlushPolicy {
     pub fn new(settings: FlushSettings, initial_interval: Duration) -> Self {
         Self {
             settings,
-            interval: initial_interval.clamp(settings.min_interval, settings.max_interval),
+            interval: settings.starting_interval(initial_interval),
             batch_rows: settings.max_batch_rows,
             ewma: None,
         }

@@ -340,10 +340,8 @@ impl Pipeline {
     fn build(name: String, table: TableRef, single: Option<Arc<Target>>, settings: Settings) -> Self {
         let state = PipelineState::with_lanes(settings.limits, settings.writers);
         let wake_writers = (0..state.buffer.lanes()).map(|_| Notify::new()).collect();
-        // Where the lanes' policies start (`FlushPolicy::new` clamps it).
-        let start = settings
-            .flush_interval
-            .clamp(settings.flush.min_interval, settings.flush.max_interval);
+        // Where the lanes' policies start.
+        let start = settings.flush.starting_interval(settings.flush_interval);
         let flush_interval_us = AtomicU64::new(start.as_micros().min(u64::MAX as u128) as u64);
         Self {
             name,
